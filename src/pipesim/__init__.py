@@ -1,0 +1,35 @@
+"""pipesim: run, simulate, see and plan pipeline parallelism for PyTorch models.
+
+The core (schedules, validation, simulation, timelines, views) imports neither torch nor numpy.
+"""
+
+from pipesim.costs import CostModel
+from pipesim.ir import Action, Op, Schedule, deps, format_action, parse_action, parse_schedule
+from pipesim.schedules import SCHEDULES, get_schedule
+from pipesim.simulate import DeadlockError, simulate
+from pipesim.timeline import Metrics, Timeline, metrics
+from pipesim.validate import InvalidScheduleError, Report, check, validate
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SCHEDULES",
+    "Action",
+    "CostModel",
+    "DeadlockError",
+    "InvalidScheduleError",
+    "Metrics",
+    "Op",
+    "Report",
+    "Schedule",
+    "Timeline",
+    "check",
+    "deps",
+    "format_action",
+    "get_schedule",
+    "metrics",
+    "parse_action",
+    "parse_schedule",
+    "simulate",
+    "validate",
+]

@@ -1,0 +1,7 @@
+"""``python -m pipesim``."""
+
+import sys
+
+from pipesim.cli import main
+
+sys.exit(main())

@@ -1,0 +1,311 @@
+"""The schedule as data: ops, actions, schedules, their text/CSV forms and the one dependency rule.
+
+Legend used throughout pipesim:
+    p / ranks         processes in the pipeline
+    v                 stages per rank ("virtual stages"); stages = p * v
+    m / microbatches  units of work per step
+    s                 stage index, 0 is the model's first chunk
+    F I W B           forward, backward-to-input, backward-to-weights, full backward (I+W)
+
+Text form of an action is the one torch.distributed.pipelining prints: ``2F0`` is stage 2, forward,
+microbatch 0. A schedule as text has one rank per line, its actions separated by spaces.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from functools import cached_property
+from typing import NamedTuple
+
+
+class Op(str, Enum):
+    """What an action computes."""
+
+    F = "F"  # forward
+    I = "I"  # backward producing the stage input's gradient only  # noqa: E741
+    W = "W"  # backward producing the stage weights' gradient only
+    B = "B"  # full backward: I and W fused
+
+    def __str__(self) -> str:
+        return self.value
+
+    __hash__ = str.__hash__  # Enum's own hash is Python code; actions are hashed in hot loops
+
+
+# Enum attribute lookup is slow (hundreds of ns); hot paths use these module constants.
+_F, _I, _W, _B = Op.F, Op.I, Op.W, Op.B
+
+
+class Action(NamedTuple):
+    """One unit of work: ``op`` on ``stage`` for ``microbatch``. A tuple: cheap to hash."""
+
+    stage: int
+    op: Op
+    microbatch: int
+
+    def __str__(self) -> str:
+        return f"{self.stage}{self.op.value}{self.microbatch}"
+
+
+class ParseError(ValueError):
+    """Text that is not a schedule; carries the 1-based line and column at fault."""
+
+    def __init__(self, message: str, line: int = 0, column: int = 0) -> None:
+        where = f"line {line}, column {column}: " if line else ""
+        super().__init__(where + message)
+        self.line = line
+        self.column = column
+
+
+_ACTION_RE = re.compile(r"^(\d+)([FIWB])(\d+)$")
+# torch.distributed.pipelining bookkeeping and communication actions: read and dropped.
+_TORCH_ONLY_RE = re.compile(
+    r"^\d+(?:REDUCE_GRAD|UNSHARD|RESHARD|SEND_F|RECV_F|SEND_B|RECV_B|BW|R)\d*(?:-\d+)?$"
+)
+# torch's overlapped F&B pair, e.g. "(0F1;3B0)OVERLAP_F_B": read as its actions in order.
+_OVERLAP_RE = re.compile(r"^\((.*)\)OVERLAP_F_B$")
+_HEADER_RE = re.compile(
+    r"#\s*pipesim schedule (?P<name>\S+): ranks=(?P<ranks>\d+) stages=(?P<stages>\d+) "
+    r"microbatches=(?P<mb>\d+) stage_to_rank=(?P<placement>[\d,]+)"
+)
+_MAX_INDEX = 10**6  # a stage or microbatch index beyond this is a typo, not a schedule
+
+
+def parse_action(text: str) -> Action:
+    """``"2F0"`` -> ``Action(2, Op.F, 0)``; raises ParseError for anything else."""
+    match = _ACTION_RE.match(text.strip())
+    if not match:
+        raise ParseError(f"{text.strip()!r} is not an action (expected e.g. 2F0, 1I3, 1W3, 0B5)")
+    stage, mb = int(match.group(1)), int(match.group(3))
+    if stage > _MAX_INDEX or mb > _MAX_INDEX:
+        raise ParseError(f"{text.strip()!r}: index larger than {_MAX_INDEX}")
+    return Action(stage, Op(match.group(2)), mb)
+
+
+def format_action(action: Action) -> str:
+    """``Action(2, Op.F, 0)`` -> ``"2F0"``."""
+    return str(action)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Per rank, the ordered actions it runs; ``stage_to_rank[s]`` is the rank holding stage s."""
+
+    ranks: int
+    stages: int
+    microbatches: int
+    stage_to_rank: tuple[int, ...]
+    actions: tuple[tuple[Action, ...], ...]
+    name: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if self.ranks < 1 or self.stages < 1 or self.microbatches < 1:
+            raise ValueError("ranks, stages and microbatches must all be >= 1")
+        if len(self.stage_to_rank) != self.stages:
+            raise ValueError(
+                f"stage_to_rank has {len(self.stage_to_rank)} entries for {self.stages} stages"
+            )
+        if len(self.actions) != self.ranks:
+            raise ValueError(f"actions has {len(self.actions)} rows for {self.ranks} ranks")
+
+    def stages_of(self, rank: int) -> tuple[int, ...]:
+        """The stages held by ``rank``, in stage order."""
+        return tuple(s for s, r in enumerate(self.stage_to_rank) if r == rank)
+
+    @property
+    def num_actions(self) -> int:
+        return sum(len(row) for row in self.actions)
+
+    @cached_property
+    def split_backward(self) -> frozenset[tuple[int, int]]:
+        """(stage, microbatch) pairs whose backward is split into I and W."""
+        return frozenset(
+            (a.stage, a.microbatch) for row in self.actions for a in row if a.op is Op.I
+        )
+
+    @cached_property
+    def forward_only(self) -> bool:
+        """True for inference schedules: no backward action at all."""
+        return all(a.op is Op.F for row in self.actions for a in row)
+
+    def input_grad_action(self, stage: int, microbatch: int) -> Action:
+        """The action that produces stage's input gradient: its I if split, else its B."""
+        op = Op.I if (stage, microbatch) in self.split_backward else Op.B
+        return Action(stage, op, microbatch)
+
+
+ActionKey = tuple[int, Op, int]  # a plain (stage, op, microbatch) tuple; equal to its Action
+
+
+def dep_keys(stage: int, op: Op, microbatch: int, schedule: Schedule) -> tuple[ActionKey, ...]:
+    """The single dependency rule: what must finish before (stage, op, microbatch) may start.
+
+    F(s)   after F(s-1)
+    I/B(s) after F(s) and after the input-gradient action (I or B) of s+1
+    W(s)   after I(s)
+
+    Plain tuples (equal to and hashing like Actions) so hot loops need not build objects;
+    ``deps`` gives the same as Actions.
+    """
+    if op is _F:
+        return ((stage - 1, _F, microbatch),) if stage > 0 else ()
+    if op is _W:
+        return ((stage, _I, microbatch),)
+    if stage + 1 < schedule.stages:
+        nxt = _I if (stage + 1, microbatch) in schedule.split_backward else _B
+        return ((stage, _F, microbatch), (stage + 1, nxt, microbatch))
+    return ((stage, _F, microbatch),)
+
+
+def deps(action: Action, schedule: Schedule) -> tuple[Action, ...]:
+    """``dep_keys`` for an Action, as Actions."""
+    return tuple(Action(*k) for k in dep_keys(*action, schedule))
+
+
+def crosses_ranks(producer: Action, consumer: Action, schedule: Schedule) -> bool:
+    """True when a dependency edge is a message between two ranks (not the turn of a V)."""
+    return schedule.stage_to_rank[producer.stage] != schedule.stage_to_rank[consumer.stage]
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def infer_stage_to_rank(rows: Sequence[Sequence[Action]], stages: int) -> tuple[int, ...]:
+    """Each stage goes to the rank that runs its forwards (else any of its actions)."""
+    owner: dict[int, int] = {}
+    for prefer_forward in (True, False):
+        for rank, row in enumerate(rows):
+            for a in row:
+                if (a.op is Op.F or not prefer_forward) and a.stage not in owner:
+                    owner[a.stage] = rank
+    missing = [s for s in range(stages) if s not in owner]
+    if missing:
+        raise ParseError(f"stage {missing[0]} has no action on any rank")
+    return tuple(owner[s] for s in range(stages))
+
+
+def schedule_from_rows(
+    rows: Sequence[Sequence[Action]],
+    name: str = "",
+    stages: int | None = None,
+    microbatches: int | None = None,
+    stage_to_rank: Sequence[int] | None = None,
+) -> Schedule:
+    """Build a Schedule from per-rank action lists, inferring what is not given."""
+    if not rows:
+        raise ParseError("the schedule has no ranks")
+    everything = [a for row in rows for a in row]
+    if not everything:
+        raise ParseError("the schedule has no actions")
+    n_stages = stages if stages is not None else max(a.stage for a in everything) + 1
+    n_mb = microbatches if microbatches is not None else max(a.microbatch for a in everything) + 1
+    placement = (
+        tuple(stage_to_rank) if stage_to_rank is not None
+        else infer_stage_to_rank(rows, n_stages)
+    )
+    return Schedule(len(rows), n_stages, n_mb, placement, tuple(tuple(r) for r in rows), name)
+
+
+def _parse_cells(cells: Iterable[tuple[str, int]], line: int) -> list[Action]:
+    row: list[Action] = []
+    for cell, column in cells:
+        token = cell.strip()
+        if token in ("", ".", "-", "None") or _TORCH_ONLY_RE.match(token):
+            continue
+        overlap = _OVERLAP_RE.match(token)
+        parts = overlap.group(1).split(";") if overlap else [token]
+        try:
+            row.extend(parse_action(part) for part in parts)
+        except ParseError as err:
+            raise ParseError(str(err), line, column) from None
+    return row
+
+
+def parse_text(text: str, name: str = "") -> Schedule:
+    """One rank per line, actions separated by whitespace; ``#`` starts a comment.
+
+    A line may start with ``rank N:``; ``.`` marks an idle step and is skipped.
+    """
+    rows: list[list[Action]] = []
+    header = _HEADER_RE.search(text)
+    for line_no, raw in enumerate(text.splitlines(), start=1):
+        content = raw.split("#", 1)[0]
+        if not content.strip():
+            continue
+        prefix = re.match(r"\s*(?:rank\s*)?\d+\s*:", content)
+        offset = prefix.end() if prefix else 0
+        cells = [(m.group(0), m.start() + 1) for m in re.finditer(r"[^\s,]+", content)
+                 if m.start() >= offset]
+        rows.append(_parse_cells(cells, line_no))
+    if header is None:
+        return schedule_from_rows(rows, name)
+    placement = tuple(int(r) for r in header.group("placement").split(","))
+    if len(rows) != int(header.group("ranks")) or len(placement) != int(header.group("stages")):
+        raise ParseError("the header's ranks/stages do not match the rows below it", 1, 1)
+    return schedule_from_rows(
+        rows, name or header.group("name"), int(header.group("stages")),
+        int(header.group("mb")), placement,
+    )
+
+
+def parse_csv(text: str, name: str = "") -> Schedule:
+    """torch.distributed.pipelining's ``_dump_csv`` layout: one row per rank, one cell per step."""
+    rows: list[list[Action]] = []
+    reader = csv.reader(io.StringIO(text))
+    try:
+        for line_no, record in enumerate(reader, start=1):
+            if not any(c.strip() for c in record):
+                continue
+            columns = [sum(len(c) + 1 for c in record[:i]) + 1 for i in range(len(record))]
+            rows.append(_parse_cells(zip(record, columns, strict=True), line_no))
+    except csv.Error as err:
+        raise ParseError(f"not CSV: {err}", reader.line_num, 1) from None
+    return schedule_from_rows(rows, name)
+
+
+def detect_format(text: str) -> str:
+    """'csv' when the first non-comment line has commas, else 'text'."""
+    for raw in text.splitlines():
+        content = raw.split("#", 1)[0].strip()
+        if content:
+            return "csv" if "," in content else "text"
+    return "text"
+
+
+def parse_schedule(text: str, fmt: str = "auto", name: str = "") -> Schedule:
+    """Parse text or CSV (``fmt`` 'text', 'csv' or 'auto')."""
+    if fmt == "auto":
+        fmt = detect_format(text)
+    if fmt == "csv":
+        return parse_csv(text, name)
+    if fmt == "text":
+        return parse_text(text, name)
+    raise ValueError(f"unknown schedule format {fmt!r}; valid: auto, text, csv")
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def format_text(schedule: Schedule) -> str:
+    """One rank per line; a comment header records the sizes and placement."""
+    header = (
+        f"# pipesim schedule {schedule.name or '(unnamed)'}: ranks={schedule.ranks} "
+        f"stages={schedule.stages} microbatches={schedule.microbatches} "
+        f"stage_to_rank={','.join(map(str, schedule.stage_to_rank))}"
+    )
+    lines = [" ".join(map(str, row)) or "." for row in schedule.actions]
+    return "\n".join([header, *lines]) + "\n"
+
+
+def format_csv(schedule: Schedule) -> str:
+    """One row per rank, one action per cell, as torch's ``_load_csv`` reads it."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    for row in schedule.actions:
+        writer.writerow([str(a) for a in row])
+    return out.getvalue()

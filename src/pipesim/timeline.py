@@ -1,0 +1,177 @@
+"""What happened (or would): per-rank timed events and messages, their metrics, JSON round trip.
+
+The simulator and the runtime both produce a Timeline; the views draw one without knowing which.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from pipesim.ir import Action, Op, parse_action
+
+
+class Event(NamedTuple):
+    """``rank`` ran ``action`` from ``start`` to ``end``."""
+
+    rank: int
+    action: Action
+    start: float
+    end: float
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+class MessageEvent(NamedTuple):
+    """A tensor sent by ``src`` when ``producer`` ended, available to ``dst`` at ``arrive``."""
+
+    src: int
+    dst: int
+    producer: Action
+    consumer: Action
+    send: float
+    arrive: float
+
+
+class Span(NamedTuple):
+    """Other timed work on a rank that is not a schedule action (e.g. a gradient all-reduce)."""
+
+    rank: int
+    name: str
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """Events per rank plus messages; ``unit`` says what a time of 1.0 means."""
+
+    ranks: int
+    events: tuple[Event, ...]
+    messages: tuple[MessageEvent, ...] = ()
+    unit: str = "units"
+    name: str = ""
+    stage_to_rank: tuple[int, ...] = ()
+    microbatches: int = 0
+    spans: tuple[Span, ...] = ()
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def start(self) -> float:
+        return min((e.start for e in self.events), default=0.0)
+
+    @property
+    def end(self) -> float:
+        return max((e.end for e in self.events), default=0.0)
+
+    @property
+    def makespan(self) -> float:
+        return self.end - self.start
+
+    def by_rank(self) -> list[list[Event]]:
+        """Events of each rank in start order."""
+        rows: list[list[Event]] = [[] for _ in range(self.ranks)]
+        for e in self.events:
+            rows[e.rank].append(e)
+        for row in rows:
+            row.sort(key=lambda e: (e.start, e.end))
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "ranks": self.ranks, "unit": self.unit,
+            "microbatches": self.microbatches, "stage_to_rank": list(self.stage_to_rank),
+            "events": [[e.rank, str(e.action), e.start, e.end] for e in self.events],
+            "messages": [[m.src, m.dst, str(m.producer), str(m.consumer), m.send, m.arrive]
+                         for m in self.messages],
+            "spans": [[s.rank, s.name, s.start, s.end] for s in self.spans],
+            "meta": self.meta,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Timeline:
+        return cls(
+            ranks=int(d["ranks"]),
+            events=tuple(Event(int(r), parse_action(a), float(s), float(e))
+                         for r, a, s, e in d["events"]),
+            messages=tuple(MessageEvent(int(s), int(t), parse_action(p), parse_action(c),
+                                        float(x), float(y))
+                           for s, t, p, c, x, y in d.get("messages", [])),
+            unit=str(d.get("unit", "units")), name=str(d.get("name", "")),
+            stage_to_rank=tuple(int(x) for x in d.get("stage_to_rank", [])),
+            microbatches=int(d.get("microbatches", 0)),
+            spans=tuple(Span(int(r), str(n), float(s), float(e))
+                        for r, n, s, e in d.get("spans", [])),
+            meta=dict(d.get("meta", {})),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str) -> Timeline:
+        return cls.from_dict(json.loads(text))
+
+
+@dataclass(frozen=True)
+class RankMetrics:
+    busy: float
+    idle: float
+    bubble_fraction: float
+    peak_activations: int
+    peak_activation_bytes: float | None = None
+
+
+@dataclass(frozen=True)
+class Metrics:
+    makespan: float
+    bubble_fraction: float  # 1 - total busy / (ranks x makespan)
+    per_rank: tuple[RankMetrics, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "makespan": self.makespan,
+            "bubble_fraction": self.bubble_fraction,
+            "per_rank": [
+                {"busy": r.busy, "idle": r.idle, "bubble_fraction": r.bubble_fraction,
+                 "peak_activations": r.peak_activations,
+                 **({"peak_activation_bytes": r.peak_activation_bytes}
+                    if r.peak_activation_bytes is not None else {})}
+                for r in self.per_rank
+            ],
+        }
+
+
+def _peak_stash(events: Sequence[Event], stash_bytes: Sequence[float] | None,
+                forward_only: bool) -> tuple[int, float | None]:
+    """Most activations alive at once on one rank (F stashes; B, or W when split, frees)."""
+    if forward_only:
+        return 0, (0.0 if stash_bytes else None)
+    live = peak = 0
+    live_b = peak_b = 0.0
+    for e in events:
+        sign = {Op.F: 1, Op.B: -1, Op.W: -1, Op.I: 0}[e.action.op]
+        live += sign
+        if stash_bytes:
+            live_b += sign * stash_bytes[e.action.stage]
+        peak, peak_b = max(peak, live), max(peak_b, live_b)
+    return peak, (peak_b if stash_bytes else None)
+
+
+def metrics(timeline: Timeline, stash_bytes: Sequence[float] | None = None) -> Metrics:
+    """Makespan, busy/idle/bubble per rank and in total, peak stashed activations."""
+    span = timeline.makespan
+    forward_only = all(e.action.op is Op.F for e in timeline.events)
+    per_rank = []
+    for row in timeline.by_rank():
+        busy = sum(e.duration for e in row)
+        peak, peak_b = _peak_stash(row, stash_bytes, forward_only)
+        per_rank.append(RankMetrics(busy, span - busy, 1 - busy / span if span else 0.0,
+                                    peak, peak_b))
+    total_busy = sum(r.busy for r in per_rank)
+    bubble = 1 - total_busy / (timeline.ranks * span) if span else 0.0
+    return Metrics(span, bubble, tuple(per_rank))
