@@ -1,0 +1,333 @@
+"""``pipesim run``: the tutorial's demo by default, or real pipelined training on any schedule.
+
+    pipesim run                                   # the tutorial: 4 stages, forward only
+    pipesim run --schedule 1f1b --steps 5 -m 8    # training
+    torchrun --nproc-per-node 2 -m pipesim run --schedule zb-h1   # one process per rank
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Any
+
+from pipesim.commands import (
+    UserError,
+    add_schedule_args,
+    dump_json,
+    positive_int,
+    schedule_from_args,
+    write_atomic,
+)
+from pipesim.costs import CostError
+from pipesim.ir import Action, Op, Schedule
+from pipesim.timeline import Timeline, metrics
+from pipesim.validate import validate
+
+_MAX_RANKS = 64  # forked processes on one machine beyond this are a typo, not a plan
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("run", help="run a pipeline for real (default: the tutorial's demo)",
+                       description="Run a schedule on real processes (gloo on CPU, nccl on GPU).")
+    add_schedule_args(p)
+    p.set_defaults(name=None)
+    p.add_argument("--schedule", dest="schedule_name", default="forward",
+                   help="registered schedule (default forward: the tutorial's inference demo)")
+    p.add_argument("-w", "--world-size", type=positive_int, default=None,
+                   help="ranks, one process each (default 4; under torchrun: its world size)")
+    p.add_argument("-b", "--batch-size", type=positive_int, default=32,
+                   help="samples per microbatch (default 32)")
+    p.add_argument("--hidden-size", type=positive_int, default=64, help="model width (default 64)")
+    p.add_argument("--num-microbatches", type=positive_int, default=None,
+                   help="microbatches per step (default 4); same as -m")
+    p.add_argument("--backend", choices=["gloo", "nccl"], default="gloo")
+    p.add_argument("--visualize", action="store_true",
+                   help="draw this run's schedule and exit (as the tutorial's flag)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="training steps (default 1)")
+    p.add_argument("--lr", type=float, default=0.01, help="learning rate (default 0.01)")
+    p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
+    p.add_argument("--loss", choices=["mse", "cross-entropy"], default="mse")
+    p.add_argument("--model", choices=["mlp"], default="mlp")
+    p.add_argument("--layers", type=positive_int, default=None,
+                   help="Linear+ReLU layers, split over the stages (default one per stage)")
+    p.add_argument("--balance", default=None, help="layers per stage, e.g. 2,3,3,2")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--seed", type=int, default=0, help="weights and data seed (default 0)")
+    p.add_argument("--checkpoint-activations", action="store_true",
+                   help="keep only each stage's input; recompute its forward in backward")
+    p.add_argument("--synthetic", default=None, metavar="F=20,B=40",
+                   help="also sleep this many ms per action (measure engine overhead)")
+    p.add_argument("--verify", action="store_true",
+                   help="compare every final weight with one-process training; exit 1 if off")
+    p.add_argument("--quiet", action="store_true", help="no per-action lines")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    p.add_argument("--trace", metavar="OUT.json", help="write a Chrome trace of the last step")
+    p.add_argument("--plot", metavar="OUT.png", help="write a PNG timeline of the last step")
+    p.add_argument("--timeline", metavar="OUT.json", help="write the measured Timeline as JSON")
+    p.set_defaults(func=run)
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+def _parse_balance(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise UserError(f"--balance takes layer counts like 2,3,3,2; got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise UserError(f"--balance: every stage needs at least one layer; got {text}")
+    return values
+
+
+def _parse_synthetic(text: str | None) -> dict[Op, float]:
+    if not text:
+        return {}
+    from pipesim.costs import parse_cost_flag
+    try:
+        costs = parse_cost_flag(text)
+    except CostError as err:
+        raise UserError(str(err).replace("--cost", "--synthetic")) from None
+    out = {Op(k): v / 1000.0 for k, v in costs.items()}
+    if Op.B in out:
+        out.setdefault(Op.I, out[Op.B] / 2)
+        out.setdefault(Op.W, out[Op.B] / 2)
+    return out
+
+
+def _world_size(args: argparse.Namespace) -> int:
+    from pipesim.runtime.launch import under_torchrun
+    if under_torchrun():
+        world = int(os.environ["WORLD_SIZE"])
+        if args.world_size is not None and args.world_size != world:
+            raise UserError(f"-w {args.world_size} disagrees with torchrun's world size {world}")
+        return world
+    world = args.world_size if args.world_size is not None else 4
+    if world > _MAX_RANKS:
+        raise UserError(f"-w {world}: more than {_MAX_RANKS} processes on one machine; "
+                        f"use torchrun across machines (or simulate: pipesim simulate)")
+    return world
+
+
+def build_schedule(args: argparse.Namespace) -> Schedule:
+    if args.num_microbatches is not None:
+        args.microbatches = args.num_microbatches
+    args.ranks = _world_size(args)
+    if not args.file:
+        args.name = args.schedule_name
+    sched = schedule_from_args(args)
+    report = validate(sched)
+    if not report.ok:
+        raise UserError("the schedule cannot run:\n" + "\n".join(report.errors), code=1)
+    if sched.ranks != args.ranks:
+        raise UserError(f"the schedule file has {sched.ranks} ranks but -w is {args.ranks}")
+    return sched
+
+
+def build_config(args: argparse.Namespace) -> Any:
+    from pipesim.runtime.train import RunConfig
+    sched = build_schedule(args)
+    balance = _parse_balance(args.balance)
+    layers = args.layers if args.layers is not None else (sum(balance) if balance else None)
+    n_layers = layers if layers is not None else sched.stages
+    if n_layers < sched.stages:
+        raise UserError(f"{n_layers} layers cannot fill {sched.stages} stages "
+                        f"({sched.ranks} ranks x {sched.stages // sched.ranks} per rank); "
+                        f"use --layers {sched.stages} or more")
+    if balance is not None and (len(balance) != sched.stages or sum(balance) != n_layers):
+        raise UserError(f"--balance {args.balance}: needs {sched.stages} positive counts "
+                        f"summing to {n_layers} layers")
+    if args.loss == "cross-entropy" and args.model == "mlp" and args.hidden_size < 2:
+        raise UserError("--loss cross-entropy needs --hidden-size >= 2 (classes)")
+    if sched.forward_only and (args.verify or args.checkpoint_activations):
+        raise UserError("--verify and --checkpoint-activations need a training schedule "
+                        "(e.g. --schedule 1f1b)")
+    if args.backend == "nccl":
+        _check_gpus(sched.ranks)
+    return RunConfig(
+        schedule=sched, batch_size=args.batch_size, hidden_size=args.hidden_size, layers=layers,
+        balance=balance, steps=args.steps or 1, lr=args.lr, optimizer=args.optimizer,
+        loss=args.loss, model=args.model, seed=args.seed, dtype=args.dtype,
+        checkpoint_activations=args.checkpoint_activations, backend=args.backend,
+        synthetic=_parse_synthetic(args.synthetic), verify=args.verify,
+    )
+
+
+def _check_gpus(ranks: int) -> None:
+    import torch
+    from pipesim.runtime.launch import under_torchrun
+    if not torch.cuda.is_available():
+        raise UserError("--backend nccl needs CUDA GPUs, and none is available here; "
+                        "use --backend gloo")
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", ranks)) if under_torchrun() else ranks
+    if torch.cuda.device_count() < local:
+        raise UserError(f"--backend nccl puts each rank on its own GPU: {local} ranks here, "
+                        f"{torch.cuda.device_count()} GPUs")
+
+
+# ----------------------------------------------------------------------------- per-action lines
+
+
+def _line(rank: int, a: Action, d: dict[str, Any], sched: Schedule) -> str:
+    s, mb = a.stage, a.microbatch
+    head = f"[Stage {s}] Microbatch {mb}:"
+    if a.op is Op.F and sched.forward_only:
+        lines = []
+        if "created" in d:
+            lines.append(f"{head} Created input (shape: {list(d['created'])})")
+        if "from" in d:
+            lines.append(f"{head} Received from stage {s - 1}")
+        if "output_mean" in d:
+            lines.append(f"{head} Completed! Output mean: {d['output_mean']:.4f}")
+        elif "to" in d:
+            lines.append(f"{head} Sent to stage {s + 1}")
+        return "\n".join(lines)
+    name = {Op.F: "Forward", Op.B: "Backward", Op.I: "Backward (input)",
+            Op.W: "Backward (weights)"}[a.op]
+    parts = []
+    if "from" in d:
+        parts.append(f"received from stage {s - 1 if a.op is Op.F else s + 1}")
+    if "to" in d:
+        parts.append(f"sent to stage {s + 1 if a.op is Op.F else s - 1}")
+    if "loss" in d:
+        parts.append(f"loss {d['loss']:.4f}")
+    return f"{head} {name}" + (f" ({', '.join(parts)})" if parts else "")
+
+
+class LineHook:
+    """Prints each action's lines as one write, so ranks never interleave inside a line."""
+
+    def __init__(self, sched: Schedule) -> None:
+        self.sched = sched
+
+    def __call__(self, rank: int, action: Action, detail: dict[str, Any]) -> None:
+        text = _line(rank, action, detail, self.sched)
+        if text:
+            os.write(sys.stdout.fileno(), (text + "\n").encode())
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = build_config(args)
+    sched = cfg.schedule
+    if args.visualize:
+        from pipesim.views.grid import format_step_grid
+        print(format_step_grid(sched))
+        return 0
+    for path in (args.trace, args.plot, args.timeline):
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise UserError(f"cannot write {path}: its directory does not exist")
+    from pipesim.runtime.launch import (
+        LaunchOptions,
+        RankFailedError,
+        launch,
+        run_torchrun,
+        under_torchrun,
+    )
+    from pipesim.runtime.train import TrainJob
+    hook = None if (args.quiet or args.json) else LineHook(sched)
+    job = TrainJob(cfg, hook)
+    opts = LaunchOptions(backend=cfg.backend)
+    if not args.json and not under_torchrun():
+        _print_header(cfg)
+    t0 = time.perf_counter()
+    try:
+        result = run_torchrun(job, opts) if under_torchrun() else launch(job, sched.ranks, opts)
+    except RankFailedError as err:
+        raise UserError(str(err), code=1) from None
+    wall = time.perf_counter() - t0
+    if result is None:  # a torchrun rank other than 0
+        return 0
+    return _report(args, cfg, result, wall)
+
+
+def _print_header(cfg: Any) -> None:
+    s = cfg.schedule
+    print("=" * 60)
+    print(f" PIPELINE {'PARALLELISM SIMULATION' if s.forward_only else 'TRAINING'}"
+          f" ({s.name}, {cfg.backend})")
+    print("=" * 60)
+    print(f"Number of stages: {s.stages} on {s.ranks} ranks")
+    print(f"Batch size: {cfg.batch_size}")
+    print(f"Hidden size: {cfg.hidden_size}")
+    print(f"Microbatches: {s.microbatches}")
+    print("=" * 60 + "\n", flush=True)
+
+
+def result_json(cfg: Any, result: Any) -> dict[str, Any]:
+    sched = cfg.schedule
+    timeline = Timeline.from_dict(result.timeline)
+    m = metrics(timeline)
+    median = statistics.median(result.step_seconds)
+    out: dict[str, Any] = {
+        "schedule": sched.name, "ranks": sched.ranks, "stages": sched.stages,
+        "microbatches": sched.microbatches, "batch_size": cfg.batch_size,
+        "loss": result.losses if not sched.forward_only else [],
+        "step_seconds": result.step_seconds,
+        "samples_per_second": sched.microbatches * cfg.batch_size / median if median else 0.0,
+        **m.to_dict(),
+    }
+    if result.verify_max_abs_diff is not None:
+        out["verify_max_abs_diff"] = result.verify_max_abs_diff
+    return out
+
+
+def _tolerance(cfg: Any) -> float:
+    return 1e-9 if cfg.dtype == "float64" else 1e-4
+
+
+def _report(args: argparse.Namespace, cfg: Any, result: Any, wall: float) -> int:
+    data = result_json(cfg, result)
+    timeline = Timeline.from_dict(result.timeline)
+    _write_views(args, timeline)
+    ok = result.verify_max_abs_diff is None or result.verify_max_abs_diff <= _tolerance(cfg)
+    if args.json:
+        print(json.dumps(data))
+        return 0 if ok else 1
+    sched = cfg.schedule
+    print("\n" + "=" * 60)
+    print(f"PIPELINE {'SIMULATION' if sched.forward_only else 'RUN'} COMPLETE")
+    print("=" * 60)
+    print(f"Stages: {sched.stages} on {sched.ranks} ranks ({sched.name}, {cfg.backend})")
+    print(f"Microbatches: {sched.microbatches}")
+    print(f"Batch size per microbatch: {cfg.batch_size}")
+    print(f"Hidden size: {cfg.hidden_size}")
+    median = statistics.median(result.step_seconds)
+    print(f"Step time (median of {len(result.step_seconds)}): {median * 1e3:.2f} ms, "
+          f"throughput {data['samples_per_second']:,.0f} samples/s")
+    print(f"Measured bubble fraction: {data['bubble_fraction']:.1%}")
+    for r, pr in enumerate(data["per_rank"]):
+        stages = ",".join(str(s) for s in sched.stages_of(r))
+        print(f"  rank {r} (stage {stages}): busy {pr['busy'] * 1e3:8.2f} ms, "
+              f"bubble {pr['bubble_fraction']:6.1%}")
+    if data["loss"]:
+        print("Loss per step: " + ", ".join(f"{x:.4f}" for x in data["loss"]))
+    if result.verify_max_abs_diff is not None:
+        verdict = "OK" if ok else "MISMATCH"
+        print(f"Verify: largest |pipelined - single-process| weight difference "
+              f"{result.verify_max_abs_diff:.3g} ({verdict}, tolerance {_tolerance(cfg):g})")
+    print(f"Wall time: {wall:.2f} s")
+    print("=" * 60)
+    return 0 if ok else 1
+
+
+def _write_views(args: argparse.Namespace, timeline: Timeline) -> None:
+    if args.timeline:
+        write_atomic(args.timeline, dump_json(timeline.to_dict()))
+    if args.trace:
+        from pipesim.views.chrome_trace import render_chrome_trace
+        trace = render_chrome_trace(timeline)
+        write_atomic(args.trace, trace if isinstance(trace, str) else json.dumps(trace))
+    if args.plot:
+        from pipesim.views.png import render_png
+        render_png([(f"{timeline.name} (measured)", timeline)], args.plot)

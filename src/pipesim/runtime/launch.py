@@ -1,0 +1,186 @@
+"""Start one process per rank (or join torchrun's), fail fast, leave nothing running.
+
+Single machine: the parent has already imported torch and forks the ranks (fast: no re-import).
+Rank 0 opens the rendezvous store on 127.0.0.1 with a port the OS picks, so runs never collide.
+The parent watches every rank: the first that fails (raises, exits, is killed) ends the job
+with its name and error; Ctrl-C ends every rank. Under torchrun (RANK/WORLD_SIZE/MASTER_ADDR
+set) the current process is one rank and the env:// rendezvous is used.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+Worker = Callable[[int, int], Any]  # (rank, world_size) -> result (rank 0's is returned)
+
+_RENDEZVOUS_TIMEOUT = 60.0
+
+
+class RankFailedError(RuntimeError):
+    """A rank failed; ``rank`` names it and the message carries its error."""
+
+    def __init__(self, rank: int, message: str) -> None:
+        super().__init__(f"rank {rank} failed: {message}")
+        self.rank = rank
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    backend: str = "gloo"
+    threads: int = 1  # torch threads per rank
+    timeout: float = 600.0  # collective timeout (seconds)
+
+
+def under_torchrun() -> bool:
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this rank if the launcher dies (no orphans)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _init_group(rank: int, world: int, port: Any, ready: Any, opts: LaunchOptions) -> None:
+    timeout = timedelta(seconds=opts.timeout)
+    if rank == 0:
+        store = dist.TCPStore("127.0.0.1", 0, world, is_master=True, timeout=timeout,
+                              wait_for_workers=False)
+        port.value = store.port
+        ready.set()
+    else:
+        if not ready.wait(_RENDEZVOUS_TIMEOUT):
+            raise RuntimeError("rank 0 did not open the rendezvous in time")
+        store = dist.TCPStore("127.0.0.1", port.value, world, is_master=False, timeout=timeout)
+    dist.init_process_group(opts.backend, store=store, rank=rank, world_size=world,
+                            timeout=timeout)
+
+
+def _child(rank: int, world: int, worker: Worker, opts: LaunchOptions, port: Any, ready: Any,
+           conn: Connection) -> None:
+    _die_with_parent()
+    torch.set_num_threads(opts.threads)
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo listens on loopback only
+    code = 0
+    try:
+        _init_group(rank, world, port, ready, opts)
+        result = worker(rank, world)
+        conn.send(("ok", result if rank == 0 else None))
+    except BaseException as err:  # report every failure, then exit non-zero
+        code = 130 if isinstance(err, KeyboardInterrupt) else 1
+        summary = f"{type(err).__name__}: {err}".strip()
+        try:
+            conn.send(("error", summary, traceback.format_exc()))
+        except (BrokenPipeError, OSError):
+            pass
+    finally:
+        if dist.is_initialized() and code == 0:
+            dist.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def launch(worker: Worker, world: int, opts: LaunchOptions | None = None) -> Any:
+    """Run ``worker(rank, world)`` on ``world`` forked ranks; returns rank 0's result.
+
+    Raises RankFailedError naming the first rank that fails; every rank is gone on return.
+    """
+    opts = opts or LaunchOptions()
+    ctx = mp.get_context("fork" if opts.backend == "gloo" else "spawn")
+    port, ready = ctx.Value("i", 0), ctx.Event()
+    sys.stdout.flush()
+    procs, conns = [], []
+    for rank in range(world):
+        recv_end, send_end = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=_child, args=(rank, world, worker, opts, port, ready, send_end),
+                        name=f"pipesim-rank{rank}", daemon=True)
+        p.start()
+        send_end.close()
+        procs.append(p)
+        conns.append(recv_end)
+    try:
+        return _watch(procs, conns)
+    finally:
+        _stop(procs)
+
+
+def _watch(procs: list[Any], conns: list[Connection]) -> Any:
+    results: dict[int, tuple[Any, ...]] = {}
+    alive = set(range(len(procs)))
+    while alive:
+        sentinels = {procs[r].sentinel: r for r in alive}
+        readable = {conns[r]: r for r in alive if r not in results}
+        for ready in wait([*sentinels, *readable]):
+            if ready in readable:
+                r = readable[ready]
+                try:
+                    results[r] = ready.recv()  # type: ignore[union-attr]
+                except EOFError:
+                    results[r] = ("gone",)
+                if results[r][0] == "error":
+                    raise RankFailedError(r, results[r][1])
+            else:
+                r = sentinels[ready]  # type: ignore[index]
+                procs[r].join()
+                alive.discard(r)
+                if procs[r].exitcode != 0:
+                    raise RankFailedError(r, _exit_reason(r, procs[r].exitcode, conns[r]))
+    first = results.get(0, ("gone",))
+    return first[1] if first[0] == "ok" else None
+
+
+def _exit_reason(rank: int, code: int | None, conn: Connection) -> str:
+    if conn.poll():
+        try:
+            msg = conn.recv()
+            if msg[0] == "error":
+                return str(msg[1])
+        except (EOFError, OSError):
+            pass
+    if code is not None and code < 0:
+        return f"killed by signal {signal.Signals(-code).name}"
+    return f"exited with code {code}"
+
+
+def _stop(procs: list[Any], grace: float = 2.0) -> None:
+    """SIGTERM, then SIGKILL whatever is left; reap everything."""
+    for p in procs:
+        if p.is_alive():
+            p.kill() if grace <= 0 else p.terminate()
+    deadline = time.monotonic() + grace
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
+def run_torchrun(worker: Worker, opts: LaunchOptions | None = None) -> Any:
+    """This process is one rank of a torchrun job; returns its worker result."""
+    opts = opts or LaunchOptions()
+    torch.set_num_threads(opts.threads)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    dist.init_process_group(opts.backend, init_method="env://", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=opts.timeout))
+    try:
+        return worker(rank, world)
+    finally:
+        dist.destroy_process_group()

@@ -1,0 +1,56 @@
+"""Models the runtime trains: the tutorial's MLP (a Linear+ReLU block per layer) and layer lists.
+
+A model is a list of layers; a *balance* (layers per stage) cuts it into stage modules.
+Every rank builds the whole model from the seed, then keeps its own stages: no weights travel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class LinearReLU(nn.Module):
+    """The tutorial's stage: Linear then ReLU. x: [batch, in] -> [batch, out]."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features)
+        self.activation = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.linear(x))
+
+
+def build_mlp(hidden: int, layers: int, seed: int, dtype: torch.dtype = torch.float32
+              ) -> list[nn.Module]:
+    """``layers`` LinearReLU blocks of width ``hidden``, initialised from ``seed``."""
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        blocks: list[nn.Module] = [LinearReLU(hidden, hidden).to(dtype) for _ in range(layers)]
+    finally:
+        torch.random.set_rng_state(gen_state)
+    return blocks
+
+
+def uniform_balance(layers: int, stages: int) -> list[int]:
+    """Equal layer counts, the remainder spread over the first stages; never an empty stage."""
+    if layers < stages:
+        raise ValueError(f"{layers} layers cannot fill {stages} stages (each needs at least one)")
+    base, extra = divmod(layers, stages)
+    return [base + (1 if s < extra else 0) for s in range(stages)]
+
+
+def split_layers(layers: Sequence[nn.Module], balance: Sequence[int]) -> list[nn.Sequential]:
+    """Cut ``layers`` into contiguous stage modules of ``balance[s]`` layers each."""
+    if sum(balance) != len(layers) or any(b < 1 for b in balance):
+        raise ValueError(f"balance {list(balance)} does not cut {len(layers)} layers into "
+                         f"non-empty stages")
+    out, start = [], 0
+    for size in balance:
+        out.append(nn.Sequential(*layers[start:start + size]))
+        start += size
+    return out

@@ -1,0 +1,279 @@
+"""A training (or inference) job: build the model, cut it into stages, run the schedule.
+
+``TrainJob(config)(rank, world)`` is what each rank runs; it is picklable so it works with
+fork, spawn and torchrun alike. Every rank builds the whole model and every batch from the seed
+and keeps its own stages, so nothing but activations and gradients crosses ranks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from pipesim.ir import Op, Schedule
+from pipesim.runtime.comm import Comm, exchange_shapes
+from pipesim.runtime.engine import ActionHook, Engine, StepRecord
+from pipesim.runtime.models import build_mlp, split_layers, uniform_balance
+from pipesim.runtime.stage import StageRunner
+from pipesim.runtime.trace import gather_events, to_timeline
+from pipesim.timeline import Timeline
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs; the CLI fills it from flags (defaults: the tutorial's demo)."""
+
+    schedule: Schedule
+    batch_size: int = 32  # samples per microbatch
+    hidden_size: int = 64
+    layers: int | None = None  # Linear+ReLU layers; default one per stage
+    balance: tuple[int, ...] | None = None  # layers per stage; default uniform
+    steps: int = 1
+    lr: float = 0.01
+    optimizer: str = "sgd"  # sgd | adam
+    loss: str = "mse"  # mse | cross-entropy
+    model: str = "mlp"
+    seed: int = 0
+    dtype: str = "float32"
+    checkpoint_activations: bool = False
+    backend: str = "gloo"
+    synthetic: dict[Op, float] = field(default_factory=dict)  # seconds slept per op
+    verify: bool = False
+    keep_outputs: bool = False  # inference: return the last stage's outputs (tests)
+    collect_state: bool = False  # return every stage's final weights and gradients (tests)
+
+    @property
+    def num_layers(self) -> int:
+        return self.layers if self.layers is not None else self.schedule.stages
+
+    def stage_balance(self) -> list[int]:
+        if self.balance is not None:
+            return list(self.balance)
+        return uniform_balance(self.num_layers, self.schedule.stages)
+
+
+def build_layers(cfg: RunConfig) -> list[nn.Module]:
+    if cfg.model == "mlp":
+        return build_mlp(cfg.hidden_size, cfg.num_layers, cfg.seed, _DTYPES[cfg.dtype])
+    raise ValueError(f"unknown model {cfg.model!r}")
+
+
+def make_batch(cfg: RunConfig, step: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Microbatches of inputs and targets for ``step``, the same on every rank."""
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    m, b, h = cfg.schedule.microbatches, cfg.batch_size, cfg.hidden_size
+    dtype = _DTYPES[cfg.dtype]
+    x = torch.randn(m * b, h, generator=gen, dtype=dtype)
+    if cfg.loss == "cross-entropy":
+        y = torch.randint(0, h, (m * b,), generator=gen)
+    else:
+        y = torch.randn(m * b, h, generator=gen, dtype=dtype)
+    return list(x.chunk(m)), list(y.chunk(m))
+
+
+def loss_function(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    return {"mse": nn.functional.mse_loss, "cross-entropy": nn.functional.cross_entropy}[name]
+
+
+def make_optimizer(name: str, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    return torch.optim.SGD(params, lr=lr)
+
+
+@dataclass
+class RankResult:
+    """What rank 0 returns to the launcher (plain data: it is pickled back to the parent)."""
+
+    losses: list[float]
+    step_seconds: list[float]
+    timeline: dict[str, Any]  # Timeline.to_dict() of the last step
+    timelines: list[dict[str, Any]]  # every step
+    outputs: list[list[float]] | None = None
+    verify_max_abs_diff: float | None = None
+    wall_seconds: float = 0.0
+    params: list[list[torch.Tensor]] | None = None  # per stage, in module.parameters() order
+    grads: list[list[torch.Tensor | None]] | None = None
+
+
+class TrainJob:
+    """Picklable per-rank entry point: ``TrainJob(cfg, hook)(rank, world)``."""
+
+    def __init__(self, cfg: RunConfig, hook: ActionHook | None = None) -> None:
+        self.cfg = cfg
+        self.hook = hook
+
+    def device(self, rank: int) -> torch.device:
+        if self.cfg.backend == "nccl":
+            local = rank % max(1, torch.cuda.device_count())
+            torch.cuda.set_device(local)
+            return torch.device("cuda", local)
+        return torch.device("cpu")
+
+    def __call__(self, rank: int, world: int) -> RankResult | None:
+        cfg, sched = self.cfg, self.cfg.schedule
+        if world != sched.ranks:
+            raise ValueError(f"the schedule has {sched.ranks} ranks but the job has {world}")
+        t_begin = time.perf_counter()
+        device = self.device(rank)
+        layers = build_layers(cfg)
+        modules = split_layers(layers, cfg.stage_balance())
+        mine = {s: modules[s].to(device) for s in sched.stages_of(rank)}
+        loss_fn = loss_function(cfg.loss)
+        runners = {s: StageRunner(s, sched.stages, m, loss_fn, sched.microbatches,
+                                  cfg.checkpoint_activations) for s, m in mine.items()}
+        params = [p for r in runners.values() for p in r.parameters()]
+        optimizer = make_optimizer(cfg.optimizer, params, cfg.lr) if params else None
+        comm = Comm(sched, rank, device)
+        first_inputs, _ = make_batch(cfg, 0)
+        exchange_shapes(comm, sched, mine, first_inputs[0].to(device))
+        dist.barrier()
+        origin = time.perf_counter()
+        synthetic = {op: sec for op, sec in cfg.synthetic.items()}
+        engine = Engine(sched, rank, runners, comm, origin, self.hook, synthetic)
+        records: list[StepRecord] = []
+        for step in range(cfg.steps):
+            inputs, targets = make_batch(cfg, step)
+            inputs = [x.to(device) for x in inputs]
+            targets = [y.to(device) for y in targets]
+            if optimizer is not None:
+                optimizer.zero_grad(set_to_none=True)
+            records.append(engine.step(inputs, targets))
+            if optimizer is not None and engine.training:
+                optimizer.step()
+        return self._finish(rank, world, device, records, origin, t_begin, runners)
+
+    def _finish(self, rank: int, world: int, device: torch.device, records: list[StepRecord],
+                origin: float, t_begin: float, runners: dict[int, StageRunner]
+                ) -> RankResult | None:
+        cfg, sched = self.cfg, self.cfg.schedule
+        timelines, losses, step_seconds = [], [], []
+        for rec in records:
+            per_rank = gather_events(rec.events, world, device)
+            bounds = torch.tensor([rec.start, rec.end, _loss_sum(rec)], dtype=torch.float64,
+                                  device=device)
+            gathered = [torch.zeros_like(bounds) for _ in range(world)]
+            dist.all_gather(gathered, bounds)
+            start = min(float(g[0]) for g in gathered)
+            end = max(float(g[1]) for g in gathered)
+            step_seconds.append(end - start)
+            losses.append(sum(float(g[2]) for g in gathered) / sched.microbatches)
+            timelines.append(to_timeline(sched, per_rank, origin=start))
+        params = gather_stage_tensors(cfg, runners, rank, device, grads=False) \
+            if cfg.verify or cfg.collect_state else None
+        grads = gather_stage_tensors(cfg, runners, rank, device, grads=True) \
+            if cfg.collect_state else None
+        outputs = _gather_outputs(cfg, records[-1], rank, world, device) \
+            if cfg.keep_outputs else None
+        if rank != 0:
+            return None
+        assert params is not None or not (cfg.verify or cfg.collect_state)
+        diff = max_weight_difference(cfg, params) if cfg.verify and params else None
+        return RankResult(losses, step_seconds, timelines[-1].to_dict(),
+                          [t.to_dict() for t in timelines], outputs, diff,
+                          time.perf_counter() - t_begin,
+                          params if cfg.collect_state else None, grads)  # type: ignore[arg-type]
+
+
+def _loss_sum(rec: StepRecord) -> float:
+    return sum(rec.losses.values())
+
+
+def _gather_outputs(cfg: RunConfig, rec: StepRecord, rank: int, world: int,
+                    device: torch.device) -> list[list[float]] | None:
+    """Inference outputs of the last stage, flattened, delivered to rank 0."""
+    sched = cfg.schedule
+    last_rank = sched.stage_to_rank[sched.stages - 1]
+    m = sched.microbatches
+    shape = (m, cfg.batch_size * cfg.hidden_size)
+    buf = torch.zeros(shape, dtype=_DTYPES[cfg.dtype], device=device)
+    if rank == last_rank:
+        for mb, y in rec.outputs.items():
+            buf[mb] = y.reshape(-1)
+    if last_rank != 0:
+        if rank == last_rank:
+            dist.send(buf, dst=0)
+        elif rank == 0:
+            dist.recv(buf, src=last_rank)
+    return buf.cpu().tolist() if rank == 0 else None
+
+
+def reference_train(cfg: RunConfig) -> list[nn.Module]:
+    """The same model trained in one process on the same full batches (the ground truth)."""
+    layers = build_layers(cfg)
+    model = nn.Sequential(*layers)
+    params = list(model.parameters())
+    optimizer = make_optimizer(cfg.optimizer, params, cfg.lr)
+    loss_fn = loss_function(cfg.loss)
+    for step in range(cfg.steps):
+        inputs, targets = make_batch(cfg, step)
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(torch.cat(inputs)), torch.cat(targets))
+        loss.backward()
+        optimizer.step()
+    return layers
+
+
+def _stage_shapes(cfg: RunConfig) -> list[list[tuple[torch.Size, torch.dtype]]]:
+    stages = split_layers(build_layers(cfg), cfg.stage_balance())
+    return [[(p.shape, p.dtype) for p in m.parameters()] for m in stages]
+
+
+def gather_stage_tensors(cfg: RunConfig, runners: dict[int, StageRunner], rank: int,
+                         device: torch.device, grads: bool) -> list[list[torch.Tensor]] | None:
+    """Every stage's parameters (or their gradients; zeros where None) on rank 0, on the CPU."""
+    sched = cfg.schedule
+    shapes = _stage_shapes(cfg)
+
+    def local(s: int) -> list[torch.Tensor]:
+        out = []
+        for p in runners[s].parameters():
+            t = p.grad if grads else p
+            out.append(torch.zeros_like(p) if t is None else t.detach())
+        return out
+
+    if rank != 0:
+        works = []
+        for s in sorted(runners):
+            if shapes[s]:
+                flat = torch.cat([t.reshape(-1) for t in local(s)]).contiguous()
+                works.append((dist.isend(flat, dst=0, tag=s), flat))
+        for work, _ in works:
+            work.wait()
+        return None
+    result = []
+    for s in range(sched.stages):
+        if sched.stage_to_rank[s] == 0:
+            result.append([t.cpu().clone() for t in local(s)])
+            continue
+        numel = sum(shape.numel() for shape, _ in shapes[s])
+        if not numel:
+            result.append([])
+            continue
+        flat = torch.zeros(numel, dtype=shapes[s][0][1], device=device)
+        dist.recv(flat, src=sched.stage_to_rank[s], tag=s)
+        pieces = flat.cpu().split([shape.numel() for shape, _ in shapes[s]])
+        result.append([x.reshape(shape) for x, (shape, _) in zip(pieces, shapes[s], strict=True)])
+    return result
+
+
+def max_weight_difference(cfg: RunConfig, params: list[list[torch.Tensor]]) -> float:
+    """Largest |pipelined - reference| over every final weight (``--verify``)."""
+    ref = split_layers(reference_train(cfg), cfg.stage_balance())
+    worst = 0.0
+    for got, module in zip(params, ref, strict=True):
+        for g, want in zip(got, module.parameters(), strict=True):
+            worst = max(worst, float((g - want.detach()).abs().max()))
+    return worst
+
+
+def timeline_of(result: RankResult) -> Timeline:
+    return Timeline.from_dict(result.timeline)
