@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import multiprocessing as mp
 import os
+import pickle
 import signal
 import sys
 import time
@@ -82,12 +83,14 @@ def _child(rank: int, world: int, worker: Worker, opts: LaunchOptions, port: Any
     try:
         _init_group(rank, world, port, ready, opts)
         result = worker(rank, world)
-        conn.send(("ok", result if rank == 0 else None))
+        # plain pickle: torch's multiprocessing pickler would share storage through file
+        # descriptors that vanish when this process exits
+        conn.send_bytes(pickle.dumps(("ok", result if rank == 0 else None)))
     except BaseException as err:  # report every failure, then exit non-zero
         code = 130 if isinstance(err, KeyboardInterrupt) else 1
         summary = f"{type(err).__name__}: {err}".strip()
         try:
-            conn.send(("error", summary, traceback.format_exc()))
+            conn.send_bytes(pickle.dumps(("error", summary, traceback.format_exc())))
         except (BrokenPipeError, OSError):
             pass
     finally:
@@ -132,7 +135,7 @@ def _watch(procs: list[Any], conns: list[Connection]) -> Any:
             if ready in readable:
                 r = readable[ready]
                 try:
-                    results[r] = ready.recv()  # type: ignore[union-attr]
+                    results[r] = pickle.loads(ready.recv_bytes())  # type: ignore[union-attr]
                 except EOFError:
                     results[r] = ("gone",)
                 if results[r][0] == "error":
@@ -150,7 +153,7 @@ def _watch(procs: list[Any], conns: list[Connection]) -> Any:
 def _exit_reason(rank: int, code: int | None, conn: Connection) -> str:
     if conn.poll():
         try:
-            msg = conn.recv()
+            msg = pickle.loads(conn.recv_bytes())
             if msg[0] == "error":
                 return str(msg[1])
         except (EOFError, OSError):
