@@ -28,6 +28,7 @@ unit: install
 	$(PY) -m pytest -q -m "not runtime and not browser"
 
 test: lint
+	bash scripts/ensure-chromium.sh
 	$(PY) -m pytest -q
 
 bench: install

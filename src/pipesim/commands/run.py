@@ -214,6 +214,24 @@ class LineHook:
             os.write(sys.stdout.fileno(), (text + "\n").encode())
 
 
+class Progress:
+    """One line per step (a redrawn line on a terminal): step, loss, throughput."""
+
+    def __init__(self, samples_per_step: int, training: bool) -> None:
+        self.samples = samples_per_step
+        self.training = training
+
+    def __call__(self, step: int, steps: int, loss: float, seconds: float) -> None:
+        rate = self.samples / seconds if seconds > 0 else 0.0
+        loss_text = f"  loss {loss:.4f}" if self.training else ""
+        text = f"step {step + 1}/{steps}{loss_text}  {rate:,.0f} samples/s"
+        if sys.stderr.isatty():
+            end = "\n" if step + 1 == steps else ""
+            os.write(sys.stderr.fileno(), f"\r{text}{end}".encode())
+        else:
+            os.write(sys.stderr.fileno(), f"{text}\n".encode())
+
+
 # ----------------------------------------------------------------------------- running
 
 
@@ -236,7 +254,9 @@ def run(args: argparse.Namespace) -> int:
     )
     from pipesim.runtime.train import TrainJob
     hook = None if (args.quiet or args.json) else LineHook(sched)
-    job = TrainJob(cfg, hook)
+    progress = None if args.json or sched.forward_only else \
+        Progress(sched.microbatches * cfg.batch_size, not sched.forward_only)
+    job = TrainJob(cfg, hook, progress)
     opts = LaunchOptions(backend=cfg.backend)
     if not args.json and not under_torchrun():
         _print_header(cfg)

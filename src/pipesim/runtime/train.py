@@ -26,6 +26,9 @@ from pipesim.timeline import Timeline
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
+# progress(step, steps, mean loss, seconds) after each step, on the last stage's rank
+ProgressHook = Callable[[int, int, float, float], None]
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -107,9 +110,11 @@ class RankResult:
 class TrainJob:
     """Picklable per-rank entry point: ``TrainJob(cfg, hook)(rank, world)``."""
 
-    def __init__(self, cfg: RunConfig, hook: ActionHook | None = None) -> None:
+    def __init__(self, cfg: RunConfig, hook: ActionHook | None = None,
+                 progress: ProgressHook | None = None) -> None:
         self.cfg = cfg
         self.hook = hook
+        self.progress = progress  # called on the rank holding the last stage
 
     def device(self, rank: int) -> torch.device:
         if self.cfg.backend == "nccl":
@@ -149,6 +154,10 @@ class TrainJob:
             records.append(engine.step(inputs, targets))
             if optimizer is not None and engine.training:
                 optimizer.step()
+            if self.progress is not None and sched.stages - 1 in runners:
+                rec = records[-1]
+                self.progress(step, cfg.steps, _loss_sum(rec) / sched.microbatches,
+                              rec.end - rec.start)
         return self._finish(rank, world, device, records, origin, t_begin, runners)
 
     def _finish(self, rank: int, world: int, device: torch.device, records: list[StepRecord],
