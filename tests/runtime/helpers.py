@@ -27,7 +27,7 @@ def reference_step(cfg: RunConfig) -> tuple[float, list[nn.Module]]:
     layers = build_layers(cfg)
     model = nn.Sequential(*layers)
     inputs, targets = make_batch(cfg, 0)
-    loss = loss_function(cfg.loss)(model(torch.cat(inputs)), torch.cat(targets))
+    loss = loss_function(cfg)(model(torch.cat(inputs)), torch.cat(targets))
     loss.backward()
     return float(loss.detach()), layers
 

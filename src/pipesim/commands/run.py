@@ -53,7 +53,7 @@ def register(sub: Any) -> None:
     p.add_argument("--lr", type=float, default=0.01, help="learning rate (default 0.01)")
     p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
     p.add_argument("--loss", choices=["mse", "cross-entropy"], default="mse")
-    p.add_argument("--model", choices=["mlp"], default="mlp")
+    p.add_argument("--model", default="mlp", help="model family (default mlp, the tutorial's)")
     p.add_argument("--layers", type=positive_int, default=None,
                    help="Linear+ReLU layers, split over the stages (default one per stage)")
     p.add_argument("--balance", default=None, help="layers per stage, e.g. 2,3,3,2")
@@ -70,6 +70,7 @@ def register(sub: Any) -> None:
     p.add_argument("--trace", metavar="OUT.json", help="write a Chrome trace of the last step")
     p.add_argument("--plot", metavar="OUT.png", help="write a PNG timeline of the last step")
     p.add_argument("--timeline", metavar="OUT.json", help="write the measured Timeline as JSON")
+    p.add_argument("--html", metavar="OUT.html", help="write an offline HTML report of the run")
     p.set_defaults(func=run)
 
 
@@ -145,6 +146,9 @@ def build_config(args: argparse.Namespace) -> Any:
     if balance is not None and (len(balance) != sched.stages or sum(balance) != n_layers):
         raise UserError(f"--balance {args.balance}: needs {sched.stages} positive counts "
                         f"summing to {n_layers} layers")
+    from pipesim.runtime.models import MODELS
+    if args.model not in MODELS:
+        raise UserError(f"unknown model {args.model!r}; valid: {', '.join(MODELS)}")
     if args.loss == "cross-entropy" and args.model == "mlp" and args.hidden_size < 2:
         raise UserError("--loss cross-entropy needs --hidden-size >= 2 (classes)")
     if sched.forward_only and (args.verify or args.checkpoint_activations):
@@ -242,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
         from pipesim.views.grid import format_step_grid
         print(format_step_grid(sched))
         return 0
-    for path in (args.trace, args.plot, args.timeline):
+    for path in (args.trace, args.plot, args.timeline, args.html):
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise UserError(f"cannot write {path}: its directory does not exist")
     from pipesim.runtime.launch import (
@@ -309,7 +313,7 @@ def _tolerance(cfg: Any) -> float:
 def _report(args: argparse.Namespace, cfg: Any, result: Any, wall: float) -> int:
     data = result_json(cfg, result)
     timeline = Timeline.from_dict(result.timeline)
-    _write_views(args, timeline)
+    _write_views(args, timeline, data)
     ok = result.verify_max_abs_diff is None or result.verify_max_abs_diff <= _tolerance(cfg)
     if args.json:
         print(json.dumps(data))
@@ -341,7 +345,17 @@ def _report(args: argparse.Namespace, cfg: Any, result: Any, wall: float) -> int
     return 0 if ok else 1
 
 
-def _write_views(args: argparse.Namespace, timeline: Timeline) -> None:
+def _write_views(args: argparse.Namespace, timeline: Timeline, data: dict[str, Any]) -> None:
+    if args.html:
+        from pipesim.views.html import render_timeline_html
+        facts: dict[str, str | float] = {
+            "samples/s": f"{data['samples_per_second']:,.0f}",
+            "step time (median)": f"{statistics.median(data['step_seconds']) * 1e3:.2f} ms",
+        }
+        if data["loss"]:
+            facts["loss per step"] = " ".join(f"{x:.4f}" for x in data["loss"])
+        write_atomic(args.html, render_timeline_html(timeline, f"pipesim run: {timeline.name} "
+                                                     f"(measured, last step)", facts))
     if args.timeline:
         write_atomic(args.timeline, dump_json(timeline.to_dict()))
     if args.trace:

@@ -6,7 +6,9 @@ Every rank builds the whole model from the seed, then keeps its own stages: no w
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -54,3 +56,63 @@ def split_layers(layers: Sequence[nn.Module], balance: Sequence[int]) -> list[nn
         out.append(nn.Sequential(*layers[start:start + size]))
         start += size
     return out
+
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Batch = tuple[list[torch.Tensor], list[torch.Tensor]]  # inputs and targets per microbatch
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A trainable model family: its layers, its data and its loss, all from the run config.
+
+    ``build(cfg)`` -> the layer list (deterministic in cfg.seed); ``batch(cfg, step)`` ->
+    microbatches of inputs and targets, the same on every rank; ``loss(cfg)`` -> loss function
+    of (last stage output, target), a mean over the microbatch.
+    """
+
+    name: str
+    build: Callable[[Any], list[nn.Module]]
+    batch: Callable[[Any, int], Batch]
+    loss: Callable[[Any], LossFn]
+    summary: str = ""
+
+
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    MODELS[spec.name] = spec
+    return spec
+
+
+def get_model(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; valid: {', '.join(MODELS)}") from None
+
+
+def _mlp_layers(cfg: Any) -> list[nn.Module]:
+    return build_mlp(cfg.hidden_size, cfg.num_layers, cfg.seed, cfg.torch_dtype)
+
+
+def _mlp_batch(cfg: Any, step: int) -> Batch:
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    m, b, h = cfg.schedule.microbatches, cfg.batch_size, cfg.hidden_size
+    x = torch.randn(m * b, h, generator=gen, dtype=cfg.torch_dtype)
+    if cfg.loss == "cross-entropy":
+        y = torch.randint(0, h, (m * b,), generator=gen)
+    else:
+        y = torch.randn(m * b, h, generator=gen, dtype=cfg.torch_dtype)
+    return list(x.chunk(m)), list(y.chunk(m))
+
+
+def _mlp_loss(cfg: Any) -> LossFn:
+    if cfg.loss == "cross-entropy":
+        return nn.functional.cross_entropy
+    return nn.functional.mse_loss
+
+
+register_model(ModelSpec("mlp", _mlp_layers, _mlp_batch, _mlp_loss,
+                         "the tutorial's MLP: Linear+ReLU layers of --hidden-size"))

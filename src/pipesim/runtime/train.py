@@ -19,7 +19,7 @@ from torch import nn
 from pipesim.ir import Op, Schedule
 from pipesim.runtime.comm import Comm, exchange_shapes
 from pipesim.runtime.engine import ActionHook, Engine, StepRecord
-from pipesim.runtime.models import build_mlp, split_layers, uniform_balance
+from pipesim.runtime.models import get_model, split_layers, uniform_balance
 from pipesim.runtime.stage import StageRunner
 from pipesim.runtime.trace import gather_events, to_timeline
 from pipesim.timeline import Timeline
@@ -54,6 +54,10 @@ class RunConfig:
     collect_state: bool = False  # return every stage's final weights and gradients (tests)
 
     @property
+    def torch_dtype(self) -> torch.dtype:
+        return _DTYPES[self.dtype]
+
+    @property
     def num_layers(self) -> int:
         return self.layers if self.layers is not None else self.schedule.stages
 
@@ -64,26 +68,16 @@ class RunConfig:
 
 
 def build_layers(cfg: RunConfig) -> list[nn.Module]:
-    if cfg.model == "mlp":
-        return build_mlp(cfg.hidden_size, cfg.num_layers, cfg.seed, _DTYPES[cfg.dtype])
-    raise ValueError(f"unknown model {cfg.model!r}")
+    return get_model(cfg.model).build(cfg)
 
 
 def make_batch(cfg: RunConfig, step: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Microbatches of inputs and targets for ``step``, the same on every rank."""
-    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-    m, b, h = cfg.schedule.microbatches, cfg.batch_size, cfg.hidden_size
-    dtype = _DTYPES[cfg.dtype]
-    x = torch.randn(m * b, h, generator=gen, dtype=dtype)
-    if cfg.loss == "cross-entropy":
-        y = torch.randint(0, h, (m * b,), generator=gen)
-    else:
-        y = torch.randn(m * b, h, generator=gen, dtype=dtype)
-    return list(x.chunk(m)), list(y.chunk(m))
+    return get_model(cfg.model).batch(cfg, step)
 
 
-def loss_function(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    return {"mse": nn.functional.mse_loss, "cross-entropy": nn.functional.cross_entropy}[name]
+def loss_function(cfg: RunConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    return get_model(cfg.model).loss(cfg)
 
 
 def make_optimizer(name: str, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
@@ -132,7 +126,7 @@ class TrainJob:
         layers = build_layers(cfg)
         modules = split_layers(layers, cfg.stage_balance())
         mine = {s: modules[s].to(device) for s in sched.stages_of(rank)}
-        loss_fn = loss_function(cfg.loss)
+        loss_fn = loss_function(cfg)
         runners = {s: StageRunner(s, sched.stages, m, loss_fn, sched.microbatches,
                                   cfg.checkpoint_activations) for s, m in mine.items()}
         params = [p for r in runners.values() for p in r.parameters()]
@@ -221,7 +215,7 @@ def reference_train(cfg: RunConfig) -> list[nn.Module]:
     model = nn.Sequential(*layers)
     params = list(model.parameters())
     optimizer = make_optimizer(cfg.optimizer, params, cfg.lr)
-    loss_fn = loss_function(cfg.loss)
+    loss_fn = loss_function(cfg)
     for step in range(cfg.steps):
         inputs, targets = make_batch(cfg, step)
         optimizer.zero_grad(set_to_none=True)
