@@ -167,6 +167,7 @@ def build_config(args: argparse.Namespace) -> Any:
 
 def _check_gpus(ranks: int) -> None:
     import torch
+
     from pipesim.runtime.launch import under_torchrun
     if not torch.cuda.is_available():
         raise UserError("--backend nccl needs CUDA GPUs, and none is available here; "

@@ -9,6 +9,7 @@ set) the current process is one rank and the env:// rendezvous is used.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import multiprocessing as mp
 import os
@@ -89,10 +90,8 @@ def _child(rank: int, world: int, worker: Worker, opts: LaunchOptions, port: Any
     except BaseException as err:  # report every failure, then exit non-zero
         code = 130 if isinstance(err, KeyboardInterrupt) else 1
         summary = f"{type(err).__name__}: {err}".strip()
-        try:
+        with contextlib.suppress(BrokenPipeError, OSError):
             conn.send_bytes(pickle.dumps(("error", summary, traceback.format_exc())))
-        except (BrokenPipeError, OSError):
-            pass
     finally:
         if dist.is_initialized() and code == 0:
             dist.destroy_process_group()

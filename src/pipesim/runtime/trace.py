@@ -20,8 +20,11 @@ def _encode(events: list[tuple[Action, float, float]]) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.float64).reshape(-1, 5)
 
 
-def gather_events(events: list[tuple[Action, float, float]], world: int, device: torch.device,
-                  group: dist.ProcessGroup | None = None) -> list[list[tuple[Action, float, float]]]:
+Timed = tuple[Action, float, float]  # (action, start, end)
+
+
+def gather_events(events: list[Timed], world: int, device: torch.device,
+                  group: dist.ProcessGroup | None = None) -> list[list[Timed]]:
     """All ranks' events (all-gather, padded to the longest)."""
     local = _encode(events).to(device)
     n = torch.tensor([local.shape[0]], dtype=torch.int64, device=device)
