@@ -1,0 +1,303 @@
+"""The planner: ranking on cost models with known answers, memory, JSON, the CLI and its errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from pipesim.cli import main
+from pipesim.ir import Action, Op, Schedule
+from pipesim.layercosts import LayerCost, LayerCosts, load_layer_costs, stage_costs, stage_memory
+from pipesim.plan import (
+    Candidate,
+    Config,
+    PlanError,
+    format_bytes,
+    parse_bytes,
+    peak_memory,
+    plan,
+    run_command,
+)
+from pipesim.schedules import get_schedule
+from pipesim.simulate import simulate
+from pipesim.timeline import metrics
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "costs"
+
+
+def uniform_layers(n: int, latency: float = 0.0, stash: float = 1.0, params: float = 0.0,
+                   model: str = "") -> LayerCosts:
+    """n identical layers: F = I = W = 1 s, B = 2 s."""
+    layer = LayerCost(1.0, 1.0, 1.0, 2.0, 0.0, stash, params)
+    return LayerCosts((layer,) * n, 1, model, latency, math.inf)
+
+
+def step(candidates: Sequence[Candidate], schedule: str) -> float:
+    return min(c.predicted_step_seconds for c in candidates if c.config.schedule == schedule)
+
+
+def test_expensive_communication_favours_one_stage_per_rank() -> None:
+    result = plan(uniform_layers(8, latency=100.0), ranks=4, batch=8, microbatch_counts=[8])
+    assert result.best is not None and result.best.config.virtual_stages == 1
+    assert step(result.candidates, "gpipe") < step(result.candidates, "interleaved-1f1b")
+
+
+def test_zero_bubble_beats_gpipe_at_no_more_memory() -> None:
+    result = plan(uniform_layers(8), ranks=4, batch=8, microbatch_counts=[8])
+    by_name = {c.config.schedule: c for c in result.candidates}
+    for name in ("zb-h1", "zbv"):
+        assert by_name[name].predicted_step_seconds < by_name["gpipe"].predicted_step_seconds
+        assert max(by_name[name].peak_memory_bytes) <= max(by_name["gpipe"].peak_memory_bytes)
+    # 1F1B: gpipe's time at half its memory, so the tie goes to 1F1B
+    assert by_name["1f1b"].predicted_step_seconds == by_name["gpipe"].predicted_step_seconds
+    names = [c.config.schedule for c in result.candidates]
+    assert names.index("1f1b") < names.index("gpipe")
+    times = [c.predicted_step_seconds for c in result.candidates]
+    assert times == sorted(times)
+
+
+def test_tight_memory_limit_rejects_gpipe_and_picks_1f1b() -> None:
+    # 2 layers per rank, 1 byte stashed per layer: gpipe keeps all 8 microbatches (16 B),
+    # 1F1B at most 4 on rank 0 (8 B)
+    result = plan(uniform_layers(8), ranks=4, batch=8, microbatch_counts=[8],
+                  schedules=["gpipe", "1f1b"], memory_limit_bytes=10)
+    assert result.best is not None and result.best.config.schedule == "1f1b"
+    assert result.best.peak_memory_bytes == (8.0, 6.0, 4.0, 2.0)
+    assert [r.config.schedule for r in result.rejected] == ["gpipe"]
+    assert result.rejected[0].reason == "rank 0 needs 16 B > limit 10 B"
+
+
+def test_parameters_count_with_the_optimizer_factor() -> None:
+    result = plan(uniform_layers(4, params=100.0), ranks=2, batch=4, microbatch_counts=[4],
+                  schedules=["1f1b"], optimizer_factor=3.0)
+    assert result.best is not None
+    # rank 0: 2 layers x 100 B x 3 + 2 microbatches in flight x 2 B stash
+    assert result.best.peak_memory_bytes == (604.0, 602.0)
+
+
+def test_peak_memory_walk_frees_on_b_and_on_w_when_split() -> None:
+    one = get_schedule("1f1b", 2, 4)
+    assert peak_memory(one, [1.0, 10.0], [0.0, 0.0]) == [2.0, 10.0]
+    zb = get_schedule("zb-h1", 2, 4)
+    assert peak_memory(zb, [1.0, 10.0], [5.0, 0.0], optimizer_factor=2.0) == [12.0, 20.0]
+    # I alone frees nothing: F F I I W W holds two activations
+    rows = ((Action(0, Op.F, 0), Action(0, Op.F, 1), Action(0, Op.I, 0), Action(0, Op.I, 1),
+             Action(0, Op.W, 0), Action(0, Op.W, 1)),)
+    manual = Schedule(1, 1, 2, (0,), rows)
+    assert peak_memory(manual, [3.0], [0.0]) == [6.0]
+
+
+def test_times_scale_with_microbatch_size() -> None:
+    costs = uniform_layers(4)
+    small = plan(costs, 2, batch=4, microbatch_counts=[4], schedules=["1f1b"])
+    large = plan(costs, 2, batch=8, microbatch_counts=[4], schedules=["1f1b"])
+    assert small.best is not None and large.best is not None
+    assert large.best.config.microbatch_size == 2
+    assert large.best.predicted_step_seconds == 2 * small.best.predicted_step_seconds
+    assert large.best.peak_memory_bytes == tuple(2 * x for x in small.best.peak_memory_bytes)
+
+
+def test_skips_what_a_schedule_or_the_model_does_not_accept() -> None:
+    result = plan(uniform_layers(6), ranks=4, batch=4, microbatch_counts=[4],
+                  schedules=["1f1b", "dualpipev"])
+    assert [c.config.schedule for c in result.candidates] == ["1f1b"]
+    (skip,) = result.skipped
+    assert skip.schedule == "dualpipev" and "needs 8 stages but the model has 6" in skip.reason
+    result = plan(uniform_layers(16), ranks=4, batch=4, microbatch_counts=[4],
+                  schedules=["dualpipev"])
+    assert not result.candidates and "at least as many microbatches" in result.skipped[0].reason
+
+
+def test_explicit_and_named_partitions() -> None:
+    costs = LayerCosts(tuple(LayerCost(f, f, f, 2 * f, 0, 0, p) for f, p in
+                             [(1, 9), (1, 1), (1, 1), (3, 1)]), 1)
+    time = plan(costs, 2, 2, microbatch_counts=[2], schedules=["1f1b"], partition="time")
+    params = plan(costs, 2, 2, microbatch_counts=[2], schedules=["1f1b"], partition="params")
+    explicit = plan(costs, 2, 2, microbatch_counts=[2], schedules=["1f1b"], partition=[2, 2])
+    assert [c.config.balance for c in time.candidates] == [(3, 1)]
+    assert [c.config.balance for c in params.candidates] == [(1, 3)]
+    assert [(c.config.partition, c.config.balance) for c in explicit.candidates] == [
+        ("explicit", (2, 2))]
+    auto = plan(costs, 2, 2, microbatch_counts=[2], schedules=["1f1b"])
+    assert {c.config.partition for c in auto.candidates} == {"time", "uniform"}
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"batch": 10, "microbatch_counts": [4, 8]},
+     r"batch 10 is not divisible by any microbatch count \(4, 8\); counts that divide it: "
+     r"1, 2, 5, 10"),
+    ({"ranks": 9}, "cannot place 8 layers on 9 ranks"),
+    ({"ranks": 0}, "ranks must be an integer >= 1"),
+    ({"schedules": ["forward"]}, "'forward' is not a training schedule"),
+    ({"schedules": ["nope"]}, "'nope' is not a training schedule; valid: gpipe, 1f1b"),
+    ({"virtual": [3], "schedules": ["zbv"]}, "no schedule among zbv has 3 stages per rank"),
+    ({"partition": "fastest"}, "unknown partition 'fastest'"),
+    ({"partition": [4, 3]}, "covers 7 layers; the model has 8"),
+    ({"memory_limit_bytes": 0}, "memory limit must be > 0"),
+    ({"optimizer_factor": -1.0}, "optimizer factor must be a finite number >= 0"),
+])
+def test_bad_planner_inputs(kwargs: dict[str, object], message: str) -> None:
+    args: dict[str, object] = {"ranks": 2, "batch": 8} | kwargs
+    with pytest.raises(PlanError, match=message):
+        plan(uniform_layers(8), **args)  # type: ignore[arg-type]
+
+
+def test_run_command() -> None:
+    config = Config("zbv", 8, 2, 4, "time", (2, 3, 3, 2))
+    assert run_command(config, 2, "my model") == (
+        "pipesim run --model 'my model' --schedule zbv -w 2 -m 8 -b 4 -v 2 --balance 2,3,3,2 "
+        "--steps 10")
+    assert run_command(config, 2).startswith("pipesim run --schedule zbv")
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("2GB", 2 * 10**9), ("512MiB", 512 * 2**20), ("1.5GiB", 3 * 2**29), ("1000", 1000),
+    (" 80 gb ", 80 * 10**9), ("4KB", 4000),
+])
+def test_parse_bytes(text: str, value: int) -> None:
+    assert parse_bytes(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "GB", "2 GBs", "-1GB", "0", "1e9"])
+def test_parse_bytes_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match=r"size|at least 1 byte"):
+        parse_bytes(text)
+
+
+def test_format_bytes() -> None:
+    assert [format_bytes(x) for x in (16, 3.1e9, 2.5e6, 1.2e12)] == [
+        "16 B", "3.1 GB", "2.5 MB", "1.2 TB"]
+
+
+def test_plans_64_ranks_from_the_example_file() -> None:
+    costs = load_layer_costs(str(EXAMPLES / "gpt-58b-128l.json"))
+    result = plan(costs, ranks=64, batch=128, microbatch_counts=[64, 128],
+                  schedules=["1f1b", "zb-h1"], memory_limit_bytes=80e9)
+    assert result.best is not None
+    assert len(result.best.config.balance) == 64 and sum(result.best.config.balance) == 130
+    assert len(result.best.peak_memory_bytes) == 64
+    assert max(result.best.peak_memory_bytes) <= 80e9
+    # ZB-H1's last rank keeps up to 64 stashes until their W's; with the LM head's fp32 logits
+    # on it (time partition) that is over 80 GB, while 1F1B's last rank keeps one
+    assert result.best.config.schedule == "1f1b" and result.best.config.microbatches == 128
+    zb = [r for r in result.rejected if r.config.schedule == "zb-h1"
+          and r.config.partition == "time" and r.config.microbatches == 128]
+    assert zb and zb[0].reason.startswith("rank 63 needs")
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+
+def write_costs(tmp_path: Path, costs: LayerCosts) -> str:
+    path = tmp_path / "costs.json"
+    path.write_text(costs.to_json())
+    return str(path)
+
+
+def test_cli_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_costs(tmp_path, uniform_layers(8, model="toy"))
+    code = main(["plan", "--costs", path, "--ranks", "4", "--batch", "8", "--microbatches",
+                 "8", "--memory-limit", "10", "--schedules", "gpipe,1f1b,zb-h1"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "plan: toy (8 layers) on 4 ranks, batch 8, memory limit 10 B" in out
+    assert ("best: zb-h1, 8 microbatches of 1, 1 stage(s) per rank, 54.000 s per step\n"
+            "  pipesim run --model toy --schedule zb-h1 -w 4 -m 8 -b 1 -v 1 --balance 2,2,2,2 "
+            "--steps 10") in out
+    assert "gpipe             m=8    v=1 time     rank 0 needs 16 B > limit 10 B" in out
+
+
+def test_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_costs(tmp_path, uniform_layers(8))
+    code = main(["plan", "--costs", path, "-p", "2", "--batch", "8", "--virtual", "1,2",
+                 "--json", "--memory-limit", "12"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert {"best", "candidates", "rejected", "skipped"} <= set(data)
+    keys = {"schedule", "microbatches", "virtual_stages", "microbatch_size", "partition",
+            "balance", "predicted_step_seconds", "bubble_fraction", "peak_memory_bytes",
+            "command"}
+    assert set(data["best"]) == keys and all(set(c) == keys for c in data["candidates"])
+    assert data["best"] == data["candidates"][0]
+    best = data["best"]
+    assert best["command"] == (
+        f"pipesim run --schedule {best['schedule']} -w 2 -m {best['microbatches']} "
+        f"-b {best['microbatch_size']} -v {best['virtual_stages']} "
+        f"--balance {','.join(map(str, best['balance']))} --steps 10")
+    assert data["rejected"] and all("> limit 12 B" in r["reason"] for r in data["rejected"])
+    assert all(max(c["peak_memory_bytes"]) <= 12 for c in data["candidates"])
+
+
+def test_cli_explicit_balance(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_costs(tmp_path, uniform_layers(8))
+    code = main(["plan", "--costs", path, "-p", "2", "--batch", "4", "--balance", "5,3",
+                 "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0 and data["candidates"]
+    assert {(c["partition"], tuple(c["balance"])) for c in data["candidates"]} == {
+        ("explicit", (5, 3))}
+    assert {s["virtual_stages"] for s in data["skipped"]} == {2}  # 4 stages != 2 in the balance
+
+
+def test_cli_nothing_fits_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_costs(tmp_path, uniform_layers(4, params=1e9))
+    code = main(["plan", "--costs", path, "-p", "2", "--batch", "4", "--memory-limit", "1GB"])
+    assert code == 1
+    assert "no configuration fits" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--costs", "{missing}"], "cannot read cost file"),
+    (["--costs", "{bad_json}"], "not JSON"),
+    (["--costs", "{bad_type}"], r"layers\[0\]\.F: 'fast' is not a finite number"),
+    (["--costs", "{good}", "--microbatches", "3,5"], "batch 8 is not divisible"),
+    (["--costs", "{good}", "--memory-limit", "lots"], "'lots' is not a size"),
+    (["--costs", "{good}", "--microbatches", "4,x"], "not a comma-separated list"),
+    (["--costs", "{good}", "--balance", "2,2"], "--balance: .*covers 4 layers; the model has 8"),
+    (["--costs", "{good}", "--schedules", "gpipe,warp"], "'warp' is not a training schedule"),
+    (["--costs", "{good}", "--model", "gpt"], "not both"),
+    (["--model", "gpt"], "needs the runtime's profiler"),
+    (["--costs", "{good}", "--balance", "4,4", "--partition", "time"], "not both"),
+    (["--costs", "{good}", "--optimizer-factor", "nan"], "optimizer factor must be"),
+    (["--costs", "{good}", "--ranks", "9"], "cannot place 8 layers on 9 ranks"),
+    ([], r"give --costs FILE\.json"),
+])
+def test_cli_errors_are_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                        argv: list[str], message: str) -> None:
+    files = {"missing": str(tmp_path / "missing.json"), "good": write_costs(tmp_path,
+             uniform_layers(8)), "bad_json": str(tmp_path / "bad.json"),
+             "bad_type": str(tmp_path / "type.json")}
+    Path(files["bad_json"]).write_text("{")
+    Path(files["bad_type"]).write_text('{"microbatch_size": 1, "layers": [{"F": "fast"}]}')
+    try:
+        code = main(["plan", "--ranks", "2", "--batch", "8", *(a.format(**files) for a in argv)])
+    except SystemExit as exit_:  # argparse's own errors (a flag's type) exit from the parser
+        code = int(str(exit_.code))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1, err
+    assert re.search(message, err), err
+
+
+@pytest.mark.parametrize("name", ["gpipe", "1f1b", "zb-h1", "zbv", "dualpipev",
+                                  "interleaved-1f1b"])
+def test_step_bubble_and_memory_agree_with_timeline_metrics(name: str) -> None:
+    costs = LayerCosts(tuple(LayerCost(1.0 + i % 3, 1.5, 0.5 + i % 2, 2.0 + i % 2, 8.0,
+                                       10.0 + i, 3.0) for i in range(16)), 1, "", 0.1, 80.0)
+    result = plan(costs, 4, 8, microbatch_counts=[8], schedules=[name], partition="uniform")
+    best = result.best
+    assert best is not None
+    sched = get_schedule(name, 4, 8, best.config.virtual_stages)
+    stage = stage_costs(costs, best.config.balance)
+    stash, params = stage_memory(costs, best.config.balance)
+    expected = metrics(simulate(sched, stage), stash)
+    assert best.predicted_step_seconds == pytest.approx(expected.makespan)
+    assert best.bubble_fraction == pytest.approx(expected.bubble_fraction)
+    assert [x - 4 * sum(params[s] for s in sched.stages_of(r))
+            for r, x in enumerate(best.peak_memory_bytes)] == pytest.approx(
+        [r.peak_activation_bytes for r in expected.per_rank])
