@@ -71,10 +71,30 @@ def register(sub: Any) -> None:
     p.add_argument("--plot", metavar="OUT.png", help="write a PNG timeline of the last step")
     p.add_argument("--timeline", metavar="OUT.json", help="write the measured Timeline as JSON")
     p.add_argument("--html", metavar="OUT.html", help="write an offline HTML report of the run")
+    p.add_argument("--stall-timeout", type=_positive_float, default=60.0, metavar="SECONDS",
+                   help="stop and report every rank when one makes no progress this long "
+                        "(default 60)")
+    p.add_argument("--checkpoint-dir", metavar="DIR",
+                   help="save weights, optimizer and RNG state of every rank here")
+    p.add_argument("--checkpoint-every", type=positive_int, default=None, metavar="N",
+                   help="save every N steps and after the last (default: only after the last)")
+    p.add_argument("--resume", metavar="DIR", help="continue from the checkpoint in DIR")
+    p.add_argument("--no-size-check", action="store_true",
+                   help="run even when the model or activations look too large for this machine")
     p.set_defaults(func=run)
 
 
 # ----------------------------------------------------------------------------- configuration
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
 
 
 def _parse_balance(text: str | None) -> tuple[int, ...] | None:
@@ -156,13 +176,55 @@ def build_config(args: argparse.Namespace) -> Any:
                         "(e.g. --schedule 1f1b)")
     if args.backend == "nccl":
         _check_gpus(sched.ranks)
-    return RunConfig(
+    if (args.checkpoint_dir or args.resume) and sched.forward_only:
+        raise UserError("--checkpoint-dir/--resume need a training schedule (e.g. --schedule 1f1b)")
+    if args.checkpoint_every and not args.checkpoint_dir:
+        raise UserError("--checkpoint-every needs --checkpoint-dir")
+    if args.checkpoint_dir and os.path.exists(args.checkpoint_dir) \
+            and not os.path.isdir(args.checkpoint_dir):
+        raise UserError(f"--checkpoint-dir {args.checkpoint_dir} exists and is not a directory")
+    if not args.no_size_check:
+        _check_size(args, sched, n_layers)
+    cfg = RunConfig(
         schedule=sched, batch_size=args.batch_size, hidden_size=args.hidden_size, layers=layers,
         balance=balance, steps=args.steps or 1, lr=args.lr, optimizer=args.optimizer,
         loss=args.loss, model=args.model, seed=args.seed, dtype=args.dtype,
         checkpoint_activations=args.checkpoint_activations, backend=args.backend,
         synthetic=_parse_synthetic(args.synthetic), verify=args.verify,
+        checkpoint_dir=args.checkpoint_dir, resume_dir=args.resume,
+        checkpoint_every=(args.checkpoint_every or args.steps or 1) if args.checkpoint_dir else 0,
     )
+    if args.resume:
+        _check_resume(cfg)
+    return cfg
+
+
+def _check_resume(cfg: Any) -> None:
+    from pipesim.runtime.checkpoint import CheckpointError, check_fingerprint, read_latest
+    try:
+        latest = read_latest(cfg.resume_dir)
+        check_fingerprint(latest["fingerprint"], cfg.fingerprint(), cfg.resume_dir)
+    except CheckpointError as err:
+        raise UserError(str(err)) from None
+    if latest["step"] >= cfg.steps:
+        raise UserError(f"--resume {cfg.resume_dir}: the checkpoint is at step {latest['step']}; "
+                        f"--steps {cfg.steps} leaves nothing to run (steps count from the start)")
+
+
+def _check_size(args: argparse.Namespace, sched: Schedule, layers: int) -> None:
+    """Refuse sizes that would exhaust this machine's memory, saying how to override."""
+    width = 8 if args.dtype == "float64" else 4
+    params = layers * (args.hidden_size * args.hidden_size + args.hidden_size) * width
+    acts = sched.microbatches * args.batch_size * args.hidden_size * width * layers
+    need = 4 * params + 2 * acts  # weights, grads, optimizer state; stashed activations
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return
+    if need > total / 2:
+        raise UserError(f"this run needs about {need / 2**30:.1f} GiB (weights, gradients, "
+                        f"optimizer state, activations), more than half of this machine's "
+                        f"{total / 2**30:.1f} GiB; shrink it or pass --no-size-check")
 
 
 def _check_gpus(ranks: int) -> None:
@@ -262,13 +324,16 @@ def run(args: argparse.Namespace) -> int:
     progress = None if args.json or sched.forward_only else \
         Progress(sched.microbatches * cfg.batch_size, not sched.forward_only)
     job = TrainJob(cfg, hook, progress)
-    opts = LaunchOptions(backend=cfg.backend)
+    opts = LaunchOptions(backend=cfg.backend, stall_timeout=args.stall_timeout)
     if not args.json and not under_torchrun():
         _print_header(cfg)
     t0 = time.perf_counter()
+    from pipesim.runtime.watchdog import StallError
     try:
         result = run_torchrun(job, opts) if under_torchrun() else launch(job, sched.ranks, opts)
     except RankFailedError as err:
+        raise UserError(str(err), code=2 if err.kind == "CheckpointError" else 1) from None
+    except StallError as err:
         raise UserError(str(err), code=1) from None
     wall = time.perf_counter() - t0
     if result is None:  # a torchrun rank other than 0

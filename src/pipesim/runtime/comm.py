@@ -67,7 +67,6 @@ class Comm:
         self.next_post = dict.fromkeys(self.channel, 0)
         self.posted: dict[Message, _Posted] = {}
         self.sends: list[tuple[dist.Work, torch.Tensor]] = []
-        self.waiting_for: Message | None = None  # for the watchdog's report
 
     # ------------------------------------------------------------------ receiving
     def _buffer(self, m: Message) -> torch.Tensor:
@@ -96,9 +95,7 @@ class Comm:
         m = next(x for x in self.incoming[consumer] if x.producer == producer)
         self._post_until(m)
         posted = self.posted.pop(m)
-        self.waiting_for = m
         posted.work.wait()
-        self.waiting_for = None
         return posted.buffer
 
     # ------------------------------------------------------------------ sending

@@ -20,6 +20,7 @@ import torch
 from pipesim.ir import Action, Op, Schedule
 from pipesim.runtime.comm import Comm
 from pipesim.runtime.stage import StageRunner
+from pipesim.runtime.watchdog import Monitor, NullMonitor
 
 # hook(rank, action, detail) called after each action; detail says where data came from/went
 ActionHook = Callable[[int, Action, dict[str, Any]], None]
@@ -41,7 +42,9 @@ class Engine:
 
     def __init__(self, schedule: Schedule, rank: int, runners: dict[int, StageRunner],
                  comm: Comm, origin: float = 0.0, hook: ActionHook | None = None,
-                 synthetic: dict[Op, float] | None = None, lookahead: int = 2) -> None:
+                 synthetic: dict[Op, float] | None = None, lookahead: int = 2,
+                 monitor: Monitor | None = None,
+                 before: Callable[[Action], None] | None = None) -> None:
         self.schedule = schedule
         self.rank = rank
         self.runners = runners
@@ -50,12 +53,12 @@ class Engine:
         self.hook = hook
         self.synthetic = synthetic or {}
         self.lookahead = lookahead
+        self.monitor = monitor or NullMonitor()
+        self.before = before  # called before each action (fault injection in tests)
         self.training = not schedule.forward_only
         self.handlers: dict[Op, Callable[[Action], dict[str, Any]]] = {
             Op.F: self._forward, Op.B: self._backward, Op.I: self._backward, Op.W: self._weight,
         }
-        self.current: Action | None = None  # for the watchdog
-        self.last_done: Action | None = None
         self._local: dict[tuple[Action, Action], torch.Tensor] = {}
         self._inputs: Sequence[torch.Tensor] = ()
         self._targets: Sequence[torch.Tensor] = ()
@@ -73,17 +76,20 @@ class Engine:
         for i, action in enumerate(row):
             for ahead in row[i:i + 1 + self.lookahead]:
                 self.comm.prefetch(ahead)
-            self.current = action
+            self.monitor.running(action)
+            if self.before is not None:
+                self.before(action)
             start = self.clock()
             detail = self.handlers[action.op](action)
             if action.op in self.synthetic:
                 time.sleep(self.synthetic[action.op])
             end = self.clock()
             record.events.append((action, start, end))
-            self.current, self.last_done = None, action
+            self.monitor.done(action)
             if self.hook is not None:
                 self.hook(self.rank, action, detail)
         self.comm.finish()
+        self.monitor.finished()
         for runner in self.runners.values():
             record.losses.update(runner.losses)
             runner.losses.clear()
@@ -95,9 +101,13 @@ class Engine:
     # ------------------------------------------------------------------ handlers
     def _take(self, consumer: Action, producer: Action) -> tuple[torch.Tensor, str]:
         """The input of ``consumer`` produced by ``producer``: local hand-off or a message."""
-        if self.schedule.stage_to_rank[producer.stage] == self.rank:
+        src = self.schedule.stage_to_rank[producer.stage]
+        if src == self.rank:
             return self._local.pop((producer, consumer)), "local"
-        return self.comm.recv(consumer, producer), "recv"
+        self.monitor.waiting(consumer, producer, src)
+        tensor = self.comm.recv(consumer, producer)
+        self.monitor.running(consumer)
+        return tensor, "recv"
 
     def _give(self, producer: Action, consumer: Action, tensor: torch.Tensor) -> str:
         if self.schedule.stage_to_rank[consumer.stage] == self.rank:

@@ -15,7 +15,9 @@ import multiprocessing as mp
 import os
 import pickle
 import signal
+import socket
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -27,7 +29,17 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-Worker = Callable[[int, int], Any]  # (rank, world_size) -> result (rank 0's is returned)
+from pipesim.runtime.watchdog import (
+    Monitor,
+    StallError,
+    private_rows,
+    shared_rows,
+    stall_report,
+    stalled,
+)
+
+# (rank, world_size, monitor) -> result; rank 0's result is returned to the launcher
+Worker = Callable[[int, int, Monitor], Any]
 
 _RENDEZVOUS_TIMEOUT = 60.0
 
@@ -35,9 +47,10 @@ _RENDEZVOUS_TIMEOUT = 60.0
 class RankFailedError(RuntimeError):
     """A rank failed; ``rank`` names it and the message carries its error."""
 
-    def __init__(self, rank: int, message: str) -> None:
+    def __init__(self, rank: int, message: str, kind: str = "") -> None:
         super().__init__(f"rank {rank} failed: {message}")
         self.rank = rank
+        self.kind = kind  # the exception's class name, when the rank reported one
 
 
 @dataclass(frozen=True)
@@ -45,6 +58,7 @@ class LaunchOptions:
     backend: str = "gloo"
     threads: int = 1  # torch threads per rank
     timeout: float = 600.0  # collective timeout (seconds)
+    stall_timeout: float = 60.0  # no action completed this long on a busy rank: stop the job
 
 
 def under_torchrun() -> bool:
@@ -63,9 +77,14 @@ def _die_with_parent() -> None:
 def _init_group(rank: int, world: int, port: Any, ready: Any, opts: LaunchOptions) -> None:
     timeout = timedelta(seconds=opts.timeout)
     if rank == 0:
-        store = dist.TCPStore("127.0.0.1", 0, world, is_master=True, timeout=timeout,
-                              wait_for_workers=False)
-        port.value = store.port
+        # our own listening socket on loopback: TCPStore alone would listen on every interface
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(world * 2)
+        port.value = listener.getsockname()[1]
+        store = dist.TCPStore("127.0.0.1", port.value, world, is_master=True, timeout=timeout,
+                              wait_for_workers=False, master_listen_fd=listener.fileno(),
+                              use_libuv=True)
         ready.set()
     else:
         if not ready.wait(_RENDEZVOUS_TIMEOUT):
@@ -76,14 +95,15 @@ def _init_group(rank: int, world: int, port: Any, ready: Any, opts: LaunchOption
 
 
 def _child(rank: int, world: int, worker: Worker, opts: LaunchOptions, port: Any, ready: Any,
-           conn: Connection) -> None:
+           conn: Connection, rows: Any) -> None:
     _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to handle
     torch.set_num_threads(opts.threads)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo listens on loopback only
     code = 0
     try:
         _init_group(rank, world, port, ready, opts)
-        result = worker(rank, world)
+        result = worker(rank, world, Monitor(rows, rank))
         # plain pickle: torch's multiprocessing pickler would share storage through file
         # descriptors that vanish when this process exits
         conn.send_bytes(pickle.dumps(("ok", result if rank == 0 else None)))
@@ -91,7 +111,8 @@ def _child(rank: int, world: int, worker: Worker, opts: LaunchOptions, port: Any
         code = 130 if isinstance(err, KeyboardInterrupt) else 1
         summary = f"{type(err).__name__}: {err}".strip()
         with contextlib.suppress(BrokenPipeError, OSError):
-            conn.send_bytes(pickle.dumps(("error", summary, traceback.format_exc())))
+            conn.send_bytes(pickle.dumps(("error", summary, traceback.format_exc(),
+                                          type(err).__name__)))
     finally:
         if dist.is_initialized() and code == 0:
             dist.destroy_process_group()
@@ -108,29 +129,34 @@ def launch(worker: Worker, world: int, opts: LaunchOptions | None = None) -> Any
     opts = opts or LaunchOptions()
     ctx = mp.get_context("fork" if opts.backend == "gloo" else "spawn")
     port, ready = ctx.Value("i", 0), ctx.Event()
+    rows = shared_rows(ctx, world)
     sys.stdout.flush()
     procs, conns = [], []
     for rank in range(world):
         recv_end, send_end = ctx.Pipe(duplex=False)
-        p = ctx.Process(target=_child, args=(rank, world, worker, opts, port, ready, send_end),
-                        name=f"pipesim-rank{rank}", daemon=True)
+        p = ctx.Process(target=_child, name=f"pipesim-rank{rank}", daemon=True,
+                        args=(rank, world, worker, opts, port, ready, send_end, rows))
         p.start()
         send_end.close()
         procs.append(p)
         conns.append(recv_end)
     try:
-        return _watch(procs, conns)
+        return _watch(procs, conns, rows, opts.stall_timeout)
     finally:
         _stop(procs)
 
 
-def _watch(procs: list[Any], conns: list[Connection]) -> Any:
+def _watch(procs: list[Any], conns: list[Connection], rows: Any, stall_timeout: float) -> Any:
     results: dict[int, tuple[Any, ...]] = {}
     alive = set(range(len(procs)))
+    poll = max(0.05, min(1.0, stall_timeout / 4))
     while alive:
         sentinels = {procs[r].sentinel: r for r in alive}
         readable = {conns[r]: r for r in alive if r not in results}
-        for ready in wait([*sentinels, *readable]):
+        ready_list = wait([*sentinels, *readable], timeout=poll)
+        if not ready_list and stalled(rows, alive - set(results), stall_timeout):
+            raise StallError(stall_report(rows, len(procs), stall_timeout))
+        for ready in ready_list:
             if ready in readable:
                 r = readable[ready]
                 try:
@@ -138,7 +164,7 @@ def _watch(procs: list[Any], conns: list[Connection]) -> Any:
                 except EOFError:
                     results[r] = ("gone",)
                 if results[r][0] == "error":
-                    raise RankFailedError(r, results[r][1])
+                    raise RankFailedError(r, results[r][1], results[r][3])
             else:
                 r = sentinels[ready]  # type: ignore[index]
                 procs[r].join()
@@ -182,7 +208,22 @@ def run_torchrun(worker: Worker, opts: LaunchOptions | None = None) -> Any:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     dist.init_process_group(opts.backend, init_method="env://", rank=rank, world_size=world,
                             timeout=timedelta(seconds=opts.timeout))
+    rows = private_rows(rank + 1)
+    threading.Thread(target=_own_watchdog, args=(rows, rank, opts.stall_timeout),
+                     daemon=True).start()
     try:
-        return worker(rank, world)
+        return worker(rank, world, Monitor(rows, rank))
     finally:
         dist.destroy_process_group()
+
+
+def _own_watchdog(rows: list[float], rank: int, timeout: float) -> None:
+    """Under torchrun each rank watches itself; torchrun then stops the others."""
+    while True:
+        time.sleep(max(0.05, min(1.0, timeout / 4)))
+        if stalled(rows, {rank}, timeout):
+            from pipesim.runtime.watchdog import describe
+            sys.stderr.write(f"pipesim: error: stalled: no action completed for {timeout:g} s "
+                             f"(--stall-timeout): {describe(rows, rank, time.monotonic())}\n")
+            sys.stderr.flush()
+            os._exit(3)

@@ -116,3 +116,5 @@ def _mlp_loss(cfg: Any) -> LossFn:
 
 register_model(ModelSpec("mlp", _mlp_layers, _mlp_batch, _mlp_loss,
                          "the tutorial's MLP: Linear+ReLU layers of --hidden-size"))
+
+from pipesim.runtime import gpt as _gpt  # noqa: E402, F401  (registers --model gpt)

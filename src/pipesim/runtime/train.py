@@ -16,12 +16,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pipesim.ir import Op, Schedule
+from pipesim.ir import Action, Op, Schedule
+from pipesim.runtime import checkpoint
 from pipesim.runtime.comm import Comm, exchange_shapes
 from pipesim.runtime.engine import ActionHook, Engine, StepRecord
+from pipesim.runtime.faults import fault_from_env
 from pipesim.runtime.models import get_model, split_layers, uniform_balance
 from pipesim.runtime.stage import StageRunner
 from pipesim.runtime.trace import gather_events, to_timeline
+from pipesim.runtime.watchdog import Monitor
 from pipesim.timeline import Timeline
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -52,6 +55,9 @@ class RunConfig:
     verify: bool = False
     keep_outputs: bool = False  # inference: return the last stage's outputs (tests)
     collect_state: bool = False  # return every stage's final weights and gradients (tests)
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 0  # save every N steps (and after the last) when checkpoint_dir
+    resume_dir: str | None = None
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -60,6 +66,15 @@ class RunConfig:
     @property
     def num_layers(self) -> int:
         return self.layers if self.layers is not None else self.schedule.stages
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a checkpoint must agree with to be resumed by this run."""
+        return {"model": self.model, "hidden_size": self.hidden_size, "layers": self.num_layers,
+                "balance": self.stage_balance(), "ranks": self.schedule.ranks,
+                "stages": self.schedule.stages,
+                "stage_to_rank": list(self.schedule.stage_to_rank),
+                "optimizer": self.optimizer, "dtype": self.dtype, "loss": self.loss,
+                "seed": self.seed}
 
     def stage_balance(self) -> list[int]:
         if self.balance is not None:
@@ -117,7 +132,8 @@ class TrainJob:
             return torch.device("cuda", local)
         return torch.device("cpu")
 
-    def __call__(self, rank: int, world: int) -> RankResult | None:
+    def __call__(self, rank: int, world: int, monitor: Monitor | None = None
+                 ) -> RankResult | None:
         cfg, sched = self.cfg, self.cfg.schedule
         if world != sched.ranks:
             raise ValueError(f"the schedule has {sched.ranks} ranks but the job has {world}")
@@ -136,10 +152,18 @@ class TrainJob:
         exchange_shapes(comm, sched, mine, first_inputs[0].to(device))
         dist.barrier()
         origin = time.perf_counter()
-        synthetic = {op: sec for op, sec in cfg.synthetic.items()}
-        engine = Engine(sched, rank, runners, comm, origin, self.hook, synthetic)
+        start_step = _resume(cfg, rank, runners, optimizer) if cfg.resume_dir else 0
+        fault, current = fault_from_env(), [start_step]
+
+        def before(action: Action) -> None:
+            if fault is not None:
+                fault.maybe_fire(rank, action, current[0])
+
+        engine = Engine(sched, rank, runners, comm, origin, self.hook, dict(cfg.synthetic),
+                        monitor=monitor, before=before)
         records: list[StepRecord] = []
-        for step in range(cfg.steps):
+        for step in range(start_step, cfg.steps):
+            current[0] = step
             inputs, targets = make_batch(cfg, step)
             inputs = [x.to(device) for x in inputs]
             targets = [y.to(device) for y in targets]
@@ -148,6 +172,9 @@ class TrainJob:
             records.append(engine.step(inputs, targets))
             if optimizer is not None and engine.training:
                 optimizer.step()
+            if cfg.checkpoint_dir and cfg.checkpoint_every and (
+                    (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
+                _save(cfg, rank, step + 1, runners, optimizer)
             if self.progress is not None and sched.stages - 1 in runners:
                 rec = records[-1]
                 self.progress(step, cfg.steps, _loss_sum(rec) / sched.microbatches,
@@ -184,6 +211,42 @@ class TrainJob:
                           [t.to_dict() for t in timelines], outputs, diff,
                           time.perf_counter() - t_begin,
                           params if cfg.collect_state else None, grads)  # type: ignore[arg-type]
+
+
+def _save(cfg: RunConfig, rank: int, step: int, runners: dict[int, StageRunner],
+          optimizer: torch.optim.Optimizer | None) -> None:
+    assert cfg.checkpoint_dir is not None
+    checkpoint.save_rank(cfg.checkpoint_dir, step, rank, {
+        "step": step, "rank": rank,
+        "stages": {str(s): r.module.state_dict() for s, r in runners.items()},
+        "optimizer": optimizer.state_dict() if optimizer is not None else {},
+        "rng": torch.get_rng_state(),
+    })
+    dist.barrier()  # every rank's file is in place before latest.json moves
+    if rank == 0:
+        checkpoint.publish(cfg.checkpoint_dir, step, cfg.schedule.ranks, cfg.fingerprint())
+    dist.barrier()
+
+
+def _resume(cfg: RunConfig, rank: int, runners: dict[int, StageRunner],
+            optimizer: torch.optim.Optimizer | None) -> int:
+    """Load this rank's state from the checkpoint; returns the step to continue from."""
+    assert cfg.resume_dir is not None
+    latest = checkpoint.read_latest(cfg.resume_dir)
+    checkpoint.check_fingerprint(latest["fingerprint"], cfg.fingerprint(), cfg.resume_dir)
+    step = int(latest["step"])
+    state = checkpoint.load_rank(cfg.resume_dir, step, rank)
+    try:
+        for s, runner in runners.items():
+            runner.module.load_state_dict(state["stages"][str(s)])
+        if optimizer is not None:
+            optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as err:
+        raise checkpoint.CheckpointError(
+            f"checkpoint of rank {rank} in {cfg.resume_dir} does not fit this model "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+    return step
 
 
 def _loss_sum(rec: StepRecord) -> float:

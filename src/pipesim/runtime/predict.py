@@ -1,0 +1,118 @@
+"""Predict a run's step from profiled per-layer costs, and compare it with what was measured.
+
+    predict(cfg, layer_costs)        simulate cfg's schedule with the layers summed into its
+                                     stages (cfg's balance, scaled to cfg.batch_size)
+    compare(predicted, measured)     predicted vs measured makespan, per step and per rank
+
+The prediction is the simulator's: every action takes its profiled time and a message costs
+``comm_latency + bytes / comm_bandwidth`` (from the cost file; ``pipesim profile`` measures them
+with a 2-rank ping-pong). It knows nothing of the engine's own Python work per action, of two
+ranks sharing CPU cores, or of clock skew between ranks; see benchmarks/RESULTS_predict.md.
+
+This module imports neither torch nor numpy (``cfg`` is read by attribute), so ``compare``
+works on saved timelines anywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+from pipesim.layercosts import LayerCosts, stage_costs
+from pipesim.simulate import simulate
+from pipesim.timeline import Timeline
+
+
+def predict(cfg: Any, layer_costs: LayerCosts, comm_latency: float | None = None,
+            comm_bandwidth: float | None = None) -> Timeline:
+    """The simulated Timeline (seconds) of one step of ``cfg`` (a RunConfig).
+
+    ``comm_latency``/``comm_bandwidth`` override the cost file's message model when given.
+    """
+    balance = cfg.stage_balance()
+    if len(layer_costs) != sum(balance):
+        raise ValueError(f"the cost file has {len(layer_costs)} layers; the run's model has "
+                         f"{sum(balance)} (profile the same model and --layers)")
+    costs = stage_costs(layer_costs, balance, cfg.batch_size)
+    if comm_latency is not None:
+        costs = dataclasses.replace(costs, comm_latency=comm_latency)
+    if comm_bandwidth is not None:
+        costs = dataclasses.replace(costs, comm_bandwidth=comm_bandwidth)
+    timeline = simulate(cfg.schedule, costs)
+    return dataclasses.replace(timeline, meta={**timeline.meta, "predicted": True})
+
+
+def _rank_finish(timeline: Timeline) -> list[float]:
+    """Each rank's last end, from the timeline's start (a rank with no events: 0)."""
+    t0 = timeline.start
+    return [max((e.end for e in row), default=t0) - t0 for row in timeline.by_rank()]
+
+
+def _rank_busy(timeline: Timeline) -> list[float]:
+    return [sum(e.duration for e in row) for row in timeline.by_rank()]
+
+
+def _error(predicted: float, measured: float) -> float | None:
+    """Signed relative error: > 0 when the prediction is slower than what was measured."""
+    return (predicted - measured) / measured if measured > 0 else None
+
+
+def used_steps(measured: Sequence[Timeline]) -> list[int]:
+    """Steps that count: all of them, but step 0 (warm-up) when there are 3 or more."""
+    return list(range(1 if len(measured) >= 3 else 0, len(measured)))
+
+
+def compare(predicted: Timeline, measured: Sequence[Timeline]) -> dict[str, Any]:
+    """Predicted vs measured step time (makespan of the events), in total and per rank.
+
+    ``measured_step_seconds`` is the median makespan of the used steps (``used_steps``);
+    ``prediction_error`` = (predicted - measured) / measured, signed: negative means the run
+    was slower than predicted. Per rank: finish time (last end from the step's start) and busy
+    time (sum of action durations; a measured action includes its wait for a message).
+    """
+    if not measured:
+        raise ValueError("no measured steps to compare with")
+    if any(t.ranks != predicted.ranks for t in measured):
+        raise ValueError(f"the prediction has {predicted.ranks} ranks; a measured step has "
+                         f"{next(t.ranks for t in measured if t.ranks != predicted.ranks)}")
+    steps = used_steps(measured)
+    spans = [measured[s].makespan for s in steps]
+    want = statistics.median(spans)
+    pred = predicted.makespan
+    p_finish, p_busy = _rank_finish(predicted), _rank_busy(predicted)
+    m_finish = [statistics.median(_rank_finish(measured[s])[r] for s in steps)
+                for r in range(predicted.ranks)]
+    m_busy = [statistics.median(_rank_busy(measured[s])[r] for s in steps)
+              for r in range(predicted.ranks)]
+    return {
+        "predicted_step_seconds": pred,
+        "measured_step_seconds": want,
+        "prediction_error": _error(pred, want),
+        "steps_used": steps,
+        "per_step": [{"step": s, "measured_seconds": measured[s].makespan,
+                      "error": _error(pred, measured[s].makespan)} for s in range(len(measured))],
+        "per_rank": [{"rank": r, "predicted_finish": p_finish[r], "measured_finish": m_finish[r],
+                      "finish_error": _error(p_finish[r], m_finish[r]),
+                      "predicted_busy": p_busy[r], "measured_busy": m_busy[r],
+                      "busy_error": _error(p_busy[r], m_busy[r])}
+                     for r in range(predicted.ranks)],
+    }
+
+
+def median_step(measured: Sequence[Timeline]) -> Timeline:
+    """The used step whose makespan is the median (the one to draw)."""
+    steps = sorted(used_steps(measured), key=lambda s: measured[s].makespan)
+    return measured[steps[len(steps) // 2]]
+
+
+def plot_prediction(predicted: Timeline, measured: Sequence[Timeline], path: str) -> None:
+    """A PNG with the predicted step above the median measured step (same time axis unit)."""
+    from pipesim.views.png import render_png  # matplotlib, imported only here
+    report = compare(predicted, measured)
+    step = median_step(measured)
+    error = report["prediction_error"]
+    render_png([(f"{predicted.name} predicted: {predicted.makespan * 1e3:.2f} ms", predicted),
+                (f"{step.name} measured (median step): {step.makespan * 1e3:.2f} ms"
+                 + (f", prediction {error:+.1%}" if error is not None else ""), step)], path)
