@@ -62,28 +62,42 @@ class ParseError(ValueError):
         self.column = column
 
 
-_ACTION_RE = re.compile(r"^(\d+)([FIWB])(\d+)$")
+# ASCII digits only: "\d" would also take other scripts' digits, which torch does not write.
+_ACTION_RE = re.compile(r"^([0-9]+)([FIWB])([0-9]+)$")
 # torch.distributed.pipelining bookkeeping and communication actions: read and dropped.
 _TORCH_ONLY_RE = re.compile(
-    r"^\d+(?:REDUCE_GRAD|UNSHARD|RESHARD|SEND_F|RECV_F|SEND_B|RECV_B|BW|R)\d*(?:-\d+)?$"
+    r"^[0-9]+(?:REDUCE_GRAD|UNSHARD|RESHARD|SEND_F|RECV_F|SEND_B|RECV_B|BW|R)[0-9]*(?:-[0-9]+)?$"
 )
 # torch's overlapped F&B pair, e.g. "(0F1;3B0)OVERLAP_F_B": read as its actions in order.
 _OVERLAP_RE = re.compile(r"^\((.*)\)OVERLAP_F_B$")
 _HEADER_RE = re.compile(
-    r"#\s*pipesim schedule (?P<name>\S+): ranks=(?P<ranks>\d+) stages=(?P<stages>\d+) "
-    r"microbatches=(?P<mb>\d+) stage_to_rank=(?P<placement>[\d,]+)"
+    r"#[ \t]*pipesim schedule (?P<name>[^\n]*?): ranks=(?P<ranks>[0-9]+) "
+    r"stages=(?P<stages>[0-9]+) microbatches=(?P<mb>[0-9]+) stage_to_rank=(?P<placement>[0-9,]+)"
 )
+_UNNAMED = "(unnamed)"  # the header's name for a schedule without one
+_RANK_PREFIX_RE = re.compile(r"\s*(?:rank\s*)?([0-9]+)\s*:")
 _MAX_INDEX = 10**6  # a stage or microbatch index beyond this is a typo, not a schedule
+_MAX_DIGITS = len(str(_MAX_INDEX))
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """A token quoted for an error message, cut short if long."""
+    token = text.strip()
+    return repr(token if len(token) <= limit else token[:limit] + "...")
 
 
 def parse_action(text: str) -> Action:
     """``"2F0"`` -> ``Action(2, Op.F, 0)``; raises ParseError for anything else."""
     match = _ACTION_RE.match(text.strip())
     if not match:
-        raise ParseError(f"{text.strip()!r} is not an action (expected e.g. 2F0, 1I3, 1W3, 0B5)")
-    stage, mb = int(match.group(1)), int(match.group(3))
+        raise ParseError(f"{_shown(text)} is not an action (expected e.g. 2F0, 1I3, 1W3, 0B5)")
+    digits = (match.group(1), match.group(3))
+    # check the length before int(): int() of thousands of digits is slow, then refused
+    if any(len(d.lstrip("0")) > _MAX_DIGITS for d in digits):
+        raise ParseError(f"{_shown(text)}: index larger than {_MAX_INDEX}")
+    stage, mb = int(digits[0]), int(digits[1])
     if stage > _MAX_INDEX or mb > _MAX_INDEX:
-        raise ParseError(f"{text.strip()!r}: index larger than {_MAX_INDEX}")
+        raise ParseError(f"{_shown(text)}: index larger than {_MAX_INDEX}")
     return Action(stage, Op(match.group(2)), mb)
 
 
@@ -200,7 +214,7 @@ def schedule_from_rows(
     if not rows:
         raise ParseError("the schedule has no ranks")
     everything = [a for row in rows for a in row]
-    if not everything:
+    if not everything and (stages is None or microbatches is None):
         raise ParseError("the schedule has no actions")
     n_stages = stages if stages is not None else max(a.stage for a in everything) + 1
     n_mb = microbatches if microbatches is not None else max(a.microbatch for a in everything) + 1
@@ -208,7 +222,10 @@ def schedule_from_rows(
         tuple(stage_to_rank) if stage_to_rank is not None
         else infer_stage_to_rank(rows, n_stages)
     )
-    return Schedule(len(rows), n_stages, n_mb, placement, tuple(tuple(r) for r in rows), name)
+    try:
+        return Schedule(len(rows), n_stages, n_mb, placement, tuple(tuple(r) for r in rows), name)
+    except ValueError as err:
+        raise ParseError(str(err)) from None
 
 
 def _parse_cells(cells: Iterable[tuple[str, int]], line: int) -> list[Action]:
@@ -229,42 +246,59 @@ def _parse_cells(cells: Iterable[tuple[str, int]], line: int) -> list[Action]:
 def parse_text(text: str, name: str = "") -> Schedule:
     """One rank per line, actions separated by whitespace; ``#`` starts a comment.
 
-    A line may start with ``rank N:``; ``.`` marks an idle step and is skipped.
+    A line may start with ``rank N:`` (N must be the line's rank); ``.`` marks an idle step and
+    is skipped, so a rank with no actions is a line holding only ``.``. A ``# pipesim schedule``
+    header (``format_text`` writes one) fixes the sizes and the placement.
     """
     rows: list[list[Action]] = []
-    header = _HEADER_RE.search(text)
     for line_no, raw in enumerate(text.splitlines(), start=1):
         content = raw.split("#", 1)[0]
         if not content.strip():
             continue
-        prefix = re.match(r"\s*(?:rank\s*)?\d+\s*:", content)
+        prefix = _RANK_PREFIX_RE.match(content)
         offset = prefix.end() if prefix else 0
+        if prefix and int(prefix.group(1)) != len(rows):
+            raise ParseError(f"this line is labelled rank {prefix.group(1)}, but it is the line "
+                             f"of rank {len(rows)} (list the ranks in order, from 0)",
+                             line_no, prefix.start(1) + 1)
         cells = [(m.group(0), m.start() + 1) for m in re.finditer(r"[^\s,]+", content)
                  if m.start() >= offset]
         rows.append(_parse_cells(cells, line_no))
+    header = _HEADER_RE.search(text)
     if header is None:
         return schedule_from_rows(rows, name)
-    placement = tuple(int(r) for r in header.group("placement").split(","))
+    header_line = text.count("\n", 0, header.start()) + 1
+    placement = tuple(int(r) for r in header.group("placement").split(",") if r)
     if len(rows) != int(header.group("ranks")) or len(placement) != int(header.group("stages")):
-        raise ParseError("the header's ranks/stages do not match the rows below it", 1, 1)
+        raise ParseError(
+            f"the header says ranks={header.group('ranks')} stages={header.group('stages')} "
+            f"but there are {len(rows)} rank lines and {len(placement)} stage_to_rank entries",
+            header_line, 1)
+    header_name = header.group("name").strip()
     return schedule_from_rows(
-        rows, name or header.group("name"), int(header.group("stages")),
-        int(header.group("mb")), placement,
+        rows, name or ("" if header_name == _UNNAMED else header_name),
+        int(header.group("stages")), int(header.group("mb")), placement,
     )
 
 
 def parse_csv(text: str, name: str = "") -> Schedule:
-    """torch.distributed.pipelining's ``_dump_csv`` layout: one row per rank, one cell per step."""
+    """torch.distributed.pipelining's ``_dump_csv`` layout: one row per rank, one cell per step.
+
+    As torch reads it, every row is a rank, an empty row too (a rank with no actions); empty
+    rows after the last rank are dropped, and rows whose first cell starts with ``#`` skipped.
+    """
     rows: list[list[Action]] = []
     reader = csv.reader(io.StringIO(text))
     try:
         for line_no, record in enumerate(reader, start=1):
-            if not any(c.strip() for c in record):
+            if record and record[0].lstrip().startswith("#"):
                 continue
             columns = [sum(len(c) + 1 for c in record[:i]) + 1 for i in range(len(record))]
             rows.append(_parse_cells(zip(record, columns, strict=True), line_no))
     except csv.Error as err:
         raise ParseError(f"not CSV: {err}", reader.line_num, 1) from None
+    while rows and not rows[-1]:
+        rows.pop()
     return schedule_from_rows(rows, name)
 
 
@@ -293,8 +327,9 @@ def parse_schedule(text: str, fmt: str = "auto", name: str = "") -> Schedule:
 
 def format_text(schedule: Schedule) -> str:
     """One rank per line; a comment header records the sizes and placement."""
+    name = " ".join(schedule.name.split()) or _UNNAMED  # one line, whatever the name holds
     header = (
-        f"# pipesim schedule {schedule.name or '(unnamed)'}: ranks={schedule.ranks} "
+        f"# pipesim schedule {name}: ranks={schedule.ranks} "
         f"stages={schedule.stages} microbatches={schedule.microbatches} "
         f"stage_to_rank={','.join(map(str, schedule.stage_to_rank))}"
     )

@@ -176,14 +176,19 @@ def _check_cycles(schedule: Schedule) -> list[str]:
     if done == len(pos):
         return []
     stuck = {a for a, n in waiting.items() if n > 0}
-    cycle = _find_cycle(stuck, preds)
+    cycle = find_cycle(stuck, preds)
     chain = " -> ".join(f"{a} (rank {pos[a][0]})" for a in cycle)
-    return [f"deadlock: {len(stuck)} actions can never start; each waits on the next in the "
-            f"cycle {chain} -> {cycle[0]}\n" + format_grid(schedule, set(cycle))]
+    return [f"deadlock: {len(stuck)} actions can never start; in the cycle {chain} -> "
+            f"{cycle[0]}, each action waits on the next (a dependency, or the action before it "
+            f"on its rank)\n" + format_grid(schedule, set(cycle))]
 
 
-def _find_cycle(stuck: set[Action], preds: dict[Action, list[Action]]) -> list[Action]:
-    """Walk stuck predecessors from any stuck action until one repeats."""
+def find_cycle(stuck: set[Action], preds: dict[Action, list[Action]]) -> list[Action]:
+    """A cycle among ``stuck`` actions, each element waiting on the next (the last on the first).
+
+    Every stuck action has a stuck predecessor, so walking predecessors from any of them must
+    come back to an action already seen; the walk from there on is the cycle.
+    """
     node = min(stuck)
     seen: dict[Action, int] = {}
     path: list[Action] = []
@@ -191,7 +196,7 @@ def _find_cycle(stuck: set[Action], preds: dict[Action, list[Action]]) -> list[A
         seen[node] = len(path)
         path.append(node)
         node = next(p for p in preds[node] if p in stuck)
-    return list(reversed(path[seen[node]:]))
+    return path[seen[node]:]
 
 
 def format_grid(schedule: Schedule, marked: set[Action], width: int = 14) -> str:
@@ -204,7 +209,7 @@ def format_grid(schedule: Schedule, marked: set[Action], width: int = 14) -> str
     for rank, row in enumerate(schedule.actions):
         cells = [f"[{a}]" if a in marked else f" {a} " for a in row[lo:hi]]
         more = " ..." if hi < len(row) else ""
-        lines.append(f"  rank {rank}: {'... ' if lo else ''}{''.join(cells)}{more}")
+        lines.append(f"  rank {rank}: {'... ' if lo else ''}{''.join(cells)}{more}".rstrip())
     return "\n".join(lines)
 
 

@@ -70,11 +70,17 @@ def write_atomic(path: str, data: str | bytes) -> None:
         raise UserError(f"cannot write {path}: {err.strerror}") from None
 
 
+_MAX_INPUT = 64 * 1024 * 1024  # characters read from a user's file
+
+
 def read_text(path: str, what: str = "file") -> str:
     """Read a user's text file, turning every failure into one clear line."""
     try:
         with open(path, encoding="utf-8") as fh:
-            return fh.read(64 * 1024 * 1024 + 1)
+            text = fh.read(_MAX_INPUT + 1)
+        if len(text) > _MAX_INPUT:
+            raise UserError(f"{what} {path} is larger than {_MAX_INPUT // 2**20} MiB")
+        return text
     except FileNotFoundError:
         raise UserError(f"{what} {path} does not exist") from None
     except IsADirectoryError:

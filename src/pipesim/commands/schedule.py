@@ -5,10 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pipesim.commands import add_schedule_args, dump_json, schedule_from_args, write_atomic
-from pipesim.ir import format_csv, format_text
+from pipesim.commands import (
+    UserError,
+    add_schedule_args,
+    dump_json,
+    schedule_from_args,
+    write_atomic,
+)
+from pipesim.ir import Schedule, format_csv, format_text
 from pipesim.schedules import SCHEDULES
-from pipesim.validate import validate
+from pipesim.validate import InvalidScheduleError, validate
 from pipesim.views.grid import format_step_grid
 
 
@@ -34,6 +40,17 @@ def schedule_json(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _grid(sched: Schedule) -> str:
+    try:
+        grid = format_step_grid(sched)
+    except InvalidScheduleError as err:
+        reason = err.report.errors[0].splitlines()[0]
+        raise UserError(f"cannot draw {sched.name or 'the schedule'}, it is not valid: {reason} "
+                        f"('pipesim validate' shows all)", code=1) from None
+    return (f"{sched.name}: {sched.ranks} ranks, {sched.stages} stages, {sched.microbatches} "
+            f"microbatches (one column per unit step)\n{grid}\n")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.list:
         width = max(map(len, SCHEDULES))
@@ -47,9 +64,7 @@ def run(args: argparse.Namespace) -> int:
         elif args.output == "csv":
             text = format_csv(sched)
         else:
-            text = (f"{sched.name}: {sched.ranks} ranks, {sched.stages} stages, "
-                    f"{sched.microbatches} microbatches (one column per unit step)\n"
-                    + format_step_grid(sched) + "\n")
+            text = _grid(sched)
     if args.out:
         write_atomic(args.out, text)
     else:

@@ -74,11 +74,26 @@ def get_spec(name: str) -> ScheduleSpec:
         ) from None
 
 
+_MAX_ACTIONS = 5_000_000  # past this a schedule is a typo, not a plan: it would fill memory
+
+
+def _check_size(name: str, ranks: int, microbatches: int, virtual_stages: int) -> None:
+    if not all(isinstance(x, int) for x in (ranks, microbatches, virtual_stages)):
+        return  # the generator's own check names the bad argument
+    actions = 3 * ranks * virtual_stages * microbatches  # F, I, W per stage and microbatch
+    if actions > _MAX_ACTIONS:
+        raise ConfigError(
+            f"{name} with {ranks} ranks, {virtual_stages} stage(s) per rank and {microbatches} "
+            f"microbatches is up to {actions:,} actions; pipesim handles at most {_MAX_ACTIONS:,}"
+        )
+
+
 def get_schedule(name: str, ranks: int, microbatches: int,
                  virtual_stages: int | None = None) -> Schedule:
     """Generate the named schedule; raises UnknownScheduleError or ConfigError with a reason."""
     spec = get_spec(name)
     v = spec.stages_per_rank(virtual_stages)
+    _check_size(name, ranks, microbatches, v)
     if spec.virtual == "any":
         return spec.build(ranks, microbatches, v)
     return spec.build(ranks, microbatches)

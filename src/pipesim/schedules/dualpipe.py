@@ -38,7 +38,10 @@ class _Rank:
 def dualpipe_v(ranks: int, microbatches: int) -> Schedule:
     """DualPipeV: V placement, 8 phases per rank; overlapped F&B pairs run as F then B.
 
-    Needs microbatches >= 2 * ranks (the number of stages). ranks=4, microbatches=8 (unit steps)::
+    Needs microbatches >= 2 * ranks (the number of stages). Every rank stashes at most
+    2*ranks + 1 activations of its half-size stages. Equal to torch's ScheduleDualPipeV, which
+    writes each overlapped pair as one "(F;B)OVERLAP_F_B" action.
+    ranks=4, microbatches=8 (unit steps)::
 
         rank 0: 0F0 0F1 0F2 0F3 0F4 0F5 0F6 7F0 7I0 7W0 7F1 7I1 7W1 7F2 7I2 7W2 7F3 0F7 7B3 7F4 0B0 7B4 7F5 0B1 7B5 7F6 0B2 7B6 7F7 0B3 7B7 0I4 0W4 0I5 0W5 0I6 0W6 0I7 0W7
         rank 1:  .  1F0 1F1 1F2 1F3 1F4 6F0 1F5 6F1 6I0 6W0 6F2 6I1 6W1 6F3 1F6 6B2 6F4 1B0 1F7 6B3 6F5 1B1 6B4 6F6 1B2 6B5 6F7 1B3 6B6 1B4 6I7 1I5 6W7 1I6 1W5 1I7 1W6 1W7

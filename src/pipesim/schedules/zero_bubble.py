@@ -46,7 +46,9 @@ def zbv(ranks: int, microbatches: int) -> Schedule:
 
     The ordering follows the paper's handcrafted V schedule as torch.distributed.pipelining's
     ScheduleZBVZeroBubble lays it out: microbatches are padded to 2*ranks-1 to fill the pipeline,
-    then the padding is dropped. ranks=4, microbatches=4 (unit steps)::
+    then the padding is dropped. Rank r stashes at most min(2*ranks, 2*m, m+r+1) activations
+    of its half-size stages: 2*ranks (1F1B's memory) once m >= 2*ranks-1.
+    ranks=4, microbatches=4 (unit steps)::
 
         rank 0: 0F0 0F1 0F2 0F3  .   .   .  7F0 7I0 7W0 7F1 7I1 7W1 7F2 7I2 7W2 7F3 7I3 7W3 0I0 0W0  .  0I1 0W1  .  0I2 0W2  .  0I3 0W3
         rank 1:  .  1F0 1F1 1F2 1F3  .  6F0  .  6F1 6I0 6W0 6F2 6I1 6W1 6F3 6I2 6W2 1I0 1W0 6I3 6W3 1I1 1W1  .  1I2 1W2  .  1I3 1W3  .

@@ -8,10 +8,15 @@ from __future__ import annotations
 from pipesim.costs import CostModel
 from pipesim.ir import Schedule
 from pipesim.simulate import simulate
+from pipesim.validate import check
 
 
 def step_grid(schedule: Schedule) -> list[list[str]]:
-    """Rows of cells (action text or ``.``), every op taking one step."""
+    """Rows of cells (action text or ``.``), every op taking one step.
+
+    Raises InvalidScheduleError (with the validator's reasons) for a schedule that cannot run.
+    """
+    check(schedule)
     unit = CostModel.from_lists(schedule.stages, 1.0, 1.0, 1.0, 1.0)
     timeline = simulate(schedule, unit)
     width = int(timeline.end)
