@@ -150,11 +150,16 @@ def _watch(procs: list[Any], conns: list[Connection], rows: Any, stall_timeout: 
     results: dict[int, tuple[Any, ...]] = {}
     alive = set(range(len(procs)))
     poll = max(0.05, min(1.0, stall_timeout / 4))
+    failures: list[tuple[int, str, str, bool]] = []  # rank, message, kind, process died
+    failed_at = 0.0
     while alive:
+        if failures and time.monotonic() - failed_at > _ATTRIBUTION_GRACE:
+            break
         sentinels = {procs[r].sentinel: r for r in alive}
         readable = {conns[r]: r for r in alive if r not in results}
         ready_list = wait([*sentinels, *readable], timeout=poll)
-        if not ready_list and stalled(rows, alive - set(results), stall_timeout):
+        if not ready_list and not failures and stalled(rows, alive - set(results),
+                                                       stall_timeout):
             raise StallError(stall_report(rows, len(procs), stall_timeout))
         for ready in ready_list:
             if ready in readable:
@@ -164,15 +169,37 @@ def _watch(procs: list[Any], conns: list[Connection], rows: Any, stall_timeout: 
                 except EOFError:
                     results[r] = ("gone",)
                 if results[r][0] == "error":
-                    raise RankFailedError(r, results[r][1], results[r][3])
+                    failures.append((r, results[r][1], results[r][3], False))
             else:
                 r = sentinels[ready]  # type: ignore[index]
                 procs[r].join()
                 alive.discard(r)
-                if procs[r].exitcode != 0:
-                    raise RankFailedError(r, _exit_reason(r, procs[r].exitcode, conns[r]))
+                if procs[r].exitcode != 0 and not any(f[0] == r for f in failures):
+                    failures.append((r, _exit_reason(r, procs[r].exitcode, conns[r]), "", True))
+        if failures and not failed_at:
+            failed_at = time.monotonic()
+    if failures:
+        rank, message, kind, _ = _root_cause(failures)
+        raise RankFailedError(rank, message, kind)
     first = results.get(0, ("gone",))
     return first[1] if first[0] == "ok" else None
+
+
+_ATTRIBUTION_GRACE = 1.5  # seconds to collect other failures before naming the first cause
+_PEER_LOST = ("Connection reset by peer", "Connection closed by peer", "Broken pipe",
+              "Connection refused")
+
+
+def _root_cause(failures: list[tuple[int, str, str, bool]]) -> tuple[int, str, str, bool]:
+    """The failure that caused the others: a rank that died or raised, not one that lost a peer."""
+    def rank_of(f: tuple[int, str, str, bool]) -> int:
+        lost_peer = any(words in f[1] for words in _PEER_LOST)
+        return 0 if f[3] else (2 if lost_peer else 1)
+    cause = min(failures, key=rank_of)  # stable: the earliest of the best kind
+    if any(words in cause[1] for words in _PEER_LOST):
+        cause = (cause[0], "lost the connection to another rank (" +
+                 next(w for w in _PEER_LOST if w in cause[1]) + ")", cause[2], cause[3])
+    return cause
 
 
 def _exit_reason(rank: int, code: int | None, conn: Connection) -> str:

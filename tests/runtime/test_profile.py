@@ -1,0 +1,147 @@
+"""The profiler writes cost files the planner and simulator read; partition() cuts models.
+
+No timing assertions: times are only checked to be present and >= 0; bytes are exact.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from pipesim.cli import main
+from pipesim.costs import CostModel, load_costs
+from pipesim.layercosts import load_layer_costs, parse_layer_costs, stage_costs
+from pipesim.runtime.models import LinearReLU
+from pipesim.runtime.partitioning import balance_for, partition
+from pipesim.runtime.profile import ProfileConfig, measure_comm, profile_layers, profile_model
+from pipesim.schedules import get_schedule
+from pipesim.simulate import simulate
+
+
+def _mlp(layers: int = 3, hidden: int = 8, batch: int = 4, model: str = "mlp",
+         **kw: object) -> ProfileConfig:
+    return ProfileConfig(schedule=get_schedule("gpipe", 1, 1), model=model, hidden_size=hidden,
+                         layers=layers, batch_size=batch, **kw)  # type: ignore[arg-type]
+
+
+def test_mlp_profile_has_exact_bytes_and_round_trips() -> None:
+    costs = profile_model(_mlp(), repeats=2, warmup=0)
+    assert len(costs) == 3 and costs.microbatch_size == 4 and costs.model == "mlp"
+    for c in costs.layers:
+        assert min(c.forward, c.backward_input, c.backward_weight, c.backward) > 0
+        assert c.activation_bytes == 4 * 8 * 4  # [batch, hidden] float32
+        assert c.param_bytes == (8 * 8 + 8) * 4
+    # F keeps Linear's input and ReLU's output; the last layer also the loss's output & target
+    assert [c.stash_bytes for c in costs.layers] == [256, 256, 384]
+    assert parse_layer_costs(costs.to_json()) == costs
+    per_stage = stage_costs(costs, [2, 1])
+    again = CostModel.from_dict(json.loads(json.dumps(per_stage.to_dict())))
+    assert again.forward == per_stage.forward and again.stages == 2
+    assert simulate(get_schedule("1f1b", 2, 4), again).makespan > 0
+
+
+def test_gpt_profile_counts_blocks_stash_and_int_input() -> None:
+    cfg = _mlp(layers=4, hidden=16, batch=2, model="gpt", seq_len=8, heads=2)
+    costs = profile_model(cfg, repeats=1, warmup=0)
+    names = [c.name for c in costs.layers]
+    assert names == ["0:Embed", "1:Block", "2:Block", "3:Head"]
+    embed, block = costs.layers[0], costs.layers[1]
+    assert embed.activation_bytes == block.activation_bytes == 2 * 8 * 16 * 4
+    assert block.param_bytes == 4 * (12 * 16 * 16 + 13 * 16)  # GPT block: 12h^2 + 13h params
+    assert block.stash_bytes > 4 * block.activation_bytes  # attention and MLP internals
+    assert embed.stash_bytes == (2 * 8 + 8) * 8  # int64 token ids and positions only
+
+
+def test_profile_leaves_the_callers_layers_alone() -> None:
+    layers = [nn.Linear(4, 4), nn.Linear(4, 2)]
+    profile_layers(layers, torch.randn(3, 4), repeats=1, warmup=0)
+    assert [type(x) for x in layers] == [nn.Linear, nn.Linear]
+    assert all(p.grad is None for x in layers for p in x.parameters())
+
+
+def test_two_process_profile_and_ping_pong() -> None:
+    solo = profile_model(_mlp(), repeats=1, warmup=0)
+    both = profile_model(_mlp(), repeats=1, warmup=0, processes=2)
+    assert [c.stash_bytes for c in both.layers] == [c.stash_bytes for c in solo.layers]
+    assert "2 processes" in both.notes and all(c.forward > 0 for c in both.layers)
+    latency, bandwidth = measure_comm(1 << 16, repeats=3)
+    assert latency > 0 and bandwidth > 0
+
+
+def test_cli_profile_writes_files_plan_and_simulate_read(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    out, stages = tmp_path / "c.json", tmp_path / "s.json"
+    code = main(["profile", "--model", "mlp", "--layers", "3", "--hidden-size", "8", "-b", "4",
+                 "--repeats", "1", "--warmup", "0", "--no-comm", "-o", str(out),
+                 "--stage-costs", str(stages), "--balance", "1,2"])
+    assert code == 0
+    assert "wrote" in capsys.readouterr().out
+    costs = load_layer_costs(str(out))
+    assert len(costs) == 3 and costs.comm_latency == 0 and math.isinf(costs.comm_bandwidth)
+    per_stage = load_costs(str(stages), 2)
+    assert per_stage.forward == stage_costs(costs, [1, 2]).forward
+    assert main(["plan", "--costs", str(out), "-p", "2", "--batch", "8", "--json"]) == 0
+    assert main(["simulate", "1f1b", "-p", "2", "--costs", str(stages)]) == 0
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--model", "nope"], "unknown model 'nope'"),
+    (["--model", "gpt", "--layers", "2"], "needs >= 3"),
+    (["--model", "gpt", "--hidden-size", "10", "--heads", "4"], "not divisible"),
+    (["--seq-len", "8"], "for --model gpt"),
+    (["--balance", "1,1"], "give --stage-costs"),
+    (["--stage-costs", "s.json", "--balance", "1,1"], "covers 2 layers"),
+    (["-o", "/no/such/dir/c.json"], "does not exist"),
+])
+def test_cli_profile_mistakes_exit_2_in_one_line(argv: list[str], message: str,
+                                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    base = ["profile", "--layers", "3", "--hidden-size", "8", "-b", "2", "--repeats", "1",
+            "--no-comm"]
+    if "-o" not in argv:
+        base += ["-o", "c.json"]
+    assert main(base + argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+def test_partition_methods() -> None:
+    layers = [nn.Linear(8, 8), nn.Linear(8, 64), nn.Linear(64, 8), nn.Linear(8, 8)]
+    model = nn.Sequential(*layers)
+    uniform = partition(model, 2)
+    assert [len(s) for s in uniform] == [2, 2] and uniform[1][0] is layers[2]
+    by_params = partition(model, 2, method="params")  # 72, 576, 520, 72 parameters
+    assert [len(s) for s in by_params] == [2, 2]
+    assert [len(s) for s in partition(layers, 3, method="params")] == [1, 1, 2]
+    assert [len(s) for s in partition(layers, 2, virtual_stages=2, balance=[1, 1, 1, 1])] == \
+        [1, 1, 1, 1]
+    timed = partition(model, 2, method="time", example=torch.randn(4, 8))
+    assert sum(len(s) for s in timed) == 4 and all(len(s) >= 1 for s in timed)
+    with pytest.raises(ValueError, match="needs an example"):
+        partition(model, 2, method="time")
+    with pytest.raises(ValueError, match="unknown partition method"):
+        partition(model, 2, method="flops")
+    with pytest.raises(ValueError, match="need 4"):
+        partition(model, 2, virtual_stages=2, balance=[2, 2])
+    with pytest.raises(TypeError, match=r"nn\.Sequential"):
+        partition(LinearReLU(2, 2), 2)
+
+
+def test_balance_for_a_run() -> None:
+    sched = get_schedule("1f1b", 2, 2)
+    cfg = ProfileConfig(schedule=sched, model="gpt", hidden_size=16, layers=6, batch_size=2,
+                        seq_len=8, heads=2)
+    assert balance_for(cfg, "uniform") == (3, 3)
+    # the embedding and head hold few parameters next to a block: 2 blocks per stage
+    assert balance_for(cfg, "params") == (3, 3)
+    costs = profile_model(cfg, repeats=1, warmup=0)
+    assert sum(balance_for(cfg, "time", costs)) == 6
+    big_head = ProfileConfig(schedule=sched, model="mlp", hidden_size=8, layers=5, batch_size=2)
+    assert balance_for(big_head, "params") == (3, 2)
