@@ -79,6 +79,13 @@ def register(sub: Any) -> None:
     p.add_argument("--checkpoint-every", type=positive_int, default=None, metavar="N",
                    help="save every N steps and after the last (default: only after the last)")
     p.add_argument("--resume", metavar="DIR", help="continue from the checkpoint in DIR")
+    p.add_argument("--dp", type=positive_int, default=1, metavar="D",
+                   help="data-parallel pipeline replicas; -w counts all processes (D x ranks "
+                        "per pipeline)")
+    p.add_argument("--rank-order", choices=["pipeline-first", "replica-first"],
+                   default="pipeline-first",
+                   help="pipeline-first (default): a pipeline's ranks are consecutive, so it "
+                        "stays inside a node; replica-first: a stage's replicas are")
     p.add_argument("--no-size-check", action="store_true",
                    help="run even when the model or activations look too large for this machine")
     p.set_defaults(func=run)
@@ -141,7 +148,11 @@ def _world_size(args: argparse.Namespace) -> int:
 def build_schedule(args: argparse.Namespace) -> Schedule:
     if args.num_microbatches is not None:
         args.microbatches = args.num_microbatches
-    args.ranks = _world_size(args)
+    world = _world_size(args)
+    if world % args.dp:
+        raise UserError(f"--dp {args.dp} does not divide the {world} processes (-w) into "
+                        f"equal pipelines")
+    args.ranks = world // args.dp
     if not args.file:
         args.name = args.schedule_name
     sched = schedule_from_args(args)
@@ -149,7 +160,8 @@ def build_schedule(args: argparse.Namespace) -> Schedule:
     if not report.ok:
         raise UserError("the schedule cannot run:\n" + "\n".join(report.errors), code=1)
     if sched.ranks != args.ranks:
-        raise UserError(f"the schedule file has {sched.ranks} ranks but -w is {args.ranks}")
+        raise UserError(f"the schedule file has {sched.ranks} ranks but the pipeline has "
+                        f"{args.ranks} (-w / --dp)")
     return sched
 
 
@@ -175,7 +187,7 @@ def build_config(args: argparse.Namespace) -> Any:
         raise UserError("--verify and --checkpoint-activations need a training schedule "
                         "(e.g. --schedule 1f1b)")
     if args.backend == "nccl":
-        _check_gpus(sched.ranks)
+        _check_gpus(sched.ranks * args.dp)
     if (args.checkpoint_dir or args.resume) and sched.forward_only:
         raise UserError("--checkpoint-dir/--resume need a training schedule (e.g. --schedule 1f1b)")
     if args.checkpoint_every and not args.checkpoint_dir:
@@ -193,6 +205,7 @@ def build_config(args: argparse.Namespace) -> Any:
         synthetic=_parse_synthetic(args.synthetic), verify=args.verify,
         checkpoint_dir=args.checkpoint_dir, resume_dir=args.resume,
         checkpoint_every=(args.checkpoint_every or args.steps or 1) if args.checkpoint_dir else 0,
+        dp=args.dp, rank_order=args.rank_order,
     )
     if args.resume:
         _check_resume(cfg)
@@ -322,7 +335,7 @@ def run(args: argparse.Namespace) -> int:
     from pipesim.runtime.train import TrainJob
     hook = None if (args.quiet or args.json) else LineHook(sched)
     progress = None if args.json or sched.forward_only else \
-        Progress(sched.microbatches * cfg.batch_size, not sched.forward_only)
+        Progress(cfg.global_microbatches * cfg.batch_size, not sched.forward_only)
     job = TrainJob(cfg, hook, progress)
     opts = LaunchOptions(backend=cfg.backend, stall_timeout=args.stall_timeout)
     if not args.json and not under_torchrun():
@@ -330,7 +343,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     from pipesim.runtime.watchdog import StallError
     try:
-        result = run_torchrun(job, opts) if under_torchrun() else launch(job, sched.ranks, opts)
+        result = run_torchrun(job, opts) if under_torchrun() else launch(job, cfg.grid.world, opts)
     except RankFailedError as err:
         raise UserError(str(err), code=2 if err.kind == "CheckpointError" else 1) from None
     except StallError as err:
@@ -347,7 +360,8 @@ def _print_header(cfg: Any) -> None:
     print(f" PIPELINE {'PARALLELISM SIMULATION' if s.forward_only else 'TRAINING'}"
           f" ({s.name}, {cfg.backend})")
     print("=" * 60)
-    print(f"Number of stages: {s.stages} on {s.ranks} ranks")
+    replicas = f" x {cfg.dp} data-parallel replicas" if cfg.dp > 1 else ""
+    print(f"Number of stages: {s.stages} on {s.ranks} ranks{replicas}")
     print(f"Batch size: {cfg.batch_size}")
     print(f"Hidden size: {cfg.hidden_size}")
     print(f"Microbatches: {s.microbatches}")
@@ -361,10 +375,11 @@ def result_json(cfg: Any, result: Any) -> dict[str, Any]:
     median = statistics.median(result.step_seconds)
     out: dict[str, Any] = {
         "schedule": sched.name, "ranks": sched.ranks, "stages": sched.stages,
-        "microbatches": sched.microbatches, "batch_size": cfg.batch_size,
+        "microbatches": sched.microbatches, "batch_size": cfg.batch_size, "dp": cfg.dp,
         "loss": result.losses if not sched.forward_only else [],
         "step_seconds": result.step_seconds,
-        "samples_per_second": sched.microbatches * cfg.batch_size / median if median else 0.0,
+        "samples_per_second": cfg.global_microbatches * cfg.batch_size / median
+        if median else 0.0,
         **m.to_dict(),
     }
     if result.verify_max_abs_diff is not None:

@@ -44,7 +44,8 @@ class Engine:
                  comm: Comm, origin: float = 0.0, hook: ActionHook | None = None,
                  synthetic: dict[Op, float] | None = None, lookahead: int = 2,
                  monitor: Monitor | None = None,
-                 before: Callable[[Action], None] | None = None) -> None:
+                 before: Callable[[Action], None] | None = None,
+                 after: Callable[[Action], None] | None = None) -> None:
         self.schedule = schedule
         self.rank = rank
         self.runners = runners
@@ -55,6 +56,7 @@ class Engine:
         self.lookahead = lookahead
         self.monitor = monitor or NullMonitor()
         self.before = before  # called before each action (fault injection in tests)
+        self.after = after  # called after each action (starts gradient all-reduce)
         self.training = not schedule.forward_only
         self.handlers: dict[Op, Callable[[Action], dict[str, Any]]] = {
             Op.F: self._forward, Op.B: self._backward, Op.I: self._backward, Op.W: self._weight,
@@ -86,6 +88,8 @@ class Engine:
             end = self.clock()
             record.events.append((action, start, end))
             self.monitor.done(action)
+            if self.after is not None:
+                self.after(action)
             if self.hook is not None:
                 self.hook(self.rank, action, detail)
         self.comm.finish()

@@ -99,7 +99,7 @@ def _mlp_layers(cfg: Any) -> list[nn.Module]:
 
 def _mlp_batch(cfg: Any, step: int) -> Batch:
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-    m, b, h = cfg.schedule.microbatches, cfg.batch_size, cfg.hidden_size
+    m, b, h = cfg.global_microbatches, cfg.batch_size, cfg.hidden_size
     x = torch.randn(m * b, h, generator=gen, dtype=cfg.torch_dtype)
     if cfg.loss == "cross-entropy":
         y = torch.randint(0, h, (m * b,), generator=gen)

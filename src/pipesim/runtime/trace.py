@@ -1,7 +1,8 @@
-"""Measured timelines: every rank's (action, start, end) gathered into one Timeline on each rank.
+"""Measured timelines: every rank's (action, start, end) gathered into one Timeline.
 
-Events travel as a float64 tensor [n, 5] = (stage, op code, microbatch, start, end); clocks share
-an origin taken right after a barrier, so one run's ranks line up to within the barrier's skew.
+Events travel as a float64 tensor [n, 5] = (stage, op code, microbatch, start, end); a span
+(e.g. a stage's gradient all-reduce) travels as (stage, -1, 0, start, end). Clocks share an
+origin taken right after a barrier, so ranks line up to within the barrier's skew.
 """
 
 from __future__ import annotations
@@ -13,39 +14,44 @@ from pipesim.ir import Action, Op, Schedule
 from pipesim.timeline import Event, Span, Timeline
 
 _OPS = list(Op)
+Timed = tuple[Action, float, float]  # (action, start, end)
+StageSpan = tuple[int, float, float]  # (stage, start, end) of an all-reduce
 
 
-def _encode(events: list[tuple[Action, float, float]]) -> torch.Tensor:
+def _encode(events: list[Timed], spans: list[StageSpan]) -> torch.Tensor:
     rows = [[a.stage, _OPS.index(a.op), a.microbatch, s, e] for a, s, e in events]
+    rows += [[stage, -1, 0, s, e] for stage, s, e in spans]
     return torch.tensor(rows, dtype=torch.float64).reshape(-1, 5)
 
 
-Timed = tuple[Action, float, float]  # (action, start, end)
-
-
-def gather_events(events: list[Timed], world: int, device: torch.device,
-                  group: dist.ProcessGroup | None = None) -> list[list[Timed]]:
-    """All ranks' events (all-gather, padded to the longest)."""
-    local = _encode(events).to(device)
+def gather_events(events: list[Timed], spans: list[StageSpan], world: int,
+                  device: torch.device) -> list[tuple[list[Timed], list[StageSpan]]]:
+    """All ranks' events and spans (all-gather over the world, padded to the longest)."""
+    local = _encode(events, spans).to(device)
     n = torch.tensor([local.shape[0]], dtype=torch.int64, device=device)
     sizes = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(sizes, n, group=group)
+    dist.all_gather(sizes, n)
     longest = max(int(x) for x in sizes)
     padded = torch.zeros(longest, 5, dtype=torch.float64, device=device)
     padded[:local.shape[0]] = local
     chunks = [torch.zeros_like(padded) for _ in range(world)]
-    dist.all_gather(chunks, padded, group=group)
+    dist.all_gather(chunks, padded)
     out = []
     for size, chunk in zip(sizes, chunks, strict=True):
         rows = chunk[:int(size)].cpu().tolist()
-        out.append([(Action(int(s), _OPS[int(o)], int(m)), t0, t1) for s, o, m, t0, t1 in rows])
+        evs = [(Action(int(s), _OPS[int(o)], int(m)), t0, t1)
+               for s, o, m, t0, t1 in rows if o >= 0]
+        sps = [(int(s), t0, t1) for s, o, _, t0, t1 in rows if o < 0]
+        out.append((evs, sps))
     return out
 
 
-def to_timeline(schedule: Schedule, per_rank: list[list[tuple[Action, float, float]]],
-                origin: float = 0.0, spans: tuple[Span, ...] = ()) -> Timeline:
-    """A Timeline in seconds, shifted so that ``origin`` is time 0."""
+def to_timeline(schedule: Schedule, per_rank: list[tuple[list[Timed], list[StageSpan]]],
+                origin: float = 0.0) -> Timeline:
+    """A Timeline in seconds for one pipeline (rows = its ranks), ``origin`` at time 0."""
     events = tuple(Event(r, a, s - origin, e - origin)
-                   for r, row in enumerate(per_rank) for a, s, e in row)
+                   for r, (row, _) in enumerate(per_rank) for a, s, e in row)
+    spans = tuple(Span(r, f"allreduce stage {stage}", s - origin, e - origin)
+                  for r, (_, sps) in enumerate(per_rank) for stage, s, e in sps)
     return Timeline(schedule.ranks, events, (), "s", schedule.name, schedule.stage_to_rank,
                     schedule.microbatches, spans)

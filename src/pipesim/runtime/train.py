@@ -18,9 +18,17 @@ from torch import nn
 
 from pipesim.ir import Action, Op, Schedule
 from pipesim.runtime import checkpoint
+from pipesim.runtime.collect import (
+    gather_outputs,
+    gather_stage_tensors,
+    max_weight_difference,
+    reference_train,
+)
 from pipesim.runtime.comm import Comm, exchange_shapes
+from pipesim.runtime.dp import GradReducer, last_gradient_actions
 from pipesim.runtime.engine import ActionHook, Engine, StepRecord
 from pipesim.runtime.faults import fault_from_env
+from pipesim.runtime.grid import RankGrid
 from pipesim.runtime.models import get_model, split_layers, uniform_balance
 from pipesim.runtime.stage import StageRunner
 from pipesim.runtime.trace import gather_events, to_timeline
@@ -58,6 +66,17 @@ class RunConfig:
     checkpoint_dir: str | None = None
     checkpoint_every: int = 0  # save every N steps (and after the last) when checkpoint_dir
     resume_dir: str | None = None
+    dp: int = 1  # pipeline replicas (data parallel); world size = dp x schedule.ranks
+    rank_order: str = "pipeline-first"  # see runtime/grid.py
+
+    @property
+    def grid(self) -> RankGrid:
+        return RankGrid(self.schedule.ranks, self.dp, self.rank_order)
+
+    @property
+    def global_microbatches(self) -> int:
+        """Microbatches per step over all replicas; replica d takes its m-long slice."""
+        return self.dp * self.schedule.microbatches
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -74,7 +93,7 @@ class RunConfig:
                 "stages": self.schedule.stages,
                 "stage_to_rank": list(self.schedule.stage_to_rank),
                 "optimizer": self.optimizer, "dtype": self.dtype, "loss": self.loss,
-                "seed": self.seed}
+                "seed": self.seed, "dp": self.dp}
 
     def stage_balance(self) -> list[int]:
         if self.balance is not None:
@@ -87,8 +106,20 @@ def build_layers(cfg: RunConfig) -> list[nn.Module]:
 
 
 def make_batch(cfg: RunConfig, step: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Microbatches of inputs and targets for ``step``, the same on every rank."""
+    """All dp x m microbatches of inputs and targets for ``step``, the same on every rank."""
     return get_model(cfg.model).batch(cfg, step)
+
+
+def replica_batch(cfg: RunConfig, step: int, replica: int, device: torch.device
+                  ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Replica ``replica``'s shard: its m consecutive microbatches of the global batch."""
+    inputs, targets = make_batch(cfg, step)
+    m = cfg.schedule.microbatches
+    if len(inputs) != cfg.global_microbatches:
+        raise RuntimeError(f"model {cfg.model!r} made {len(inputs)} microbatches; "
+                           f"expected {cfg.global_microbatches}")
+    mine = slice(replica * m, (replica + 1) * m)
+    return [x.to(device) for x in inputs[mine]], [y.to(device) for y in targets[mine]]
 
 
 def loss_function(cfg: RunConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -117,13 +148,13 @@ class RankResult:
 
 
 class TrainJob:
-    """Picklable per-rank entry point: ``TrainJob(cfg, hook)(rank, world)``."""
+    """Picklable per-rank entry point: ``TrainJob(cfg, hook)(rank, world, monitor)``."""
 
     def __init__(self, cfg: RunConfig, hook: ActionHook | None = None,
                  progress: ProgressHook | None = None) -> None:
         self.cfg = cfg
         self.hook = hook
-        self.progress = progress  # called on the rank holding the last stage
+        self.progress = progress  # called on the rank holding the last stage (replica 0)
 
     def device(self, rank: int) -> torch.device:
         if self.cfg.backend == "nccl":
@@ -134,78 +165,90 @@ class TrainJob:
 
     def __call__(self, rank: int, world: int, monitor: Monitor | None = None
                  ) -> RankResult | None:
-        cfg, sched = self.cfg, self.cfg.schedule
-        if world != sched.ranks:
-            raise ValueError(f"the schedule has {sched.ranks} ranks but the job has {world}")
+        cfg, sched, grid = self.cfg, self.cfg.schedule, self.cfg.grid
+        if world != grid.world:
+            raise ValueError(f"the run needs {grid.world} processes ({cfg.dp} replicas x "
+                             f"{sched.ranks} pipeline ranks) but the job has {world}")
         t_begin = time.perf_counter()
         device = self.device(rank)
-        layers = build_layers(cfg)
-        modules = split_layers(layers, cfg.stage_balance())
-        mine = {s: modules[s].to(device) for s in sched.stages_of(rank)}
+        replica, prank = grid.coords(rank)
+        # every rank creates every group, in the same order (a torch.distributed rule)
+        groups = [dist.new_group(grid.stage_group(p)) if cfg.dp > 1 else None
+                  for p in range(sched.ranks)]
+        modules = split_layers(build_layers(cfg), cfg.stage_balance())
         loss_fn = loss_function(cfg)
-        runners = {s: StageRunner(s, sched.stages, m, loss_fn, sched.microbatches,
-                                  cfg.checkpoint_activations) for s, m in mine.items()}
+        runners = {s: StageRunner(s, sched.stages, modules[s].to(device), loss_fn,
+                                  sched.microbatches, cfg.checkpoint_activations)
+                   for s in sched.stages_of(prank)}
         params = [p for r in runners.values() for p in r.parameters()]
         optimizer = make_optimizer(cfg.optimizer, params, cfg.lr) if params else None
-        comm = Comm(sched, rank, device)
-        first_inputs, _ = make_batch(cfg, 0)
-        exchange_shapes(comm, sched, mine, first_inputs[0].to(device))
+        comm = Comm(sched, prank, device, peers=grid.pipeline(replica))
+        first_inputs, _ = replica_batch(cfg, 0, replica, device)
+        exchange_shapes(comm, sched, {s: r.module for s, r in runners.items()}, first_inputs[0])
         dist.barrier()
         origin = time.perf_counter()
         start_step = _resume(cfg, rank, runners, optimizer) if cfg.resume_dir else 0
         fault, current = fault_from_env(), [start_step]
+        reducer = GradReducer(runners, groups[prank], cfg.dp,
+                              lambda: time.perf_counter() - origin) if cfg.dp > 1 else None
+        final = last_gradient_actions(sched.actions[prank])
 
         def before(action: Action) -> None:
             if fault is not None:
                 fault.maybe_fire(rank, action, current[0])
 
-        engine = Engine(sched, rank, runners, comm, origin, self.hook, dict(cfg.synthetic),
-                        monitor=monitor, before=before)
-        records: list[StepRecord] = []
+        def after(action: Action) -> None:
+            if reducer is not None:
+                if action in final:
+                    reducer.start(final[action])
+                reducer.poll()
+
+        engine = Engine(sched, prank, runners, comm, origin, self.hook, dict(cfg.synthetic),
+                        monitor=monitor, before=before, after=after)
+        records: list[tuple[StepRecord, list[tuple[int, float, float]]]] = []
         for step in range(start_step, cfg.steps):
             current[0] = step
-            inputs, targets = make_batch(cfg, step)
-            inputs = [x.to(device) for x in inputs]
-            targets = [y.to(device) for y in targets]
+            inputs, targets = replica_batch(cfg, step, replica, device)
             if optimizer is not None:
                 optimizer.zero_grad(set_to_none=True)
-            records.append(engine.step(inputs, targets))
+            rec = engine.step(inputs, targets)
+            spans = reducer.finish() if reducer is not None and engine.training else []
+            records.append((rec, spans))
             if optimizer is not None and engine.training:
                 optimizer.step()
             if cfg.checkpoint_dir and cfg.checkpoint_every and (
                     (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
                 _save(cfg, rank, step + 1, runners, optimizer)
-            if self.progress is not None and sched.stages - 1 in runners:
-                rec = records[-1]
+            if self.progress is not None and replica == 0 and sched.stages - 1 in runners:
                 self.progress(step, cfg.steps, _loss_sum(rec) / sched.microbatches,
                               rec.end - rec.start)
-        return self._finish(rank, world, device, records, origin, t_begin, runners)
+        return self._finish(rank, device, records, t_begin, runners)
 
-    def _finish(self, rank: int, world: int, device: torch.device, records: list[StepRecord],
-                origin: float, t_begin: float, runners: dict[int, StageRunner]
-                ) -> RankResult | None:
-        cfg, sched = self.cfg, self.cfg.schedule
+    def _finish(self, rank: int, device: torch.device,
+                records: list[tuple[StepRecord, list[tuple[int, float, float]]]],
+                t_begin: float, runners: dict[int, StageRunner]) -> RankResult | None:
+        cfg, sched, grid = self.cfg, self.cfg.schedule, self.cfg.grid
         timelines, losses, step_seconds = [], [], []
-        for rec in records:
-            per_rank = gather_events(rec.events, world, device)
-            bounds = torch.tensor([rec.start, rec.end, _loss_sum(rec)], dtype=torch.float64,
-                                  device=device)
-            gathered = [torch.zeros_like(bounds) for _ in range(world)]
+        for rec, spans in records:
+            everyone = gather_events(rec.events, spans, grid.world, device)
+            bounds = torch.tensor([rec.start, max([rec.end, *(e for _, _, e in spans)]),
+                                   _loss_sum(rec)], dtype=torch.float64, device=device)
+            gathered = [torch.zeros_like(bounds) for _ in range(grid.world)]
             dist.all_gather(gathered, bounds)
             start = min(float(g[0]) for g in gathered)
-            end = max(float(g[1]) for g in gathered)
-            step_seconds.append(end - start)
-            losses.append(sum(float(g[2]) for g in gathered) / sched.microbatches)
-            timelines.append(to_timeline(sched, per_rank, origin=start))
-        params = gather_stage_tensors(cfg, runners, rank, device, grads=False) \
-            if cfg.verify or cfg.collect_state else None
-        grads = gather_stage_tensors(cfg, runners, rank, device, grads=True) \
+            step_seconds.append(max(float(g[1]) for g in gathered) - start)
+            losses.append(sum(float(g[2]) for g in gathered) / cfg.global_microbatches)
+            pipeline = [everyone[g] for g in grid.pipeline(0)]
+            timelines.append(to_timeline(sched, pipeline, origin=start))
+        want_params = cfg.verify or cfg.collect_state
+        params = gather_stage_tensors(cfg, grid, runners, rank, device, grads=False) \
+            if want_params else None
+        grads = gather_stage_tensors(cfg, grid, runners, rank, device, grads=True) \
             if cfg.collect_state else None
-        outputs = _gather_outputs(cfg, records[-1], rank, world, device) \
+        outputs = gather_outputs(cfg, grid, records[-1][0].outputs, rank, device) \
             if cfg.keep_outputs else None
         if rank != 0:
             return None
-        assert params is not None or not (cfg.verify or cfg.collect_state)
         diff = max_weight_difference(cfg, params) if cfg.verify and params else None
         return RankResult(losses, step_seconds, timelines[-1].to_dict(),
                           [t.to_dict() for t in timelines], outputs, diff,
@@ -224,7 +267,7 @@ def _save(cfg: RunConfig, rank: int, step: int, runners: dict[int, StageRunner],
     })
     dist.barrier()  # every rank's file is in place before latest.json moves
     if rank == 0:
-        checkpoint.publish(cfg.checkpoint_dir, step, cfg.schedule.ranks, cfg.fingerprint())
+        checkpoint.publish(cfg.checkpoint_dir, step, cfg.grid.world, cfg.fingerprint())
     dist.barrier()
 
 
@@ -253,93 +296,9 @@ def _loss_sum(rec: StepRecord) -> float:
     return sum(rec.losses.values())
 
 
-def _gather_outputs(cfg: RunConfig, rec: StepRecord, rank: int, world: int,
-                    device: torch.device) -> list[list[float]] | None:
-    """Inference outputs of the last stage, flattened, delivered to rank 0."""
-    sched = cfg.schedule
-    last_rank = sched.stage_to_rank[sched.stages - 1]
-    m = sched.microbatches
-    shape = (m, cfg.batch_size * cfg.hidden_size)
-    buf = torch.zeros(shape, dtype=_DTYPES[cfg.dtype], device=device)
-    if rank == last_rank:
-        for mb, y in rec.outputs.items():
-            buf[mb] = y.reshape(-1)
-    if last_rank != 0:
-        if rank == last_rank:
-            dist.send(buf, dst=0)
-        elif rank == 0:
-            dist.recv(buf, src=last_rank)
-    return buf.cpu().tolist() if rank == 0 else None
-
-
-def reference_train(cfg: RunConfig) -> list[nn.Module]:
-    """The same model trained in one process on the same full batches (the ground truth)."""
-    layers = build_layers(cfg)
-    model = nn.Sequential(*layers)
-    params = list(model.parameters())
-    optimizer = make_optimizer(cfg.optimizer, params, cfg.lr)
-    loss_fn = loss_function(cfg)
-    for step in range(cfg.steps):
-        inputs, targets = make_batch(cfg, step)
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(torch.cat(inputs)), torch.cat(targets))
-        loss.backward()
-        optimizer.step()
-    return layers
-
-
-def _stage_shapes(cfg: RunConfig) -> list[list[tuple[torch.Size, torch.dtype]]]:
-    stages = split_layers(build_layers(cfg), cfg.stage_balance())
-    return [[(p.shape, p.dtype) for p in m.parameters()] for m in stages]
-
-
-def gather_stage_tensors(cfg: RunConfig, runners: dict[int, StageRunner], rank: int,
-                         device: torch.device, grads: bool) -> list[list[torch.Tensor]] | None:
-    """Every stage's parameters (or their gradients; zeros where None) on rank 0, on the CPU."""
-    sched = cfg.schedule
-    shapes = _stage_shapes(cfg)
-
-    def local(s: int) -> list[torch.Tensor]:
-        out = []
-        for p in runners[s].parameters():
-            t = p.grad if grads else p
-            out.append(torch.zeros_like(p) if t is None else t.detach())
-        return out
-
-    if rank != 0:
-        works = []
-        for s in sorted(runners):
-            if shapes[s]:
-                flat = torch.cat([t.reshape(-1) for t in local(s)]).contiguous()
-                works.append((dist.isend(flat, dst=0, tag=s), flat))
-        for work, _ in works:
-            work.wait()
-        return None
-    result = []
-    for s in range(sched.stages):
-        if sched.stage_to_rank[s] == 0:
-            result.append([t.cpu().clone() for t in local(s)])
-            continue
-        numel = sum(shape.numel() for shape, _ in shapes[s])
-        if not numel:
-            result.append([])
-            continue
-        flat = torch.zeros(numel, dtype=shapes[s][0][1], device=device)
-        dist.recv(flat, src=sched.stage_to_rank[s], tag=s)
-        pieces = flat.cpu().split([shape.numel() for shape, _ in shapes[s]])
-        result.append([x.reshape(shape) for x, (shape, _) in zip(pieces, shapes[s], strict=True)])
-    return result
-
-
-def max_weight_difference(cfg: RunConfig, params: list[list[torch.Tensor]]) -> float:
-    """Largest |pipelined - reference| over every final weight (``--verify``)."""
-    ref = split_layers(reference_train(cfg), cfg.stage_balance())
-    worst = 0.0
-    for got, module in zip(params, ref, strict=True):
-        for g, want in zip(got, module.parameters(), strict=True):
-            worst = max(worst, float((g - want.detach()).abs().max()))
-    return worst
-
-
 def timeline_of(result: RankResult) -> Timeline:
     return Timeline.from_dict(result.timeline)
+
+
+__all__ = ["RankResult", "RunConfig", "TrainJob", "build_layers", "loss_function",
+           "make_batch", "reference_train"]
