@@ -4,16 +4,34 @@ Each rank runs its actions in the schedule's order. An action starts when its ra
 each dependency (``ir.dep_keys``, the one rule) has finished and its message, if it crosses ranks,
 has arrived. Sends never block the sender. Work is linear in the number of actions: a rank that
 meets an unfinished dependency parks on it and is woken when that action ends.
+
+The loop is the hot path of ``pipesim plan`` and of big schedules (64 ranks x 1024 microbatches
+x 2 stages per rank is 262,144 actions), so it is written for CPython's speed:
+
+- finish times live in per-op tables ``fin[stage][microbatch]``: a float once the action has
+  ended, a list of parked ranks while someone waits for it, else None; ``act`` tables beside
+  them keep the finished Action, so a message reuses it instead of building one;
+- the dependency rule's effect is spelled out per op (no call per action); tests check it
+  against ``ir.deps`` for every action of every registered schedule; the deadlock report
+  uses ``ir.deps`` itself;
+- the cyclic GC is paused while it runs (the loop allocates a few tuples per action).
 """
 
 from __future__ import annotations
 
+import gc
+from itertools import chain
+from typing import Any
+
 from pipesim.costs import CostModel
-from pipesim.ir import Action, ActionKey, Op, Schedule, dep_keys, deps
+from pipesim.ir import Action, Op, Schedule, deps
 from pipesim.timeline import Event, MessageEvent, Timeline
 from pipesim.validate import format_grid
 
-_new = tuple.__new__  # builds the NamedTuple records without their Python-level __new__
+_F, _I, _W, _B = Op.F, Op.I, Op.W, Op.B  # Enum attribute lookups are slow in a loop
+_new = tuple.__new__  # builds NamedTuple records without their Python-level __new__
+
+Table = list[list[Any]]  # [stage][microbatch] -> float (ended) | list[int] (waiters) | None
 
 
 class DeadlockError(RuntimeError):
@@ -25,75 +43,211 @@ class DeadlockError(RuntimeError):
 
 
 def simulate(schedule: Schedule, costs: CostModel | None = None) -> Timeline:
-    """Time every action of ``schedule`` under ``costs`` (uniform F=1, I=W=1, B=2 by default)."""
+    """Time every action of ``schedule`` under ``costs`` (uniform F=1, I=W=1, B=2 by default).
+
+    Events come rank by rank, each rank's in its order; messages likewise, by consumer.
+    Raises DeadlockError when the ranks' orders can never complete, ValueError when the cost
+    model's stage count differs from the schedule's or an action is out of range or repeated
+    (``validate`` reports those better; indices must not be negative).
+    """
     costs = costs or CostModel.uniform(schedule.stages)
     if costs.stages != schedule.stages:
         raise ValueError(f"the cost model has {costs.stages} stages; the schedule has "
                          f"{schedule.stages}")
-    place = schedule.stage_to_rank
-    duration = {Op.F: costs.forward, Op.I: costs.backward_input, Op.W: costs.backward_weight,
-                Op.B: costs.backward}
-    # message time across the boundary between stage b and b+1, either direction
-    hop = [costs.message_time(Action(b, Op.F, 0), Action(b + 1, Op.F, 0))
-           for b in range(schedule.stages)]
-    finish: dict[ActionKey, float] = {}
-    free = [0.0] * schedule.ranks
-    next_index = [0] * schedule.ranks
-    waiters: dict[ActionKey, list[int]] = {}
-    events: list[Event] = []
-    messages: list[MessageEvent] = []
-    todo = list(range(schedule.ranks))
-    while todo:
-        rank = todo.pop()
-        row = schedule.actions[rank]
-        i = next_index[rank]
-        while i < len(row):
-            action = row[i]
-            stage, op, mb = action
-            needs = dep_keys(stage, op, mb, schedule)
-            blocked = next((d for d in needs if d not in finish), None) if needs else None
-            if blocked is not None:
-                waiters.setdefault(blocked, []).append(rank)
-                break
-            ready = free[rank]
-            for dep in needs:
-                done = finish[dep]
-                src = place[dep[0]]
-                if src != rank:
-                    arrive = done + hop[min(dep[0], stage)]
-                    messages.append(_new(MessageEvent, (src, rank, Action(*dep), action, done,
-                                                        arrive)))
-                    done = arrive
-                if done > ready:
-                    ready = done
-            end = ready + duration[op][stage]
-            events.append(_new(Event, (rank, action, ready, end)))
-            finish[action] = free[rank] = end
-            i += 1
-            woken = waiters.pop(action, None)
-            if woken:
-                todo.extend(woken)
-        next_index[rank] = i
-    _raise_if_stuck(schedule, next_index, finish)
-    return Timeline(schedule.ranks, tuple(events), tuple(messages), costs.unit, schedule.name,
+    sim = _Run(schedule, costs)
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        try:
+            sim.run()
+        except IndexError:
+            raise ValueError(_out_of_range(schedule)) from None
+        events = tuple(chain.from_iterable(
+            map(_new, [Event] * len(row), zip([rank] * len(row), row, sim.starts[rank],
+                                              sim.ends[rank], strict=True))
+            for rank, row in enumerate(schedule.actions)))
+        messages = tuple(chain.from_iterable(sim.messages))
+    finally:
+        if was_enabled:
+            gc.enable()
+    sim.raise_if_stuck()
+    return Timeline(schedule.ranks, events, messages, costs.unit, schedule.name,
                     schedule.stage_to_rank, schedule.microbatches)
 
 
-def _raise_if_stuck(schedule: Schedule, next_index: list[int],
-                    finish: dict[ActionKey, float]) -> None:
-    stuck: dict[int, tuple[Action, Action]] = {}
+def _out_of_range(schedule: Schedule) -> str:
     for rank, row in enumerate(schedule.actions):
-        if next_index[rank] < len(row):
-            action = row[next_index[rank]]
-            missing = next(d for d in deps(action, schedule) if d not in finish)
-            stuck[rank] = (action, missing)
-    if not stuck:
-        return
+        for a in row:
+            if not (0 <= a.stage < schedule.stages and 0 <= a.microbatch < schedule.microbatches):
+                return (f"{a} on rank {rank} is out of range ({schedule.stages} stages, "
+                        f"{schedule.microbatches} microbatches); validate the schedule first")
+    return "an action is out of range; validate the schedule first"
+
+
+class _Run:
+    """The state of one simulation: finish tables, per-rank progress, recorded times."""
+
+    def __init__(self, schedule: Schedule, costs: CostModel) -> None:
+        stages, mbs = schedule.stages, schedule.microbatches
+        self.schedule = schedule
+        self.fin: dict[Op, Table] = {op: [[None] * mbs for _ in range(stages)] for op in Op}
+        self.act: dict[Op, Table] = {op: [[None] * mbs for _ in range(stages)] for op in Op}
+        self.split: list[list[bool]] = [[False] * mbs for _ in range(stages)]
+        for s, mb in schedule.split_backward:
+            if 0 <= s < stages and 0 <= mb < mbs:
+                self.split[s][mb] = True
+        # plain floats, so every finish time is one (the TypeError trick needs numbers)
+        self.dur = {op: [float(x) for x in table] for op, table in (
+            (_F, costs.forward), (_I, costs.backward_input), (_W, costs.backward_weight),
+            (_B, costs.backward))}
+        # message time across the boundary between stage b and b+1, either direction
+        self.hop = [float(costs.message_time(Action(b, _F, 0), Action(b + 1, _F, 0)))
+                    for b in range(stages)]
+        self.next_index = [0] * schedule.ranks
+        self.starts = [[0.0] * len(row) for row in schedule.actions]
+        self.ends = [[0.0] * len(row) for row in schedule.actions]
+        self.messages: list[list[MessageEvent]] = [[] for _ in schedule.actions]
+
+    def run(self) -> None:
+        """Advance ranks until each ends or parks; a finishing action wakes its waiters."""
+        tables = (*(self.fin[op] for op in (_F, _I, _W, _B)),
+                  *(self.act[op] for op in (_F, _I, _W, _B)),
+                  *(self.dur[op] for op in (_F, _I, _W, _B)),
+                  self.split, self.hop, self.schedule.stage_to_rank, self.schedule.stages - 1)
+        rows, next_index, starts, ends = (self.schedule.actions, self.next_index, self.starts,
+                                          self.ends)
+        messages = self.messages
+        todo = list(range(self.schedule.ranks - 1, -1, -1))
+        while todo:
+            rank = todo.pop()
+            next_index[rank] = _advance(rank, rows[rank], next_index[rank], starts[rank],
+                                        ends[rank], messages[rank], todo, tables)
+
+    def _slot(self, key: tuple[int, Op, int]) -> Any:
+        s, op, mb = key
+        return self.fin[op][s][mb]
+
+    def raise_if_stuck(self) -> None:
+        stuck: dict[int, tuple[Action, Action]] = {}
+        for rank, row in enumerate(self.schedule.actions):
+            if self.next_index[rank] < len(row):
+                action = row[self.next_index[rank]]
+                missing = next(d for d in deps(action, self.schedule)
+                               if self._slot(d).__class__ is not float)
+                stuck[rank] = (action, missing)
+        if stuck:
+            raise _deadlock(self.schedule, stuck)
+
+
+def _advance(  # the hot loop, kept flat
+    rank: int, row: tuple[Action, ...], i: int, starts: list[float], ends: list[float],
+    sent: list[MessageEvent], todo: list[int], tables: tuple[Any, ...],
+) -> int:
+    """Run ``rank`` from its ``i``-th action until it ends or parks; returns where it stopped.
+
+    A module function called at every park, not one long loop: CPython 3.11 specializes a
+    code object's instructions only after several calls, and this loop needs them specialized.
+    Actions that end append the ranks parked on them to ``todo``.
+    """
+    (fin_f, fin_i, fin_w, fin_b, act_f, act_i, act_w, act_b, dur_f, dur_i, dur_w, dur_b,
+     split, hop, place, last) = tables
+    F, I, W, B, new, Msg = _F, _I, _W, _B, _new, MessageEvent  # noqa: E741
+    n = len(row)
+    t = ends[i - 1] if i else 0.0
+    while i < n:
+        a = row[i]
+        s, op, mb = a
+        if op is F:
+            if s:
+                p = s - 1
+                d = fin_f[p][mb]
+                if type(d) is not float:
+                    _park(fin_f[p], mb, d, rank)
+                    return i
+                src = place[p]
+                if src != rank:
+                    x = d + hop[p]
+                    sent.append(new(Msg, (src, rank, act_f[p][mb], a, d, x)))
+                    d = x
+                if d > t:
+                    t = d
+            done, who, e = fin_f[s], act_f[s], t + dur_f[s]
+        elif op is W:
+            d = fin_i[s][mb]
+            if type(d) is not float:
+                _park(fin_i[s], mb, d, rank)
+                return i
+            src = place[s]
+            if src != rank:  # never in a valid schedule: I(s) runs on s's rank
+                x = d + hop[s]
+                sent.append(new(Msg, (src, rank, act_i[s][mb], a, d, x)))
+                d = x
+            if d > t:
+                t = d
+            done, who, e = fin_w[s], act_w[s], t + dur_w[s]
+        else:
+            if op is B:
+                done, who, e = fin_b[s], act_b[s], dur_b[s]
+            elif op is I:
+                done, who, e = fin_i[s], act_i[s], dur_i[s]
+            else:
+                raise ValueError(f"{a}: op {op!r} is not one of F, I, W, B")
+            d = fin_f[s][mb]
+            if type(d) is not float:
+                _park(fin_f[s], mb, d, rank)
+                return i
+            src = place[s]
+            if src != rank:  # never in a valid schedule
+                x = d + hop[s]
+                sent.append(new(Msg, (src, rank, act_f[s][mb], a, d, x)))
+                d = x
+            if d > t:
+                t = d
+            if s < last:
+                q = s + 1
+                tab, acts = (fin_i, act_i) if split[q][mb] else (fin_b, act_b)
+                d = tab[q][mb]
+                if type(d) is not float:
+                    if sent and sent[-1][3] is a:  # its F(s) came from another rank
+                        sent.pop()
+                    _park(tab[q], mb, d, rank)
+                    return i
+                src = place[q]
+                if src != rank:
+                    x = d + hop[s]
+                    sent.append(new(Msg, (src, rank, acts[q][mb], a, d, x)))
+                    d = x
+                if d > t:
+                    t = d
+            e += t
+        starts[i] = t
+        ends[i] = e
+        waiting = done[mb]
+        done[mb] = t = e
+        who[mb] = a
+        if waiting is not None:
+            if waiting.__class__ is float:
+                raise ValueError(f"{a} appears more than once on rank {rank}; "
+                                 "validate the schedule first")
+            todo += waiting
+        i += 1
+    return i
+
+
+def _park(table_row: list[Any], mb: int, slot: Any, rank: int) -> None:
+    """Record that ``rank`` waits for ``table_row[mb]`` to end."""
+    if slot is None:
+        table_row[mb] = [rank]
+    else:
+        slot.append(rank)
+
+
+def _deadlock(schedule: Schedule, stuck: dict[int, tuple[Action, Action]]) -> DeadlockError:
     lines = []
     for r, (a, d) in sorted(stuck.items()):
         owner = schedule.stage_to_rank[d.stage]
         lines.append(f"  rank {r} waits at {a} for {d} (rank {owner})")
     marked = {a for a, _ in stuck.values()}
-    raise DeadlockError(
+    return DeadlockError(
         f"deadlock: {len(stuck)} ranks can never continue; each waits on the next:\n"
         + "\n".join(lines) + "\n" + format_grid(schedule, marked), stuck)

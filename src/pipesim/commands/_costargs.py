@@ -1,0 +1,140 @@
+"""The cost flags that ``simulate``, ``compare`` and ``plan`` share, and the CostModel they build.
+
+    --cost F=1,B=2            F and B (B split evenly into I and W), or
+    --cost F=1,I=1,W=1        F, I and W (B = I + W); the default is F=1,I=1,W=1,B=2
+    --comm-latency 0.1        time per message between two ranks
+    --comm-bandwidth 1e9      bytes per time unit (default: infinite)
+    --activation-bytes 4e6    bytes of each stage's output (what a message carries)
+    --unit ms                 what a time of 1 means: units (default), ms or s
+    --costs FILE.json         per-stage lists instead (CostModel.to_dict's format)
+
+``--cost`` times are those of one rank's share of the model. A schedule with v stages per rank
+cuts that share into v stages, each taking 1/v of it, so schedules compare at the same total
+work. ``--costs FILE`` gives every stage's time itself and is used as written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from pipesim.commands import UserError, non_negative_float
+from pipesim.costs import CostError, CostModel, load_costs, parse_cost_flag
+from pipesim.ir import Schedule
+
+UNITS = ("units", "ms", "s")
+
+
+def _positive_float(text: str) -> float:
+    """argparse type: a number > 0 (``inf`` allowed: no bandwidth limit)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def add_cost_args(parser: argparse.ArgumentParser) -> None:
+    """Register the cost flags on a subcommand's parser, in their own help group."""
+    group = parser.add_argument_group(
+        "costs", "time of each op on one rank's share of the model (a stage of a schedule with "
+                 "v stages per rank takes 1/v of it) and of messages between ranks")
+    group.add_argument("--cost", metavar="F=1,B=2",
+                       help="op times: F and B, or F, I and W (default F=1,I=1,W=1, B=I+W)")
+    group.add_argument("--costs", dest="costs_file", metavar="FILE.json",
+                       help="per-stage times from a JSON file (the format of "
+                            "CostModel.to_dict), used as written")
+    group.add_argument("--comm-latency", type=non_negative_float, metavar="T",
+                       help="time per message between two ranks (default 0)")
+    group.add_argument("--comm-bandwidth", type=_positive_float, metavar="BYTES",
+                       help="bytes per time unit (default: unlimited)")
+    group.add_argument("--activation-bytes", type=non_negative_float, metavar="BYTES",
+                       help="bytes of each stage's output, the size of a message (default 0)")
+    group.add_argument("--unit", choices=UNITS,
+                       help="what a time of 1 means (default units)")
+
+
+def costs_from_args(args: argparse.Namespace, schedule: Schedule) -> CostModel:
+    """The CostModel the flags describe for ``schedule``; UserError (exit 2) on a mistake."""
+    try:
+        return _build(args, schedule)
+    except CostError as err:
+        where = f"{args.costs_file}: " if getattr(args, "costs_file", None) else ""
+        raise UserError(f"{where}{err}") from None
+
+
+def _build(args: argparse.Namespace, schedule: Schedule) -> CostModel:
+    stages = schedule.stages
+    forward: float | tuple[float, ...]
+    inp: float | tuple[float, ...]
+    weight: float | tuple[float, ...]
+    backward: float | tuple[float, ...]
+    act: float | tuple[float, ...]
+    if args.costs_file:
+        if args.cost:
+            raise UserError("give --cost or --costs FILE, not both")
+        base = load_costs(args.costs_file, stages)
+        forward, inp, weight, backward = (base.forward, base.backward_input,
+                                          base.backward_weight, base.backward)
+        act = base.activation_bytes
+        latency, bandwidth, unit = base.comm_latency, base.comm_bandwidth, base.unit
+    else:
+        op = op_times(args.cost)
+        share = stages / schedule.ranks  # stages per rank: each takes 1/share of a rank's work
+        forward, inp, weight, backward = (op[k] / share for k in ("F", "I", "W", "B"))
+        act, latency, bandwidth, unit = 0.0, 0.0, math.inf, "units"
+    if args.activation_bytes is not None:
+        act = args.activation_bytes
+    if args.comm_latency is not None:
+        latency = args.comm_latency
+    if args.comm_bandwidth is not None:
+        bandwidth = args.comm_bandwidth
+    if args.unit is not None:
+        unit = args.unit
+    return CostModel.from_lists(stages, forward, inp, weight, backward, act, 0.0, latency,
+                                bandwidth, unit)
+
+
+def op_times(flag: str | None) -> dict[str, float]:
+    """``--cost`` text -> F, I, W and B; the defaults fill what is not given (B = I + W)."""
+    given = parse_cost_flag(flag) if flag else {"F": 1.0}
+    f = given["F"]
+    if "I" in given or "W" in given:
+        i = given.get("I", given.get("W", f))
+        w = given.get("W", i)
+        b = given.get("B", i + w)
+    else:
+        b = given.get("B", 2 * f)
+        i = w = b / 2
+    return {"F": f, "I": i, "W": w, "B": b}
+
+
+def describe_args(args: argparse.Namespace) -> str:
+    """What the cost flags say, for a report's header."""
+    if args.costs_file:
+        return f"costs from {args.costs_file}"
+    op = op_times(args.cost)
+    text = (f"costs F={op['F']:g} I={op['I']:g} W={op['W']:g} B={op['B']:g} for one rank's "
+            "share of the model (v stages per rank: each stage 1/v of it)")
+    if args.comm_latency or args.activation_bytes:
+        text += f"; message latency {args.comm_latency or 0:g}"
+        if args.activation_bytes:
+            bandwidth = args.comm_bandwidth or "unlimited"
+            text += f", {args.activation_bytes:g} bytes at {bandwidth} B/unit"
+    return text
+
+
+def describe(costs: CostModel) -> str:
+    """One line for a report: the ops' times if every stage is the same, and the comm terms."""
+    def one(values: tuple[float, ...]) -> str:
+        return f"{values[0]:g}" if len(set(values)) == 1 else "per stage"
+
+    parts = [f"F={one(costs.forward)} I={one(costs.backward_input)} "
+             f"W={one(costs.backward_weight)} B={one(costs.backward)} per stage"]
+    if costs.comm_latency or any(costs.activation_bytes):
+        bw = "unlimited" if math.isinf(costs.comm_bandwidth) else f"{costs.comm_bandwidth:g}"
+        parts.append(f"messages: latency {costs.comm_latency:g}, bandwidth {bw} B/{costs.unit}")
+    parts.append(f"unit {costs.unit}")
+    return "; ".join(parts)

@@ -1,0 +1,159 @@
+"""``pipesim compare``: every registered training schedule on one configuration, side by side.
+
+    pipesim compare -p 4 -m 8
+    pipesim compare -p 8 -m 32 -v 2 --cost F=1,I=1,W=1 --comm-latency 0.05 --plot cmp.png
+
+Schedules that do not accept the configuration are listed as skipped with the reason; the
+forward-only one is left out (it does not train). The best (least makespan) is marked.
+Output writers are looked up in ``OUTPUTS`` (flag -> writer), so a new format such as
+``--html`` is one function and one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipesim.commands import UserError, dump_json, positive_int, write_atomic
+from pipesim.commands._costargs import add_cost_args, costs_from_args, describe_args
+from pipesim.costs import CostModel
+from pipesim.schedules import SCHEDULES, ConfigError, get_schedule
+from pipesim.simulate import simulate
+from pipesim.timeline import Metrics, Timeline, metrics
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One schedule's result."""
+
+    name: str
+    stages: int
+    costs: CostModel
+    timeline: Timeline
+    metrics: Metrics
+
+    @property
+    def peak_activations(self) -> int:
+        return max((r.peak_activations for r in self.metrics.per_rank), default=0)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    ranks: int
+    microbatches: int
+    virtual_stages: int | None
+    entries: tuple[Entry, ...]
+    skipped: tuple[tuple[str, str], ...] = field(default=())  # (name, reason)
+    costs_note: str = ""  # what the cost flags said, for the header
+
+    @property
+    def best(self) -> Entry | None:
+        return min(self.entries, key=lambda e: e.metrics.makespan, default=None)
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("compare", help="simulate every schedule on one configuration",
+                       description="Simulate every registered training schedule for the same "
+                                   "ranks, microbatches and costs, and rank them.")
+    p.add_argument("-p", "--ranks", type=positive_int, default=4, help="pipeline ranks (default 4)")
+    p.add_argument("-m", "--microbatches", type=positive_int, default=8,
+                   help="microbatches per step (default 8)")
+    p.add_argument("-v", "--virtual-stages", type=positive_int, default=None,
+                   help="stages per rank for the schedules that take any (default 2)")
+    add_cost_args(p)
+    out = p.add_argument_group("output")
+    out.add_argument("--json", action="store_true", help="print one JSON object instead")
+    for flag, (metavar, text, _) in OUTPUTS.items():
+        out.add_argument(f"--{flag}", metavar=metavar, help=text)
+    p.set_defaults(func=run)
+
+
+def compare(args: argparse.Namespace) -> Comparison:
+    """Simulate each schedule that accepts the configuration; the API behind the command."""
+    entries, skipped = [], []
+    for name, spec in SCHEDULES.items():
+        if not spec.training:
+            skipped.append((name, "forward only (inference), not a training step"))
+            continue
+        v = args.virtual_stages if spec.virtual == "any" else None
+        try:
+            sched = get_schedule(name, args.ranks, args.microbatches, v)
+        except ConfigError as err:
+            skipped.append((name, str(err)))
+            continue
+        costs = costs_from_args(args, sched)
+        tl = simulate(sched, costs)
+        entries.append(Entry(name, sched.stages, costs, tl, metrics(tl)))
+    if not entries:
+        raise UserError(f"no schedule accepts {args.ranks} ranks and {args.microbatches} "
+                        "microbatches: " + "; ".join(f"{n}: {r}" for n, r in skipped))
+    return Comparison(args.ranks, args.microbatches, args.virtual_stages, tuple(entries),
+                      tuple(skipped), describe_args(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    result = compare(args)
+    for flag, (_, _, writer) in OUTPUTS.items():
+        path = getattr(args, flag.replace("-", "_"))
+        if path:
+            write_atomic(path, writer(result))
+    if args.json:
+        print(dump_json(compare_json(result)))
+    else:
+        print(format_table(result))
+    return 0
+
+
+def format_table(result: Comparison) -> str:
+    first = result.entries[0].costs
+    lines = [f"compare: {result.ranks} ranks, {result.microbatches} microbatches",
+             result.costs_note, ""]
+    width = max(len(e.name) for e in result.entries)
+    lines.append(f"  {'schedule':<{width}}  {'stages':>6}  {'makespan':>10}  {'bubble':>7}  "
+                 f"{'peak act.':>9}")
+    best = result.best
+    for e in sorted(result.entries, key=lambda e: e.metrics.makespan):
+        mark = "*" if best is not None and e.metrics.makespan == best.metrics.makespan else " "
+        lines.append(f"{mark} {e.name:<{width}}  {e.stages:>6}  {e.metrics.makespan:>10.4g}  "
+                     f"{e.metrics.bubble_fraction:>7.1%}  {e.peak_activations:>9}")
+    lines.append("")
+    lines.append(f"* least makespan ({first.unit}); peak act. = most activations one rank "
+                 f"stashes at once")
+    for name, reason in result.skipped:
+        lines.append(f"skipped {name}: {reason}")
+    return "\n".join(lines)
+
+
+def compare_json(result: Comparison) -> dict[str, Any]:
+    best = result.best
+    return {
+        "ranks": result.ranks, "microbatches": result.microbatches,
+        "virtual_stages": result.virtual_stages,
+        "best": best.name if best else None,
+        "schedules": [
+            {"schedule": e.name, "stages": e.stages, "makespan": e.metrics.makespan,
+             "bubble_fraction": e.metrics.bubble_fraction,
+             "peak_activations": e.peak_activations, "costs": e.costs.to_dict()}
+            for e in result.entries],
+        "skipped": [{"schedule": n, "reason": r} for n, r in result.skipped],
+    }
+
+
+def _plot(result: Comparison) -> bytes:
+    from pipesim.views.png import PlotUnavailableError, render_bars_png
+    rows = [(e.name, e.metrics.makespan, e.metrics.bubble_fraction, e.peak_activations)
+            for e in sorted(result.entries, key=lambda e: e.metrics.makespan)]
+    try:
+        return render_bars_png(rows, f"compare: {result.ranks} ranks, {result.microbatches} "
+                                     f"microbatches", result.entries[0].costs.unit)
+    except PlotUnavailableError as err:
+        raise UserError(str(err)) from None
+
+
+# flag -> (metavar, help, writer of the file's content). An --html would be one more line:
+# "html": ("OUT.html", "write an HTML page", lambda r: render_html([HtmlSection(...) ...]))
+OUTPUTS: dict[str, tuple[str, str, Callable[[Comparison], str | bytes]]] = {
+    "plot": ("OUT.png", "write a bar chart of makespans (matplotlib)", _plot),
+}

@@ -1,0 +1,118 @@
+"""A time-scaled rank-by-time chart for the terminal.
+
+Each action is drawn over the columns its duration covers, starting with its op letter and
+microbatch (``F3``, then ``-`` to its end); ``.`` is idle. When time must be compressed to fit,
+a column shows the op that covers most of it, or ``.`` if the rank is idle for most of it::
+
+    1f1b: 2 ranks, makespan 9 units, bubble 33.3%; 1 column = 0.5 units
+            0         5
+    rank 0 |F0F1........B0--B1--| 33.3%
+    rank 1 |..F0B0--F1B1--......| 33.3%
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from pipesim.timeline import Event, Timeline, metrics
+
+LEGEND = ("F forward, I input-grad, W weight-grad, B backward (I+W); "
+          "F3 = op + microbatch, - its extent, . idle")
+
+
+def render_ascii(timeline: Timeline, width: int = 100, legend: bool = True) -> str:
+    """The chart, ``width`` columns wide at most, with a header, a time ruler and a legend."""
+    measured = metrics(timeline)
+    label = len(f"rank {timeline.ranks - 1}")
+    suffix = 7  # "| 33.3%"
+    columns = max(10, width - label - 2 - suffix)
+    span = timeline.makespan
+    scale = _scale(span, columns)  # columns per time unit
+    columns = max(1, min(columns, math.ceil(span * scale - 1e-9))) if span else 1
+    origin = timeline.start
+    name = timeline.name or "timeline"
+    lines = [f"{name}: {timeline.ranks} ranks, makespan {span:g} {timeline.unit}, "
+             f"bubble {measured.bubble_fraction:.1%}; 1 column = {1 / scale:g} {timeline.unit}"]
+    lines.append(" " * (label + 2) + _ruler(columns, scale))
+    for rank, row in enumerate(timeline.by_rank()):
+        cells = _draw_row(row, origin, scale, columns)
+        frac = measured.per_rank[rank].bubble_fraction
+        lines.append(f"{f'rank {rank}':<{label}} |{cells}| {frac:.1%}")
+    if legend:
+        lines.append(LEGEND)
+    return "\n".join(lines)
+
+
+def _scale(span: float, columns: int) -> float:
+    """Columns per time unit: a whole number when the chart fits, else a compression."""
+    if span <= 0:
+        return 1.0
+    fit = columns / span
+    return _nice_at_most(fit) if fit >= 1 else 1 / _nice_at_least(1 / fit)
+
+
+def _nice_at_most(x: float) -> float:
+    """The largest of 1, 2, 4, 5, 10, 20, 40, 50, ... not above ``x`` (x >= 1)."""
+    best = 1.0
+    for exp in range(0, 12):
+        for m in (1, 2, 4, 5):
+            v = m * 10.0 ** exp
+            if v <= x:
+                best = v
+    return best
+
+
+def _nice_at_least(x: float, steps: Sequence[float] = (1, 2, 2.5, 5)) -> float:
+    """The smallest of ``steps`` x 10^k (1, 2, 2.5, 5, 10, 20, ...) not below ``x``."""
+    exp = math.floor(math.log10(x)) if x > 0 else 0
+    for e in (exp - 1, exp, exp + 1):
+        for m in steps:
+            v = m * 10.0 ** e
+            if v >= x - 1e-12:
+                return v
+    return 10.0 ** (exp + 1)
+
+
+def _ruler(columns: int, scale: float) -> str:
+    """Round times (1, 2 or 5 x 10^k apart), at least 8 columns apart, above the chart."""
+    every = _nice_at_least(8 / scale, (1, 2, 5))
+    out = [" "] * columns
+    k = 0
+    while (c := round(k * every * scale)) < columns:
+        text = f"{k * every:g}"
+        if c + len(text) <= columns:
+            out[c:c + len(text)] = text
+        k += 1
+    return "".join(out).rstrip()
+
+
+def _draw_row(row: Sequence[Event], origin: float, scale: float, columns: int) -> str:
+    """One rank's cells: each column goes to the event that covers most of it."""
+    cover = [0.0] * columns  # busy share of each column
+    best = [0.0] * columns
+    owner: list[Event | None] = [None] * columns
+    for e in row:
+        a, b = (e.start - origin) * scale, (e.end - origin) * scale
+        for c in range(max(0, int(a)), min(columns, math.ceil(b))):
+            part = min(b, c + 1) - max(a, c)
+            cover[c] += part
+            if part > best[c]:
+                best[c], owner[c] = part, e
+    shown = [e if e is not None and cover[c] >= 0.5 else None for c, e in enumerate(owner)]
+    room: dict[Event, int] = {}  # columns each event got
+    for ev in shown:
+        if ev is not None:
+            room[ev] = room.get(ev, 0) + 1
+    cells = ["."] * columns
+    drawn: dict[Event, int] = {}  # characters of each event's label already placed
+    for c, ev in enumerate(shown):
+        if ev is None:
+            continue
+        text = f"{ev.action.op.value}{ev.action.microbatch}"
+        if room[ev] < len(text):
+            text = ev.action.op.value  # a cut number would name another microbatch
+        k = drawn.get(ev, 0)
+        cells[c] = text[k] if k < len(text) else "-"
+        drawn[ev] = k + 1
+    return "".join(cells)

@@ -1,0 +1,339 @@
+"""The simulator: equal to a plain reference, the one dependency rule, closed forms, metrics.
+
+Legend: p ranks, m microbatches, v stages per rank; F, I, W, B the per-stage op times.
+"""
+
+from __future__ import annotations
+
+import gc
+import random
+from collections.abc import Iterator
+
+import pytest
+
+from pipesim.costs import CostModel
+from pipesim.ir import Action, Op, Schedule, deps
+from pipesim.schedules import SCHEDULES, ConfigError, get_schedule
+from pipesim.simulate import DeadlockError, simulate
+from pipesim.timeline import Event, MessageEvent, Timeline, metrics
+
+# ----------------------------------------------------------------------------- the reference
+
+
+def reference_simulate(schedule: Schedule, costs: CostModel) -> Timeline:
+    """The simulator's semantics written plainly: sweep the ranks until none can move.
+
+    Returns events and messages in the fast simulator's order (rank by rank, each rank's in its
+    order); raises DeadlockError with the same ``stuck`` when some rank can never finish.
+    """
+    ranks = schedule.ranks
+    finish: dict[Action, float] = {}
+    nxt, free = [0] * ranks, [0.0] * ranks
+    events: list[list[Event]] = [[] for _ in range(ranks)]
+    messages: list[list[MessageEvent]] = [[] for _ in range(ranks)]
+    moved = True
+    while moved:
+        moved = False
+        for r, row in enumerate(schedule.actions):
+            while nxt[r] < len(row) and all(d in finish for d in deps(row[nxt[r]], schedule)):
+                a = row[nxt[r]]
+                start = free[r]
+                for d in deps(a, schedule):
+                    ready = finish[d]
+                    src = schedule.stage_to_rank[d.stage]
+                    if src != r:
+                        arrive = ready + costs.message_time(d, a)
+                        messages[r].append(MessageEvent(src, r, d, a, ready, arrive))
+                        ready = arrive
+                    start = max(start, ready)
+                end = start + costs.duration(a)
+                events[r].append(Event(r, a, start, end))
+                finish[a] = free[r] = end
+                nxt[r] += 1
+                moved = True
+    stuck = {r: (row[nxt[r]], next(d for d in deps(row[nxt[r]], schedule) if d not in finish))
+             for r, row in enumerate(schedule.actions) if nxt[r] < len(row)}
+    if stuck:
+        raise DeadlockError("deadlock", stuck)
+    return Timeline(ranks, tuple(e for row in events for e in row),
+                    tuple(m for row in messages for m in row), costs.unit, schedule.name,
+                    schedule.stage_to_rank, schedule.microbatches)
+
+
+def random_costs(schedule: Schedule, seed: int) -> CostModel:
+    """Distinct per-stage times and message costs, so any wrong dependency shows in the times."""
+    rnd = random.Random(seed)
+    n = schedule.stages
+
+    def draw(lo: float, hi: float) -> list[float]:
+        return [round(rnd.uniform(lo, hi), 3) for _ in range(n)]
+
+    return CostModel.from_lists(n, draw(0.5, 2), draw(0.5, 2), draw(0.2, 1), draw(1, 3),
+                                activation_bytes=draw(100, 1000), comm_latency=0.05,
+                                comm_bandwidth=2000.0)
+
+
+def configurations() -> Iterator[Schedule]:
+    """Every registered schedule over a grid of sizes (those it accepts)."""
+    for name, spec in SCHEDULES.items():
+        for p in (1, 2, 3, 4):
+            for m in (1, 2, 3, 4, 5, 8):
+                for v in ((None,) if spec.virtual != "any" else (1, 2, 3)):
+                    try:
+                        yield get_schedule(name, p, m, v)
+                    except ConfigError:
+                        continue
+
+
+CONFIGS = list(configurations())
+
+
+def config_id(s: Schedule) -> str:
+    return f"{s.name}-p{s.ranks}-s{s.stages}-m{s.microbatches}"
+
+
+# ----------------------------------------------------------------------------- equal to reference
+
+
+@pytest.mark.parametrize("schedule", CONFIGS, ids=config_id)
+def test_equals_reference_with_random_costs(schedule: Schedule) -> None:
+    costs = random_costs(schedule, seed=schedule.num_actions)
+    assert simulate(schedule, costs) == reference_simulate(schedule, costs)
+
+
+def test_equals_reference_on_shuffled_rows() -> None:
+    # rows with a few neighbours swapped exercise every same-rank dependency: a dependency the
+    # fast loop skipped would let an action run early (different times) or hide a deadlock
+    rnd = random.Random(7)
+    deadlocks = runs = 0
+    for name in ("1f1b", "zb-h1", "interleaved-1f1b", "zbv", "dualpipev"):
+        base = get_schedule(name, 2, 4)
+        for _ in range(60):
+            rows = [list(row) for row in base.actions]
+            for _ in range(rnd.randint(1, 3)):
+                row = rnd.choice(rows)
+                k = rnd.randrange(len(row) - 1)
+                row[k], row[k + 1] = row[k + 1], row[k]
+            sched = Schedule(base.ranks, base.stages, base.microbatches, base.stage_to_rank,
+                             tuple(tuple(r) for r in rows), name)
+            costs = random_costs(sched, seed=1)
+            try:
+                expected = reference_simulate(sched, costs)
+            except DeadlockError as want:
+                with pytest.raises(DeadlockError) as got:
+                    simulate(sched, costs)
+                assert got.value.stuck == want.stuck
+                deadlocks += 1
+            else:
+                assert simulate(sched, costs) == expected
+                runs += 1
+    assert deadlocks > 20 and runs > 20  # both outcomes were exercised
+
+
+# ----------------------------------------------------------------------------- the one rule
+
+
+@pytest.mark.parametrize("schedule", CONFIGS, ids=config_id)
+def test_dependencies_are_ir_deps(schedule: Schedule) -> None:
+    # cross-rank dependencies are exactly the messages; same-rank ones end before their consumer
+    tl = simulate(schedule, random_costs(schedule, seed=3))
+    end = {e.action: e.end for e in tl.events}
+    start = {e.action: e.start for e in tl.events}
+    received: dict[Action, list[Action]] = {}
+    for msg in tl.messages:
+        received.setdefault(msg.consumer, []).append(msg.producer)
+    for row in schedule.actions:
+        for a in row:
+            rule = deps(a, schedule)
+            owner = schedule.stage_to_rank[a.stage]
+            crossing = [d for d in rule if schedule.stage_to_rank[d.stage] != owner]
+            assert received.get(a, []) == crossing, a
+            assert all(end[d] <= start[a] for d in rule), a
+
+
+def test_a_same_rank_dependency_out_of_order_deadlocks() -> None:
+    # rank 0 runs 0W0 before 0I0: the rule says W waits for I, so nothing can move
+    base = get_schedule("zb-h1", 2, 1)
+    row0 = list(base.actions[0])
+    i, w = row0.index(Action(0, Op.I, 0)), row0.index(Action(0, Op.W, 0))
+    row0[i], row0[w] = row0[w], row0[i]
+    sched = Schedule(2, 2, 1, base.stage_to_rank, (tuple(row0), base.actions[1]))
+    with pytest.raises(DeadlockError) as err:
+        simulate(sched)
+    assert err.value.stuck == {0: (Action(0, Op.W, 0), Action(0, Op.I, 0))}
+
+
+def test_deadlock_names_each_stuck_rank() -> None:
+    # each rank first wants the backward that the other can only run after it
+    rows = ((Action(0, Op.F, 0), Action(0, Op.B, 0)), (Action(1, Op.B, 0), Action(1, Op.F, 0)))
+    sched = Schedule(2, 2, 1, (0, 1), rows, "crossed")
+    with pytest.raises(DeadlockError) as err:
+        simulate(sched)
+    assert err.value.stuck == {0: (Action(0, Op.B, 0), Action(1, Op.B, 0)),
+                               1: (Action(1, Op.B, 0), Action(1, Op.F, 0))}
+    text = str(err.value)
+    assert "rank 0 waits at 0B0 for 1B0 (rank 1)" in text
+    assert "rank 1 waits at 1B0 for 1F0 (rank 1)" in text
+    assert "[1B0]" in text  # the grid marks where each rank is stuck
+
+
+def test_gc_state_is_restored_even_after_a_deadlock() -> None:
+    rows = ((Action(0, Op.B, 0), Action(0, Op.F, 0)),)
+    sched = Schedule(1, 1, 1, (0,), rows)
+    assert gc.isenabled()
+    with pytest.raises(DeadlockError):
+        simulate(sched)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        simulate(get_schedule("1f1b", 2, 2))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_repeated_or_out_of_range_actions_are_value_errors() -> None:
+    f0 = Action(0, Op.F, 0)
+    with pytest.raises(ValueError, match="more than once"):
+        simulate(Schedule(1, 1, 1, (0,), ((f0, f0, Action(0, Op.B, 0)),)))
+    with pytest.raises(ValueError, match="0F5 on rank 0 is out of range"):
+        simulate(Schedule(1, 1, 1, (0,), ((f0, Action(0, Op.F, 5)),)))
+    with pytest.raises(ValueError, match="cost model has 3 stages"):
+        simulate(get_schedule("1f1b", 2, 2), CostModel.uniform(3))
+
+
+def test_events_and_messages_come_rank_by_rank_in_row_order() -> None:
+    sched = get_schedule("interleaved-1f1b", 4, 8, 2)
+    tl = simulate(sched)
+    assert [e.action for e in tl.events] == [a for row in sched.actions for a in row]
+    assert [e.rank for e in tl.events] == [r for r, row in enumerate(sched.actions) for _ in row]
+    consumers = [m.consumer for m in tl.messages]
+    order = {a: i for i, a in enumerate(a for row in sched.actions for a in row)}
+    assert consumers == sorted(consumers, key=order.__getitem__)
+
+
+def test_message_time_is_latency_plus_bytes_over_bandwidth() -> None:
+    # 2 ranks, one microbatch: 0F0 -> 1F0 -> 1B0 -> 0B0 with 4 bytes at 2 bytes/unit + 0.5
+    costs = CostModel.uniform(2, F=1, B=2, activation_bytes=4.0, comm_latency=0.5,
+                              comm_bandwidth=2.0)
+    tl = simulate(get_schedule("1f1b", 2, 1), costs)
+    times = {str(e.action): (e.start, e.end) for e in tl.events}
+    assert times == {"0F0": (0.0, 1.0), "1F0": (3.5, 4.5), "1B0": (4.5, 6.5),
+                     "0B0": (9.0, 11.0)}
+    assert sorted((str(m.producer), m.send, m.arrive) for m in tl.messages) == [
+        ("0F0", 1.0, 3.5), ("1B0", 6.5, 9.0)]
+
+
+# ----------------------------------------------------------------------------- closed forms
+
+GRID_P = (1, 2, 3, 4, 8)
+GRID_M = (1, 2, 4, 5, 8, 16)
+TIMES = ((1.0, 2.0), (2.0, 5.0))  # (F, B) per stage; B = I + W
+
+
+@pytest.mark.parametrize("name", ["gpipe", "1f1b"])
+@pytest.mark.parametrize(("f", "b"), TIMES)
+def test_gpipe_and_1f1b_makespan(name: str, f: float, b: float) -> None:
+    # GPipe (Huang et al. 2019, "GPipe", sec. 2.3) and 1F1B (Narayanan et al. 2021, sec. 2.2):
+    # with no communication the step takes (m + p - 1)(F + B), bubble fraction (p-1)/(m+p-1)
+    for p in GRID_P:
+        for m in GRID_M:
+            sched = get_schedule(name, p, m)
+            tl = simulate(sched, CostModel.uniform(p, F=f, B=b))
+            assert tl.makespan == pytest.approx((m + p - 1) * (f + b)), (p, m)
+            got = metrics(tl).bubble_fraction
+            assert got == pytest.approx((p - 1) / (m + p - 1)), (p, m)
+
+
+@pytest.mark.parametrize(("f", "b"), TIMES)
+def test_interleaved_bubble_shrinks_by_v(f: float, b: float) -> None:
+    # Narayanan et al. 2021 (Megatron-LM interleaved schedule, sec. 2.2): with v chunks per rank,
+    # each costing F/v and B/v, every rank idles (p - 1)(F + B)/v
+    for p in (2, 3, 4, 8):
+        for v in (1, 2, 3, 4):
+            for m in (p, 2 * p, 4 * p):
+                sched = get_schedule("interleaved-1f1b", p, m, v)
+                tl = simulate(sched, CostModel.uniform(sched.stages, F=f / v, B=b / v))
+                for rank in metrics(tl).per_rank:
+                    assert rank.idle == pytest.approx((p - 1) * (f + b) / v), (p, m, v)
+
+
+@pytest.mark.parametrize("f", [1.0, 2.0, 3.0])
+def test_zb_h1_bubble_is_a_third_of_1f1b(f: float) -> None:
+    # Qi et al. 2024, "Zero Bubble Pipeline Parallelism" (arXiv:2401.10241, sec. 3): with
+    # F = I = W, ZB-H1 idles (p - 1)(F + I - W) per rank, a third of 1F1B's (p - 1)(F + B)
+    for p in (2, 3, 4, 8):
+        for m in (p, 2 * p, 3 * p, 16):
+            zb_costs, ob_costs = CostModel.uniform(p, F=f, I=f, W=f), CostModel.uniform(p, F=f)
+            zb = metrics(simulate(get_schedule("zb-h1", p, m), zb_costs))
+            ob = metrics(simulate(get_schedule("1f1b", p, m), ob_costs))
+            for z, o in zip(zb.per_rank, ob.per_rank, strict=True):
+                assert z.idle == pytest.approx((p - 1) * f), (p, m)
+                assert z.idle == pytest.approx(o.idle / 3), (p, m)
+
+
+# DeepSeek DualPipe README, "Pipeline bubbles and memory usage comparison": per-rank bubble
+# 1F1B (PP-1)(F+B) and ZB1P (PP-1)(F+B-2W) with B the full backward. ZB1P is zb-h1 here.
+# The ZB1P row assumes W <= F (a deferred W fits where an F would be); with W > F it does not
+# hold (e.g. F=I=1, W=2, p=2 idles 1, not 0), so the grid keeps to W <= F.
+README_TIMES = [(1.0, 1.0, 1.0), (2.0, 2.0, 1.0), (3.0, 2.0, 2.0), (1.0, 2.0, 1.0),
+                (4.0, 3.0, 2.0), (2.0, 5.0, 1.5)]
+
+
+@pytest.mark.parametrize(("f", "i", "w"), README_TIMES)
+def test_dualpipe_readme_rows(f: float, i: float, w: float) -> None:
+    b = i + w
+    for p in (2, 3, 4, 8):
+        for m in (p, 2 * p, 16):
+            one = metrics(simulate(get_schedule("1f1b", p, m), CostModel.uniform(p, F=f, B=b)))
+            zb1p = metrics(simulate(get_schedule("zb-h1", p, m),
+                                    CostModel.uniform(p, F=f, I=i, W=w)))
+            assert {round(r.idle, 9) for r in one.per_rank} == {round((p - 1) * (f + b), 9)}
+            assert {round(r.idle, 9) for r in zb1p.per_rank} == {
+                round((p - 1) * (f + b - 2 * w), 9)}, (p, m)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def test_metrics_of_1f1b_by_hand() -> None:
+    # p=2, m=3, F=1, B=2: makespan (3+1)*3 = 12; each rank busy 9, idle 3
+    tl = simulate(get_schedule("1f1b", 2, 3))
+    got = metrics(tl)
+    assert got.makespan == 12.0
+    assert [(r.busy, r.idle) for r in got.per_rank] == [(9.0, 3.0), (9.0, 3.0)]
+    assert [r.bubble_fraction for r in got.per_rank] == [0.25, 0.25]
+    assert got.bubble_fraction == 1 - 18 / (2 * 12)
+    assert [r.peak_activations for r in got.per_rank] == [2, 1]  # min(p - r, m)
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_total_bubble_is_one_minus_busy_share(name: str) -> None:
+    for p, m in ((2, 4), (4, 8)):
+        sched = get_schedule(name, p, m)
+        tl = simulate(sched, random_costs(sched, seed=p * m))
+        got = metrics(tl)
+        busy = sum(e.end - e.start for e in tl.events)
+        assert got.bubble_fraction == pytest.approx(1 - busy / (p * got.makespan))
+        assert got.makespan == max(e.end for e in tl.events)
+        for rank in got.per_rank:
+            assert rank.busy + rank.idle == pytest.approx(got.makespan)
+
+
+def test_peak_activations_count_and_bytes() -> None:
+    # GPipe stashes every microbatch on every rank; 1F1B at most p - r on rank r
+    p, m = 4, 8
+    gp = metrics(simulate(get_schedule("gpipe", p, m)), stash_bytes=[10.0, 20.0, 30.0, 40.0])
+    assert [r.peak_activations for r in gp.per_rank] == [m] * p
+    assert [r.peak_activation_bytes for r in gp.per_rank] == [80.0, 160.0, 240.0, 320.0]
+    ob = metrics(simulate(get_schedule("1f1b", p, m)))
+    assert [r.peak_activations for r in ob.per_rank] == [4, 3, 2, 1]
+    assert all(r.peak_activation_bytes is None for r in ob.per_rank)
+
+
+def test_unit_and_identity_travel_into_the_timeline() -> None:
+    sched = get_schedule("zbv", 2, 4)
+    tl = simulate(sched, CostModel.uniform(sched.stages, unit="ms"))
+    assert (tl.unit, tl.name, tl.ranks, tl.microbatches) == ("ms", "zbv", 2, 4)
+    assert tl.stage_to_rank == (0, 1, 1, 0)
+    assert len(tl.events) == sched.num_actions

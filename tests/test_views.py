@@ -1,0 +1,140 @@
+"""Views of a Timeline: the ASCII chart (golden), Chrome trace, PNG, the tutorial's diagram."""
+
+from __future__ import annotations
+
+import json
+from itertools import pairwise
+
+import pytest
+
+from pipesim.costs import CostModel
+from pipesim.ir import Action, Op
+from pipesim.schedules import get_schedule
+from pipesim.simulate import simulate
+from pipesim.timeline import Event, Span, Timeline
+from pipesim.views.ascii import render_ascii
+from pipesim.views.chrome_trace import render_chrome_trace
+from pipesim.views.tutorial import render_tutorial_diagram
+
+
+def lines(text: str) -> str:
+    return "\n".join(line[8:] for line in text.strip("\n").splitlines()).rstrip()
+
+
+# ----------------------------------------------------------------------------- ascii
+
+
+def test_ascii_golden_1f1b() -> None:
+    # F=1, B=2, two columns per unit: F0 fills its two columns, B0-- its four
+    chart = render_ascii(simulate(get_schedule("1f1b", 2, 3)), width=60, legend=False)
+    assert chart == lines("""
+        1f1b: 2 ranks, makespan 12 units, bubble 25.0%; 1 column = 0.5 units
+                0         5         10
+        rank 0 |F0F1....B0--F2B1--..B2--| 25.0%
+        rank 1 |..F0B0--F1B1--F2B2--....| 25.0%
+    """)
+
+
+def test_ascii_compresses_to_the_width() -> None:
+    tl = simulate(get_schedule("interleaved-1f1b", 8, 64, 2))
+    chart = render_ascii(tl, width=80)
+    rows = [line for line in chart.splitlines() if line.startswith("rank")]
+    assert len(rows) == 8
+    assert all(len(row) <= 80 for row in rows)
+    assert "1 column = 10 units" in chart  # 405 units in at most 64 columns: a round 10
+    assert set("".join(r.split("|")[1] for r in rows)) <= set("FB.")
+    assert chart.splitlines()[-1].startswith("F forward")  # the legend
+
+
+def test_ascii_keeps_idle_and_short_labels_honest() -> None:
+    # one rank: 0F12 for 1 unit, idle 3, 0B12 for 2 units; at one column per unit the label
+    # "F12" does not fit its column, so only the op letter is drawn (never a cut number)
+    events = (Event(0, Action(0, Op.F, 12), 0.0, 1.0), Event(0, Action(0, Op.B, 12), 4.0, 6.0))
+    tl = Timeline(1, events, name="t", stage_to_rank=(0,), microbatches=13)
+    row = next(x for x in render_ascii(tl, width=24).splitlines() if x.startswith("rank"))
+    assert row.split("|")[1] == "F...B-"
+
+
+# ----------------------------------------------------------------------------- chrome trace
+
+
+def test_chrome_trace_has_one_event_per_action_and_flows() -> None:
+    sched = get_schedule("zbv", 2, 4)
+    costs = CostModel.uniform(sched.stages, unit="ms", comm_latency=0.5)
+    tl = simulate(sched, costs)
+    trace = json.loads(json.dumps(render_chrome_trace(tl)))
+    events = trace["traceEvents"]
+    xs = [e for e in events if e["ph"] == "X"]
+    assert len(xs) == sched.num_actions
+    assert {(e["pid"], e["args"]["action"]) for e in xs} == {
+        (r, str(a)) for r, row in enumerate(sched.actions) for a in row}
+    names = {e["pid"]: e["args"]["name"] for e in events if e.get("name") == "process_name"}
+    assert names == {0: "rank 0", 1: "rank 1"}
+    first = next(e for e in xs if e["args"]["action"] == "3F0")
+    ev = next(e for e in tl.events if str(e.action) == "3F0")
+    assert first["name"] == "F0" and first["args"]["stage"] == 3
+    assert first["ts"] == pytest.approx(ev.start * 1000) and first["dur"] == 1000.0  # ms -> us
+    starts = [e for e in events if e["ph"] == "s"]
+    ends = [e for e in events if e["ph"] == "f"]
+    assert len(starts) == len(ends) == len(tl.messages) > 0
+    assert sorted(e["id"] for e in starts) == sorted(e["id"] for e in ends)
+
+
+def test_chrome_trace_units_and_spans() -> None:
+    events = (Event(0, Action(0, Op.F, 0), 1.0, 1.5),)
+    tl = Timeline(1, events, unit="s", spans=(Span(0, "allreduce", 1.5, 2.0),))
+    trace = render_chrome_trace(tl)
+    xs = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    assert [(e["name"], e["ts"], e["dur"]) for e in xs] == [("F0", 0.0, 500000.0),
+                                                           ("allreduce", 500000.0, 500000.0)]
+
+
+# ----------------------------------------------------------------------------- png
+
+
+def test_png_renders_stacked_timelines(tmp_path: pytest.TempPathFactory) -> None:
+    pytest.importorskip("matplotlib")
+    from pipesim.views.png import png_bytes, render_bars_png, render_png
+    a = simulate(get_schedule("1f1b", 4, 8))
+    b = simulate(get_schedule("zb-h1", 4, 8))
+    data = png_bytes([("1f1b", a), ("zb-h1", b)])
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    height = int.from_bytes(data[20:24], "big")
+    single = png_bytes([("1f1b", a)])
+    assert height > int.from_bytes(single[20:24], "big")  # two charts are taller than one
+    path = tmp_path / "out.png"  # type: ignore[operator]
+    render_png([("1f1b", a)], str(path))
+    assert path.read_bytes().startswith(b"\x89PNG")
+    bars = render_bars_png([("1f1b", 33.0, 0.27, 4), ("zb-h1", 27.0, 0.11, 4)], "compare")
+    assert bars.startswith(b"\x89PNG")
+
+
+# ----------------------------------------------------------------------------- tutorial
+
+
+def test_tutorial_diagram_of_the_tutorial_pipeline() -> None:
+    text = render_tutorial_diagram(get_schedule("forward", 4, 4))
+    rows = [line for line in text.splitlines() if "Stage" in line and ":" in line]
+    assert len(rows) == 4
+    # stage s starts at step s: its first box sits one cell further right per stage
+    starts = [row.index("[MB0 Fwd]") for row in rows]
+    assert [b - a for a, b in pairwise(starts)] == [11, 11, 11]
+    assert rows[0].count("─►") == 3 and rows[0].count("[MB") == 4
+    framed = "\n".join(line for line in text.splitlines() if line.startswith("    │"))
+    assert framed.count("▼") == 12  # every hand-off: 3 boundaries x 4 microbatches
+    assert "Busy: 16 of 28 rank-steps (57%)" in text
+    assert "at step 3 every rank is busy (rank 0 MB3, rank 1 MB2, rank 2 MB1" in text
+
+
+def test_tutorial_diagram_follows_the_real_schedule() -> None:
+    sched = get_schedule("1f1b", 2, 2)
+    text = render_tutorial_diagram(sched)
+    rows = [line for line in text.splitlines() if "Stage" in line and ":" in line]
+    # 1f1b, 2 ranks: rank 1 runs MB0 Fwd, MB0 Bwd back to back; rank 0's MB0 Bwd waits for it
+    assert "[MB0 Fwd]─►[MB0 Bwd]─►[MB1 Fwd]─►[MB1 Bwd]" in rows[1]
+    assert rows[0].index("[MB0 Bwd]") > rows[1].index("[MB0 Bwd]")
+    framed = "\n".join(line for line in text.splitlines() if line.startswith("    │"))
+    assert framed.count("▲") == 2  # each of rank 0's backwards gets its gradient from below
+    assert framed.count("▼") == 2  # each of rank 1's forwards gets its input from above
+    many = render_tutorial_diagram(get_schedule("1f1b", 4, 16), max_width=100)
+    assert "(first" in many and all(len(x) <= 100 for x in many.splitlines())
