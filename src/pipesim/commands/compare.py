@@ -152,8 +152,17 @@ def _plot(result: Comparison) -> bytes:
         raise UserError(str(err)) from None
 
 
-# flag -> (metavar, help, writer of the file's content). An --html would be one more line:
-# "html": ("OUT.html", "write an HTML page", lambda r: render_html([HtmlSection(...) ...]))
+def _html(result: Comparison) -> str:
+    from pipesim.views.html import HtmlSection, render_html
+    sections = [HtmlSection(e.name, e.timeline) for e in
+                sorted(result.entries, key=lambda e: e.metrics.makespan)]
+    return render_html(sections, title=f"pipesim compare: {result.ranks} ranks, "
+                       f"{result.microbatches} microbatches",
+                       summary={"costs": result.costs_note} if result.costs_note else None)
+
+
+# flag -> (metavar, help, writer of the file's content)
 OUTPUTS: dict[str, tuple[str, str, Callable[[Comparison], str | bytes]]] = {
     "plot": ("OUT.png", "write a bar chart of makespans (matplotlib)", _plot),
+    "html": ("OUT.html", "write an offline HTML page with every timeline", _html),
 }

@@ -319,8 +319,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = build_config(args)
     sched = cfg.schedule
     if args.visualize:
-        from pipesim.views.grid import format_step_grid
-        print(format_step_grid(sched))
+        from pipesim.views.tutorial import render_tutorial_diagram
+        print(render_tutorial_diagram(sched))
         return 0
     for path in (args.trace, args.plot, args.timeline, args.html):
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):

@@ -45,6 +45,7 @@ def register(sub: Any) -> None:
     out.add_argument("--trace", metavar="OUT.json",
                      help="write a Chrome trace (chrome://tracing, ui.perfetto.dev)")
     out.add_argument("--plot", metavar="OUT.png", help="write a PNG Gantt chart (matplotlib)")
+    out.add_argument("--html", metavar="OUT.html", help="write an offline HTML page")
     p.set_defaults(func=run)
 
 
@@ -92,7 +93,11 @@ def chart_width(args: argparse.Namespace) -> int:
 
 
 def write_views(args: argparse.Namespace, timelines: list[tuple[str, Timeline]]) -> None:
-    """--trace and --plot; each file written whole or not at all."""
+    """--trace, --plot and --html; each file written whole or not at all."""
+    if getattr(args, "html", None):
+        from pipesim.views.html import HtmlSection, render_html
+        write_atomic(args.html, render_html([HtmlSection(t, tl) for t, tl in timelines],
+                                            title=f"pipesim simulate: {timelines[0][0]}"))
     if args.trace:
         from pipesim.views.chrome_trace import render_chrome_trace
         write_atomic(args.trace, json.dumps(render_chrome_trace(timelines[0][1])))
