@@ -42,7 +42,8 @@ def test_killed_and_resumed_run_is_bit_identical(tmp_path, capsys, monkeypatch) 
     monkeypatch.setenv("PIPESIM_FAULT", "1:1F2:kill:3")  # dies during step 3 (0-based)
     assert main([*BASE, "--checkpoint-dir", broken]) == 1
     assert "rank 1 failed: killed by signal SIGKILL" in capsys.readouterr().err
-    assert json.load(open(os.path.join(broken, "latest.json")))["step"] == 3
+    with open(os.path.join(broken, "latest.json")) as fh:
+        assert json.load(fh)["step"] == 3
     monkeypatch.delenv("PIPESIM_FAULT")
     assert main([*BASE, "--checkpoint-dir", broken, "--resume", broken]) == 0
     resumed = json.loads(capsys.readouterr().out)

@@ -10,7 +10,7 @@ from pipesim.runtime.grid import RankGrid
 from pipesim.runtime.train import RunConfig, reference_train
 from pipesim.schedules import get_schedule
 from pipesim.timeline import Timeline
-from tests.runtime.helpers import reference_step, run_job, stage_params
+from tests.runtime.helpers import reference_step, stage_params
 
 
 def _config(name: str, v: int | None = None, **kw: object) -> RunConfig:

@@ -107,7 +107,9 @@ def _listening_addresses(rank: int, world: int, monitor: object) -> list[str]:
             inodes.add(target[8:-1])
     found = []
     for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
-        for line in open(table).read().splitlines()[1:]:
+        with open(table) as fh:
+            lines = fh.read().splitlines()[1:]
+        for line in lines:
             cols = line.split()
             if cols[3] == "0A" and cols[9] in inodes:  # 0A: LISTEN
                 raw = bytes.fromhex(cols[1].split(":")[0])

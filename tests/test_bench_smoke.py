@@ -1,0 +1,48 @@
+"""The benchmark harness runs one tiny configuration end to end (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+torch.set_num_threads(1)  # ranks are forked from this process
+
+from pipesim.bench.common import ResultLog, format_table  # noqa: E402
+from pipesim.bench.headtohead import Case, run_case  # noqa: E402
+from pipesim.bench.limits import SyntheticCase, perfect_pipeline_rate, synthetic_ideal  # noqa: E402
+from pipesim.bench.torchpp import TORCH_EQUIVALENT, torch_placement  # noqa: E402
+from pipesim.schedules import get_schedule  # noqa: E402
+
+pytestmark = pytest.mark.runtime
+
+
+def test_head_to_head_tiny_case_gives_both_sides_and_the_same_loss(tmp_path: Path) -> None:
+    case = Case("1f1b", 2, microbatches=2, batch=4, hidden=8, layers=2, steps=1, warmup=1)
+    log = ResultLog(str(tmp_path / "r.jsonl"))
+    row = log.add("torch", run_case(case))
+    for key in ("pipesim_samples_per_s", "torch_samples_per_s", "ratio", "ideal_step_s",
+                "ideal_formula_s", "stage_F_ms", "stage_B_ms", "profile"):
+        assert key in row, key
+    assert row["pipesim_samples_per_s"] > 0 and row["torch_samples_per_s"] > 0
+    # same initial weights, same data: the same first loss (later steps may differ by rounding)
+    assert row["pipesim_loss"][0] == pytest.approx(row["torch_loss"][0], abs=1e-6)
+    assert len(row["pipesim_loss"]) == len(row["torch_loss"]) == 2
+    assert len(row["profile"]) == 2 and row["profile"][0]["actions_per_step"] == 4
+    line = json.loads((tmp_path / "r.jsonl").read_text().splitlines()[0])
+    assert line["bench"] == "torch" and "load" in line and "machine" in line
+    assert "1f1b" in format_table([row], [("schedule", "schedule", "")])
+
+
+@pytest.mark.parametrize("name", sorted(TORCH_EQUIVALENT))
+def test_torch_places_stages_as_pipesim_does(name: str) -> None:
+    sched = get_schedule(name, 4, 8)
+    assert torch_placement(name, 4) == sched.stage_to_rank
+
+
+def test_synthetic_ideal_is_the_closed_form_for_1f1b() -> None:
+    # (m + p - 1) x (F + B) with F = 20 ms, B = 40 ms, 4 ranks, 8 microbatches
+    assert synthetic_ideal(SyntheticCase("1f1b", 4, 8)) == pytest.approx(11 * 0.060)
+    assert perfect_pipeline_rate(1000.0, 2, 8) == pytest.approx(1000.0 * 2 * 8 / 9)
