@@ -65,6 +65,7 @@ class Engine:
         self._inputs: Sequence[torch.Tensor] = ()
         self._targets: Sequence[torch.Tensor] = ()
         self._record = StepRecord()
+        self._ready: float | None = None  # when the current action's inputs had arrived
 
     def clock(self) -> float:
         return time.perf_counter() - self.origin
@@ -81,12 +82,15 @@ class Engine:
             self.monitor.running(action)
             if self.before is not None:
                 self.before(action)
-            start = self.clock()
+            self._ready = None
+            posted = self.clock()
             detail = self.handlers[action.op](action)
             if action.op in self.synthetic:
                 time.sleep(self.synthetic[action.op])
             end = self.clock()
-            record.events.append((action, start, end))
+            # the action starts when its inputs are in hand: waiting for a message is idle time
+            record.events.append((action, self._ready if self._ready is not None else posted,
+                                  end))
             self.monitor.done(action)
             if self.after is not None:
                 self.after(action)
@@ -111,6 +115,7 @@ class Engine:
         self.monitor.waiting(consumer, producer, src)
         tensor = self.comm.recv(consumer, producer)
         self.monitor.running(consumer)
+        self._ready = self.clock()
         return tensor, "recv"
 
     def _give(self, producer: Action, consumer: Action, tensor: torch.Tensor) -> str:
