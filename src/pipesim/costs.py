@@ -20,7 +20,12 @@ class CostError(ValueError):
 
 
 def _per_stage(name: str, value: float | Sequence[float], stages: int) -> tuple[float, ...]:
-    values = [value] * stages if isinstance(value, int | float) else list(value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        values: list[object] = [value] * stages
+    elif isinstance(value, list | tuple):
+        values = list(value)
+    else:
+        raise CostError(f"{name}: expected a number or a list of numbers, got {value!r}")
     if len(values) != stages:
         raise CostError(f"{name}: {len(values)} values for {stages} stages")
     out = []
