@@ -127,6 +127,9 @@ def launch(worker: Worker, world: int, opts: LaunchOptions | None = None) -> Any
     Raises RankFailedError naming the first rank that fails; every rank is gone on return.
     """
     opts = opts or LaunchOptions()
+    prepare = getattr(worker, "prepare", None)  # optional parent-side warm-up before forking
+    if callable(prepare):
+        prepare()
     ctx = mp.get_context("fork" if opts.backend == "gloo" else "spawn")
     port, ready = ctx.Value("i", 0), ctx.Event()
     rows = shared_rows(ctx, world)

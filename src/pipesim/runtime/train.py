@@ -156,6 +156,15 @@ class TrainJob:
         self.hook = hook
         self.progress = progress  # called on the rank holding the last stage (replica 0)
 
+    def prepare(self) -> None:
+        """In the launcher, before forking: import what every rank would import on its own.
+
+        Building a torch optimizer imports torch._dynamo (seconds); done once here, the forked
+        ranks share it instead of each importing it at the same time on the same cores.
+        """
+        if not self.cfg.schedule.forward_only:
+            import torch._dynamo  # noqa: F401
+
     def device(self, rank: int) -> torch.device:
         if self.cfg.backend == "nccl":
             local = rank % max(1, torch.cuda.device_count())
@@ -181,7 +190,9 @@ class TrainJob:
                                   sched.microbatches, cfg.checkpoint_activations)
                    for s in sched.stages_of(prank)}
         params = [p for r in runners.values() for p in r.parameters()]
-        optimizer = make_optimizer(cfg.optimizer, params, cfg.lr) if params else None
+        training = not sched.forward_only
+        optimizer = make_optimizer(cfg.optimizer, params, cfg.lr) if params and training \
+            else None
         comm = Comm(sched, prank, device, peers=grid.pipeline(replica))
         first_inputs, _ = replica_batch(cfg, 0, replica, device)
         exchange_shapes(comm, sched, {s: r.module for s, r in runners.items()}, first_inputs[0])
