@@ -151,3 +151,14 @@ def test_two_torchrun_nodes_on_loopback() -> None:
     data = json.loads(lines[0])
     assert data["ranks"] == 4 and data["verify_max_abs_diff"] < 1e-12
     assert not [ln for ln in outs[1][0].decode().splitlines() if ln.startswith("{")]
+
+
+def test_a_deadlocking_schedule_file_is_refused_before_any_process_starts(tmp_path,
+                                                                          capsys) -> None:
+    path = tmp_path / "deadlock.txt"
+    path.write_text("0F0 0B0 0F1 0B1\n1F1 1F0 1B0 1B1\n")
+    before = set(mp.active_children())
+    assert main(["run", "--file", str(path), "-w", "2", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "the schedule cannot run" in err and "deadlock" in err
+    assert set(mp.active_children()) == before
