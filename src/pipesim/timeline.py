@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from pipesim.ir import Action, Op, parse_action
@@ -77,8 +79,9 @@ class Timeline:
         rows: list[list[Event]] = [[] for _ in range(self.ranks)]
         for e in self.events:
             rows[e.rank].append(e)
+        order = itemgetter(2, 3)  # (start, end), without a Python call per event
         for row in rows:
-            row.sort(key=lambda e: (e.start, e.end))
+            row.sort(key=order)
         return rows
 
     def to_dict(self) -> dict[str, Any]:
@@ -146,29 +149,30 @@ class Metrics:
         }
 
 
+_STASH_DELTA = {Op.F: 1, Op.B: -1, Op.W: -1, Op.I: 0}
+
+
 def _peak_stash(events: Sequence[Event], stash_bytes: Sequence[float] | None,
                 forward_only: bool) -> tuple[int, float | None]:
     """Most activations alive at once on one rank (F stashes; B, or W when split, frees)."""
     if forward_only:
         return 0, (0.0 if stash_bytes else None)
-    live = peak = 0
-    live_b = peak_b = 0.0
-    for e in events:
-        sign = {Op.F: 1, Op.B: -1, Op.W: -1, Op.I: 0}[e.action.op]
-        live += sign
-        if stash_bytes:
-            live_b += sign * stash_bytes[e.action.stage]
-        peak, peak_b = max(peak, live), max(peak_b, live_b)
-    return peak, (peak_b if stash_bytes else None)
+    deltas = [_STASH_DELTA[e[1][1]] for e in events]
+    peak = max(accumulate(deltas, initial=0))
+    if not stash_bytes:
+        return peak, None
+    sizes = [d * stash_bytes[e[1][0]] for d, e in zip(deltas, events, strict=True)]
+    return peak, max(accumulate(sizes, initial=0.0))
 
 
 def metrics(timeline: Timeline, stash_bytes: Sequence[float] | None = None) -> Metrics:
     """Makespan, busy/idle/bubble per rank and in total, peak stashed activations."""
     span = timeline.makespan
-    forward_only = all(e.action.op is Op.F for e in timeline.events)
+    forward = Op.F
+    forward_only = all(e[1][1] is forward for e in timeline.events)
     per_rank = []
     for row in timeline.by_rank():
-        busy = sum(e.duration for e in row)
+        busy = sum(e[3] - e[2] for e in row)
         peak, peak_b = _peak_stash(row, stash_bytes, forward_only)
         per_rank.append(RankMetrics(busy, span - busy, 1 - busy / span if span else 0.0,
                                     peak, peak_b))

@@ -45,21 +45,20 @@ def interleaved_1f1b(ranks: int, microbatches: int, virtual_stages: int = 2) -> 
     v, g = virtual_stages, _round_size(ranks, microbatches)
     total = microbatches * v
 
-    def forward_action(rank: int, k: int) -> Action:
-        chunk = (k // g) % v
-        return Action(chunk * ranks + rank, Op.F, (k // (g * v)) * g + k % g)
-
-    def backward_action(rank: int, k: int) -> Action:
-        chunk = v - 1 - (k // g) % v
-        return Action(chunk * ranks + rank, Op.B, (k // (g * v)) * g + k % g)
+    # the k-th forward (backward) of any rank: (chunk, microbatch), depth first by rounds of g
+    fwd = [((k // g) % v, (k // (g * v)) * g + k % g) for k in range(total)]
+    bwd = [(v - 1 - c, mb) for c, mb in fwd]
+    forward, backward, new = Op.F, Op.B, tuple.__new__  # hot loop: ~260k actions at 64x1024
 
     rows = []
     for r in range(ranks):
+        f_row = [new(Action, (c * ranks + r, forward, mb)) for c, mb in fwd]
+        b_row = [new(Action, (c * ranks + r, backward, mb)) for c, mb in bwd]
         warmup = min((v - 1) * g + 2 * (ranks - 1 - r), total)
-        row = [forward_action(r, k) for k in range(warmup)]
+        row = f_row[:warmup]
         for i in range(total - warmup):
-            row += [forward_action(r, warmup + i), backward_action(r, i)]
-        row += [backward_action(r, k) for k in range(total - warmup, total)]
+            row += (f_row[warmup + i], b_row[i])
+        row += b_row[total - warmup:]
         rows.append(row)
     return build("interleaved-1f1b", ranks, microbatches, looped_placement(ranks, v), rows)
 
