@@ -42,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return _EXIT_USAGE
+    gc_was_on = gc.isenabled()
     if args.command not in _LONG_LIVED:
         # a short-lived command over up to millions of small tuples: the cyclic GC would
         # rescan them again and again (2-3x the run time at cluster scale) and frees nothing
@@ -56,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    finally:
+        if gc_was_on:
+            gc.enable()
     return code
 
 
