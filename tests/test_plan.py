@@ -6,21 +6,25 @@ import json
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from pipesim.cli import main
+from pipesim.dataparallel import DPConfig, simulate_dp
 from pipesim.ir import Action, Op, Schedule
 from pipesim.layercosts import LayerCost, LayerCosts, load_layer_costs, stage_costs, stage_memory
 from pipesim.plan import (
     Candidate,
     Config,
     PlanError,
+    PlanResult,
     format_bytes,
     parse_bytes,
     peak_memory,
     plan,
+    plan_world,
     run_command,
 )
 from pipesim.schedules import get_schedule
@@ -153,6 +157,9 @@ def test_run_command() -> None:
         "pipesim run --model 'my model' --schedule zbv -w 2 -m 8 -b 4 -v 2 --balance 2,3,3,2 "
         "--steps 10")
     assert run_command(config, 2).startswith("pipesim run --schedule zbv")
+    assert config.pp == 2 and config.dp == 1
+    assert run_command(config._replace(dp=16), 2) == (
+        "pipesim run --schedule zbv -w 2 --dp 16 -m 8 -b 4 -v 2 --balance 2,3,3,2 --steps 10")
 
 
 @pytest.mark.parametrize(("text", "value"), [
@@ -221,10 +228,11 @@ def test_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert {"best", "candidates", "rejected", "skipped"} <= set(data)
     keys = {"schedule", "microbatches", "virtual_stages", "microbatch_size", "partition",
             "balance", "predicted_step_seconds", "bubble_fraction", "peak_memory_bytes",
-            "command"}
+            "command", "dp", "pp", "exposed_allreduce_seconds"}
     assert set(data["best"]) == keys and all(set(c) == keys for c in data["candidates"])
     assert data["best"] == data["candidates"][0]
     best = data["best"]
+    assert (best["dp"], best["pp"], best["exposed_allreduce_seconds"]) == (1, 2, 0.0)
     assert best["command"] == (
         f"pipesim run --schedule {best['schedule']} -w 2 -m {best['microbatches']} "
         f"-b {best['microbatch_size']} -v {best['virtual_stages']} "
@@ -301,3 +309,149 @@ def test_step_bubble_and_memory_agree_with_timeline_metrics(name: str) -> None:
     assert [x - 4 * sum(params[s] for s in sched.stages_of(r))
             for r, x in enumerate(best.peak_memory_bytes)] == pytest.approx(
         [r.peak_activation_bytes for r in expected.per_rank])
+
+
+# ----------------------------------------------------------------------------- data parallel
+
+
+def fast_net(**kwargs: float) -> DPConfig:
+    """Every ring inter-node (one GPU per node), one bucket per stage unless given."""
+    args: dict[str, float] = {"latency": 0.0, "bandwidth": 1000.0, "bucket_bytes": math.inf}
+    return DPConfig(1, ranks_per_node=1, **(args | kwargs))  # type: ignore[arg-type]
+
+
+def test_world_candidates_agree_with_simulate_dp() -> None:
+    costs = uniform_layers(8, latency=0.1, params=400.0)
+    net = fast_net(latency=0.05, bucket_bytes=300.0)
+    result = plan_world(costs, 8, 16, network=net, schedules=["1f1b", "zb-h1", "zbv"])
+    assert {c.config.dp for c in result.candidates} == {1, 2, 4, 8}
+    for c in result.candidates:
+        cfg = c.config
+        sched = get_schedule(cfg.schedule, cfg.pp, cfg.microbatches, cfg.virtual_stages)
+        expected = simulate_dp(sched, stage_costs(costs, cfg.balance, cfg.microbatch_size),
+                               replace(net, replicas=cfg.dp))
+        assert c.predicted_step_seconds == pytest.approx(expected.step_time)
+        assert c.exposed_allreduce_seconds == pytest.approx(expected.exposed_allreduce)
+        assert c.bubble_fraction == pytest.approx(expected.bubble)
+        assert cfg.dp * cfg.microbatches * cfg.microbatch_size == 16
+        assert cfg.dp * cfg.pp == 8 and len(c.peak_memory_bytes) == cfg.pp
+    assert any(c.exposed_allreduce_seconds > 0 for c in result.candidates)
+
+
+def test_the_network_decides_between_replicas_and_pipeline_ranks() -> None:
+    costs = uniform_layers(8, params=1000.0)
+    # free all-reduce: 8 replicas of one rank each, no bubble at all
+    free = plan_world(costs, 8, 32, network=fast_net(bandwidth=math.inf))
+    assert free.best is not None and (free.best.config.dp, free.best.config.pp) == (8, 1)
+    assert free.best.predicted_step_seconds == 4 * 8 * 3.0  # 4 samples x 8 layers x (F + B)
+    # a slow link: every all-reduce costs more than the pipeline's bubble, so one pipeline
+    slow = plan_world(costs, 8, 32, network=fast_net(bandwidth=1.0))
+    assert slow.best is not None and (slow.best.config.dp, slow.best.config.pp) == (1, 8)
+    assert slow.best.exposed_allreduce_seconds == 0.0
+
+
+def test_pruning_keeps_the_top_rows_and_each_splits_best() -> None:
+    costs = uniform_layers(8, latency=0.05, params=50.0)
+    full = plan_world(costs, 8, 32, network=fast_net())
+    pruned = plan_world(costs, 8, 32, network=fast_net(), keep=3)
+    assert pruned.meta["pruned"] > 0 and len(pruned.candidates) < len(full.candidates)
+    assert [(c.config, c.predicted_step_seconds) for c in pruned.candidates[:3]] == [
+        (c.config, c.predicted_step_seconds) for c in full.candidates[:3]]
+
+    def firsts(result: PlanResult) -> dict[int, Candidate]:
+        out: dict[int, Candidate] = {}
+        for c in result.candidates:
+            out.setdefault(c.config.dp, c)
+        return out
+
+    assert firsts(pruned) == firsts(full)
+
+
+def test_one_replica_world_is_the_pipeline_plan() -> None:
+    costs = uniform_layers(8, latency=0.1, params=10.0)
+    counts = [1, 2, 4, 8]  # the world search's default counts are only P to 4P
+    world = plan_world(costs, 4, 8, replicas=[1], network=fast_net(bandwidth=1e-3),
+                       microbatch_counts=counts)
+    alone = plan(costs, 4, 8, microbatch_counts=counts)
+    assert len(alone.candidates) > 10
+    assert [(c.config, c.predicted_step_seconds) for c in world.candidates] == [
+        (c.config, c.predicted_step_seconds) for c in alone.candidates]
+
+
+def test_memory_per_rank_does_not_depend_on_replicas() -> None:
+    costs = uniform_layers(8, params=100.0)
+    two = plan(costs, 4, 16, microbatch_counts=[8], dp=DPConfig(2))  # 8 microbatches of 1
+    one = plan(costs, 4, 8, microbatch_counts=[8])
+    assert {c.config._replace(dp=1): c.peak_memory_bytes for c in two.candidates} == {
+        c.config: c.peak_memory_bytes for c in one.candidates}
+    assert all(c.config.dp == 2 and "--dp 2" in c.command for c in two.candidates)
+
+
+def test_world_splits_not_tried_say_why() -> None:
+    costs = uniform_layers(4, params=1e9)
+    result = plan_world(costs, 8, 4, memory_limit_bytes=2.5e9)
+    reasons = {s.dp: s.reason for s in result.skipped if not s.schedule}
+    assert reasons[1] == "the model has 4 layers, fewer than the pipeline ranks"
+    assert reasons[8] == "batch 4 does not split evenly over 8 replicas"
+    assert reasons[4] == ("parameters and optimizer state alone need at least 8.0 GB per rank "
+                          "> limit 2.5 GB")
+    assert {c.config.dp for c in result.candidates} <= {2}
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"world_size": 0}, "world size must be an integer >= 1"),
+    ({"keep": 0}, "keep must be an integer >= 1"),
+    ({"replicas": [3]}, "3 replicas do not divide 8 GPUs; valid: 1, 2, 4, 8"),
+    ({"replicas": [0]}, "replicas must be integers >= 1"),
+    ({"microbatch_counts": [0]}, "microbatch counts must be integers >= 1"),
+])
+def test_bad_world_inputs(kwargs: dict[str, object], message: str) -> None:
+    args: dict[str, object] = {"world_size": 8, "batch": 8} | kwargs
+    with pytest.raises(PlanError, match=re.escape(message)):
+        plan_world(uniform_layers(8), **args)  # type: ignore[arg-type]
+
+
+def test_plan_with_replicas_needs_an_even_split() -> None:
+    with pytest.raises(PlanError, match="batch 6 does not split evenly over 4 replicas"):
+        plan(uniform_layers(8), 2, 6, dp=DPConfig(4))
+
+
+def test_cli_world_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_costs(tmp_path, uniform_layers(8, model="toy", params=1000.0))
+    code = main(["plan", "--costs", path, "--world-size", "8", "--batch", "32",
+                 "--dp-bandwidth", "1", "--dp-latency", "0", "--ranks-per-node", "1"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "plan: toy (8 layers) on 8 GPUs (D replicas x P pipeline ranks), batch 32" in out
+    assert "inter-node 1 B/s + 0 us per ring step" in out
+    assert re.search(r"#\s+dp\s+pp\s+schedule .* bubble\s+exposed\s+peak mem", out)
+    assert "best of each split:" in out
+    assert "best: 1 replica x 8 pipeline ranks, " in out
+    data_code = main(["plan", "--costs", path, "--world-size", "8", "--batch", "32", "--dp",
+                      "2,4", "--json", "--no-prune"])
+    data = json.loads(capsys.readouterr().out)
+    assert data_code == 0 and {c["dp"] for c in data["candidates"]} == {2, 4}
+    assert data["network"]["bandwidth"] == 25e9 and data["network"]["ranks_per_node"] == 8
+    assert "pruned" not in data and data["world_size"] == 8
+    assert data["best"]["command"].startswith(
+        f"pipesim run --model toy --schedule {data['best']['schedule']} "
+        f"-w {data['best']['pp']} --dp {data['best']['dp']} ")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--ranks", "2", "--world-size", "8"], "not allowed with argument"),
+    (["--ranks", "2", "--dp", "2"], "--dp needs --world-size"),
+    (["--world-size", "8", "--dp", "3"], "3 replicas do not divide 8 GPUs"),
+    (["--world-size", "8", "--dp-bandwidth", "0"], "must be a number > 0"),
+    (["--world-size", "8", "--rank-order", "diagonal"], "invalid choice"),
+    ([], "one of the arguments -p/-w/--ranks --world-size is required"),
+])
+def test_cli_world_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
+                          message: str) -> None:
+    path = write_costs(tmp_path, uniform_layers(8))
+    try:
+        code = main(["plan", "--costs", path, "--batch", "8", *argv])
+    except SystemExit as exit_:
+        code = int(str(exit_.code))
+    err = capsys.readouterr().err
+    assert code == 2 and message in err, err

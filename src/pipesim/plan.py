@@ -1,38 +1,62 @@
-"""Search schedules x microbatch counts x virtual stages x partitions with the simulator.
+"""Search schedules x microbatches x virtual stages x partitions (x data-parallel splits).
 
 ``plan(layer_costs, ranks, batch)`` tries every training schedule in the registry that accepts
 each configuration, simulates it with the per-layer costs summed into stages, and ranks the
-configurations by predicted step time (ties: lower peak memory). Model of a step:
+configurations by predicted step time (ties: lower peak memory). ``plan_world(layer_costs,
+world_size, batch)`` does the same for every split of ``world_size`` GPUs into D replicas of a
+P-rank pipeline (D x P = world_size), adding each stage's gradient all-reduce
+(``pipesim.dataparallel``). Model of a step:
 
-- the batch of ``batch`` samples is cut into m microbatches of ``batch / m`` samples (an integer);
+- the batch is split evenly over the D replicas, each replica's share into m microbatches of
+  ``batch / (D m)`` samples (integers, or the split is not tried);
 - times and activation/stash bytes scale linearly from the profiled microbatch size (a
   simplification: small microbatches run less efficiently on real hardware, so the planner is
   optimistic about large m; the per-message latency is the only per-microbatch overhead);
 - peak memory of a rank = ``optimizer_factor`` x its parameter bytes (default 4: weights,
   gradients and Adam's two moments, all as stored; 16 bytes per fp32 parameter) + the most
   stashed activation bytes alive at once, walking its actions in order: F adds its stage's stash
-  bytes, B (or W, when the backward is split) frees them. Over ``memory_limit_bytes`` is rejected
-  without simulating.
+  bytes, B (or W, when the backward is split) frees them. D does not change it (every replica
+  holds its own weights and optimizer state). Over ``memory_limit_bytes`` is rejected without
+  simulating.
 
 Search space (defaults): schedules = every training schedule; microbatch counts = divisors of
-the batch up to 4 x ranks; ``virtual`` = (1, 2): a schedule with a fixed number of stages per
-rank (1f1b: 1, zbv: 2) is tried when that number is listed, one that takes any (interleaved-1f1b)
-with each listed value >= 2; partitions = balanced by per-layer F+B time and uniform layer counts
-(or one of "time", "params", "uniform", or an explicit balance list).
+the (per-replica) batch up to 4 x P; ``virtual`` = (1, 2): a schedule with a fixed number of
+stages per rank (1f1b: 1, zbv: 2) is tried when that number is listed, one that takes any
+(interleaved-1f1b) with each listed value >= 2; partitions = balanced by per-layer F+B time and
+uniform layer counts (or one of "time", "params", "uniform", or an explicit balance list).
+
+``plan_world`` prunes, so that 1,024 GPUs plan in seconds: it skips a D whose P exceeds the
+layer count, that does not divide the batch, or whose P leaves more than the memory limit in
+parameters and optimizer state alone (``optimizer_factor`` x all parameter bytes / P); its
+microbatch counts default to ``dataparallel.microbatch_counts_for`` (divisors of the per-replica
+batch from P to 4 x P); and with ``keep=K`` it neither generates nor simulates a configuration
+whose lower bound (``dataparallel.step_lower_bound``) exceeds both the K-th best step found so
+far and the best of its own D. Configurations run in the order of their bounds, so the K best
+and the best of each D are exactly a full search's.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import re
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import accumulate
 from operator import itemgetter
 from typing import Any, NamedTuple
 
 from pipesim.costs import CostModel
+from pipesim.dataparallel import (
+    DPConfig,
+    GradReady,
+    dp_step,
+    grad_ready,
+    microbatch_counts_for,
+    step_lower_bound,
+    world_splits,
+)
 from pipesim.ir import Op, Schedule
 from pipesim.layercosts import LayerCosts, stage_costs, stage_memory
 from pipesim.partition import check_balance, partition_balanced, partition_uniform
@@ -51,11 +75,17 @@ class Config(NamedTuple):
     """One point of the search space."""
 
     schedule: str
-    microbatches: int
+    microbatches: int  # per replica
     virtual_stages: int
     microbatch_size: int
     partition: str  # "time", "params", "uniform" or "explicit"
     balance: tuple[int, ...]  # layers per stage, stages = ranks x virtual_stages
+    dp: int = 1  # pipeline replicas, each on batch / dp samples
+
+    @property
+    def pp(self) -> int:
+        """Pipeline ranks."""
+        return len(self.balance) // self.virtual_stages
 
 
 @dataclass(frozen=True)
@@ -64,14 +94,16 @@ class Candidate:
 
     config: Config
     predicted_step_seconds: float
-    bubble_fraction: float
-    peak_memory_bytes: tuple[float, ...]  # per rank
+    bubble_fraction: float  # the pipeline's (1 - busy / (P x makespan))
+    peak_memory_bytes: tuple[float, ...]  # per pipeline rank
     command: str
+    exposed_allreduce_seconds: float = 0.0  # gradient all-reduce not hidden behind compute
 
     def to_dict(self) -> dict[str, Any]:
         return {**_config_dict(self.config),
                 "predicted_step_seconds": self.predicted_step_seconds,
                 "bubble_fraction": self.bubble_fraction,
+                "exposed_allreduce_seconds": self.exposed_allreduce_seconds,
                 "peak_memory_bytes": list(self.peak_memory_bytes),
                 "command": self.command}
 
@@ -90,12 +122,13 @@ class Rejected:
 
 
 class Skipped(NamedTuple):
-    """A (schedule, microbatches, virtual stages) the schedule or the model does not accept."""
+    """What a schedule, the model or the split does not accept (schedule "" for a whole D)."""
 
     schedule: str
     microbatches: int
     virtual_stages: int
     reason: str
+    dp: int = 1
 
 
 @dataclass(frozen=True)
@@ -119,9 +152,7 @@ class PlanResult:
 
 
 def _config_dict(config: Config) -> dict[str, Any]:
-    d = config._asdict()
-    d["balance"] = list(config.balance)
-    return d
+    return config._asdict() | {"balance": list(config.balance), "pp": config.pp}
 
 
 # ----------------------------------------------------------------------------- sizes in bytes
@@ -159,55 +190,175 @@ def plan(layer_costs: LayerCosts, ranks: int, batch: int,
          microbatch_counts: Sequence[int] | None = None,
          virtual: Sequence[int] = (1, 2),
          partition: str | Sequence[int] = "auto",
-         optimizer_factor: float = 4.0) -> PlanResult:
-    """Rank every accepted configuration by predicted step time; see the module docstring."""
+         optimizer_factor: float = 4.0,
+         dp: DPConfig | None = None) -> PlanResult:
+    """Rank every accepted configuration of a ``ranks``-rank pipeline by predicted step time.
+
+    ``dp`` (default one replica): ``dp.replicas`` copies share the batch and all-reduce their
+    gradients over ``dp``'s network. See the module docstring.
+    """
+    dp = dp or DPConfig()
     _check_inputs(layer_costs, ranks, batch, memory_limit_bytes, optimizer_factor)
-    partition = check_partition(partition, len(layer_costs))
-    counts = _microbatch_counts(batch, ranks, microbatch_counts)
-    pairs = _schedule_virtuals(schedules, virtual)
-    candidates: list[Candidate] = []
-    rejected: list[Rejected] = []
-    skipped: list[Skipped] = []
-    data = _StageData(layer_costs)
-    by_stages: dict[int, list[tuple[str, tuple[int, ...]]] | str] = {}
-    for name, v in pairs:
-        if ranks * v not in by_stages:
-            by_stages[ranks * v] = _balances(layer_costs, ranks * v, partition)
-        balances = by_stages[ranks * v]
-        if isinstance(balances, str):
-            skipped.append(Skipped(name, 0, v, balances))
-            continue
-        for m in counts:
-            try:
-                sched = get_schedule(name, ranks, m, v)
-            except ConfigError as err:
-                skipped.append(Skipped(name, m, v, str(err)))
-                continue
-            digest = _digest(sched)
-            for label, balance in balances:
-                config = Config(name, m, v, batch // m, label, balance)
-                outcome = _evaluate(sched, digest, config, data, memory_limit_bytes,
-                                    optimizer_factor)
-                if isinstance(outcome, Candidate):
-                    candidates.append(outcome)
-                else:
-                    rejected.append(outcome)
-    order = list(SCHEDULES)
-    candidates.sort(key=lambda c: (float(f"{c.predicted_step_seconds:.9g}"),
-                                   max(c.peak_memory_bytes), order.index(c.config.schedule),
-                                   c.config.microbatches, c.config.virtual_stages))
-    rejected.sort(key=lambda r: (max(r.peak_memory_bytes), order.index(r.config.schedule)))
+    if batch % dp.replicas:
+        raise PlanError(f"batch {batch} does not split evenly over {dp.replicas} replicas")
+    search = _Search(layer_costs, check_partition(partition, len(layer_costs)),
+                     _schedule_virtuals(schedules, virtual), memory_limit_bytes,
+                     optimizer_factor)
+    share = batch // dp.replicas
+    search.add(ranks, dp, share, _microbatch_counts(share, ranks, microbatch_counts))
     meta = {"model": layer_costs.model, "ranks": ranks, "batch": batch, "layers": len(layer_costs),
             "memory_limit_bytes": memory_limit_bytes, "optimizer_factor": optimizer_factor}
-    return PlanResult(tuple(candidates), tuple(rejected), tuple(skipped), meta)
+    return search.run(meta | ({"dp": dp.replicas} if dp.replicas > 1 else {}))
+
+
+def plan_world(layer_costs: LayerCosts, world_size: int, batch: int,
+               memory_limit_bytes: float | None = None,
+               schedules: Sequence[str] | None = None,
+               microbatch_counts: Sequence[int] | None = None,
+               virtual: Sequence[int] = (1, 2),
+               partition: str | Sequence[int] = "auto",
+               optimizer_factor: float = 4.0,
+               network: DPConfig | None = None,
+               replicas: Sequence[int] | None = None,
+               keep: int | None = None) -> PlanResult:
+    """Every split of ``world_size`` GPUs into D replicas x P pipeline ranks, ranked.
+
+    ``network``: links and buckets of the all-reduce (its ``replicas`` is ignored);
+    ``replicas``: the values of D to try (default every divisor of ``world_size``);
+    ``keep``: find the ``keep`` best exactly and prune what cannot join them (module docstring).
+    """
+    network = network or DPConfig()
+    _check_inputs(layer_costs, 1, batch, memory_limit_bytes, optimizer_factor)
+    for label, value in (("world size", world_size), ("keep", 1 if keep is None else keep)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise PlanError(f"{label} must be an integer >= 1, got {value!r}")
+    search = _Search(layer_costs, check_partition(partition, len(layer_costs)),
+                     _schedule_virtuals(schedules, virtual), memory_limit_bytes,
+                     optimizer_factor, keep)
+    least = optimizer_factor * math.fsum(layer_costs.layer_params())  # over P: some rank's
+    try:
+        splits = world_splits(world_size, len(layer_costs), batch,
+                              None if replicas is None else _check_counts(replicas, "replicas"))
+    except ValueError as err:
+        raise PlanError(str(err)) from None
+    for d, p, reason in splits:
+        if not reason and memory_limit_bytes is not None and least / p > memory_limit_bytes:
+            reason = (f"parameters and optimizer state alone need at least "
+                      f"{format_bytes(least / p)} per rank > limit "
+                      f"{format_bytes(memory_limit_bytes)}")
+        counts = [] if reason else microbatch_counts_for(
+            batch // d, p, None if microbatch_counts is None else _check_counts(microbatch_counts))
+        if reason or not counts:
+            search.skipped.append(Skipped("", 0, 0, reason or (
+                f"no listed microbatch count divides the per-replica batch {batch // d}"), d))
+        else:
+            search.add(p, replace(network, replicas=d), batch // d, counts)
+    meta = {"model": layer_costs.model, "world_size": world_size, "batch": batch,
+            "layers": len(layer_costs), "memory_limit_bytes": memory_limit_bytes,
+            "optimizer_factor": optimizer_factor, "keep": keep,
+            "network": {k: v for k, v in network.to_dict().items() if k != "replicas"}}
+    return search.run(meta)
+
+
+class _Job(NamedTuple):
+    """One schedule to generate and the configurations (bound, config) that share it."""
+
+    bound: float
+    name: str
+    ranks: int
+    microbatches: int
+    virtual: int
+    dp: DPConfig
+    configs: tuple[tuple[float, Config], ...]
+
+
+class _Search:
+    """Collects jobs, then runs them best bound first, pruning against the ``keep`` best."""
+
+    def __init__(self, layer_costs: LayerCosts, partition: str | Sequence[int],
+                 pairs: list[tuple[str, int]], limit: float | None, factor: float,
+                 keep: int | None = None) -> None:
+        self.data = _StageData(layer_costs)
+        self.partition, self.pairs, self.limit, self.factor, self.keep = (
+            partition, pairs, limit, factor, keep)
+        self.jobs: list[_Job] = []
+        self.candidates: list[Candidate] = []
+        self.rejected: list[Rejected] = []
+        self.skipped: list[Skipped] = []
+        self.best: list[float] = []  # max-heap (negated) of the ``keep`` best steps so far
+        self.split_best: dict[int, float] = {}  # D -> its best step so far
+        self.pruned = 0
+        self._balances: dict[int, list[tuple[str, tuple[int, ...]]] | str] = {}
+
+    def add(self, ranks: int, dp: DPConfig, share: int, counts: Sequence[int]) -> None:
+        for name, v in self.pairs:
+            if ranks * v not in self._balances:
+                self._balances[ranks * v] = _balances(self.data.layer_costs, ranks * v,
+                                                      self.partition)
+            balances = self._balances[ranks * v]
+            if isinstance(balances, str):
+                self.skipped.append(Skipped(name, 0, v, balances, dp.replicas))
+                continue
+            for m in counts:
+                configs = [Config(name, m, v, share // m, label, balance, dp.replicas)
+                           for label, balance in balances]
+                bounds = [0.0 if self.keep is None else
+                          step_lower_bound(self.data.costs(c), m, ranks, dp) for c in configs]
+                self.jobs.append(_Job(min(bounds), name, ranks, m, v, dp,
+                                      tuple(zip(bounds, configs, strict=True))))
+
+    def cutoff(self, replicas: int) -> float:
+        """Steps above this can neither enter the ``keep`` best nor be the best of their D."""
+        if self.keep is None or len(self.best) < self.keep:
+            return math.inf
+        return max(-self.best[0], self.split_best.get(replicas, math.inf)) * (1 + 1e-9)
+
+    def run(self, meta: dict[str, Any]) -> PlanResult:
+        for job in sorted(self.jobs, key=itemgetter(0)):
+            if job.bound > self.cutoff(job.dp.replicas):
+                self.pruned += len(job.configs)
+                continue
+            try:
+                sched = get_schedule(job.name, job.ranks, job.microbatches, job.virtual)
+            except ConfigError as err:
+                self.skipped.append(Skipped(job.name, job.microbatches, job.virtual, str(err),
+                                            job.dp.replicas))
+                continue
+            digest = _digest(sched)
+            for bound, config in job.configs:
+                if bound > self.cutoff(job.dp.replicas):
+                    self.pruned += 1
+                    continue
+                outcome = _evaluate(sched, digest, config, self.data, self.limit, self.factor,
+                                    job.dp)
+                if isinstance(outcome, Rejected):
+                    self.rejected.append(outcome)
+                    continue
+                self.candidates.append(outcome)
+                step, d = outcome.predicted_step_seconds, config.dp
+                self.split_best[d] = min(step, self.split_best.get(d, math.inf))
+                heapq.heappush(self.best, -outcome.predicted_step_seconds)
+                if self.keep is not None and len(self.best) > self.keep:
+                    heapq.heappop(self.best)
+        order = list(SCHEDULES)
+        self.candidates.sort(key=lambda c: (
+            float(f"{c.predicted_step_seconds:.9g}"), max(c.peak_memory_bytes),
+            order.index(c.config.schedule), c.config.microbatches, c.config.virtual_stages,
+            c.config.dp))
+        self.rejected.sort(key=lambda r: (max(r.peak_memory_bytes), order.index(r.config.schedule),
+                                          r.config.dp, r.config.microbatches))
+        if self.keep is not None:
+            meta = meta | {"pruned": self.pruned}
+        return PlanResult(tuple(self.candidates), tuple(self.rejected), tuple(self.skipped), meta)
 
 
 def evaluate(schedule: Schedule, config: Config, layer_costs: LayerCosts,
              memory_limit_bytes: float | None = None,
-             optimizer_factor: float = 4.0) -> Candidate | Rejected:
+             optimizer_factor: float = 4.0, dp: DPConfig | None = None) -> Candidate | Rejected:
     """Memory first (no simulation if over the limit), then the simulated step."""
+    dp = dp or DPConfig(config.dp)
     return _evaluate(schedule, _digest(schedule), config, _StageData(layer_costs),
-                     memory_limit_bytes, optimizer_factor)
+                     memory_limit_bytes, optimizer_factor, dp)
 
 
 class _StageData:
@@ -232,11 +383,12 @@ class _StageData:
 
 
 class _Digest(NamedTuple):
-    """What the memory walk and the busy time need from a schedule, computed once per schedule."""
+    """What the memory walk, busy time and all-reduce need from a schedule, computed once."""
 
     codes: tuple[list[int], ...]  # per rank, in order: 2s for F(s), 2s+1 for B(s) or W(s)
     stages_of: tuple[tuple[int, ...], ...]  # per rank
     split: tuple[int, ...]  # per stage: microbatches whose backward is split into I and W
+    ready: GradReady  # where each stage's gradients become final
 
 
 def _digest(schedule: Schedule) -> _Digest:
@@ -247,11 +399,12 @@ def _digest(schedule: Schedule) -> _Digest:
     for stage, _ in schedule.split_backward:
         split[stage] += 1
     return _Digest(codes, tuple(schedule.stages_of(r) for r in range(schedule.ranks)),
-                   tuple(split))
+                   tuple(split), grad_ready(schedule))
 
 
 def _evaluate(schedule: Schedule, digest: _Digest, config: Config, data: _StageData,
-              memory_limit_bytes: float | None, optimizer_factor: float) -> Candidate | Rejected:
+              memory_limit_bytes: float | None, optimizer_factor: float,
+              dp: DPConfig) -> Candidate | Rejected:
     stash, params = data.memory(config)
     peaks = tuple(_peaks(digest, stash, params, optimizer_factor))
     if memory_limit_bytes is not None:
@@ -261,14 +414,18 @@ def _evaluate(schedule: Schedule, digest: _Digest, config: Config, data: _StageD
                                            f"limit {format_bytes(memory_limit_bytes)}")
     costs = data.costs(config)
     events = simulate(schedule, costs).events
-    span = max(map(itemgetter(3), events)) - min(map(itemgetter(2), events))
+    start = min(map(itemgetter(2), events))
+    span = max(map(itemgetter(3), events)) - start
     m = schedule.microbatches
     busy = math.fsum(m * f + k * (i + w) + (m - k) * b for f, i, w, b, k in zip(
         costs.forward, costs.backward_input, costs.backward_weight, costs.backward,
         digest.split, strict=True))  # every stage runs m F's and m backwards (B, or I and W)
     bubble = 1 - busy / (schedule.ranks * span) if span > 0 else 0.0
-    return Candidate(config, span, bubble, peaks,
-                     run_command(config, schedule.ranks, data.layer_costs.model))
+    steps, _ = dp_step(digest.ready, events, costs.param_bytes, dp, schedule.ranks)
+    step = max(r.step_end for r in steps) - start
+    return Candidate(config, step, bubble, peaks,
+                     run_command(config, schedule.ranks, data.layer_costs.model),
+                     max(0.0, step - dp.optimizer_time - span))
 
 
 def peak_memory(schedule: Schedule, stash_bytes: Sequence[float],
@@ -290,11 +447,14 @@ def _peaks(digest: _Digest, stash_bytes: Sequence[float], param_bytes: Sequence[
 
 
 def run_command(config: Config, ranks: int, model: str = "") -> str:
-    """The ``pipesim run`` command line that runs ``config``."""
+    """The ``pipesim run`` command line that runs ``config`` (``-w``: pipeline ranks; ``--dp``:
+    replicas, when more than one, so dp x w processes)."""
     words = ["pipesim", "run"]
     if model:
         words += ["--model", shlex.quote(model)]
-    words += ["--schedule", config.schedule, "-w", str(ranks), "-m", str(config.microbatches),
+    words += ["--schedule", config.schedule, "-w", str(ranks)]
+    words += ["--dp", str(config.dp)] if config.dp > 1 else []
+    words += ["-m", str(config.microbatches),
               "-b", str(config.microbatch_size), "-v", str(config.virtual_stages),
               "--balance", ",".join(map(str, config.balance)), "--steps", str(DEFAULT_STEPS)]
     return " ".join(words)
@@ -321,15 +481,19 @@ def _microbatch_counts(batch: int, ranks: int, counts: Sequence[int] | None) -> 
     divisors = [m for m in range(1, batch + 1) if batch % m == 0]
     if counts is None:
         return [m for m in divisors if m <= 4 * ranks]
-    for m in counts:
-        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-            raise PlanError(f"microbatch counts must be integers >= 1, got {m!r}")
-    usable = sorted({m for m in counts if batch % m == 0})
+    usable = sorted({m for m in _check_counts(counts) if batch % m == 0})
     if not usable:
         shown = ", ".join(map(str, divisors[:12])) + (", ..." if len(divisors) > 12 else "")
         raise PlanError(f"batch {batch} is not divisible by any microbatch count "
                         f"({', '.join(map(str, counts))}); counts that divide it: {shown}")
     return usable
+
+
+def _check_counts(counts: Sequence[int], what: str = "microbatch counts") -> Sequence[int]:
+    for m in counts:
+        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+            raise PlanError(f"{what} must be integers >= 1, got {m!r}")
+    return counts
 
 
 def _schedule_virtuals(names: Sequence[str] | None,

@@ -139,7 +139,7 @@ def report(args: argparse.Namespace, cfg: Any, result: Any, wall: float) -> int:
         verdict = "OK" if ok else "MISMATCH"
         print(f"Verify: largest |pipelined - single-process| weight difference "
               f"{result.verify_max_abs_diff:.3g} ({verdict}, tolerance {_tolerance(cfg):g})")
-    print(f"Wall time: {wall:.2f} s")
+    print(f"Run time (ranks started to results in): {wall:.2f} s")
     print("=" * 60)
     return 0 if ok else 1
 

@@ -1,6 +1,8 @@
 """``pipesim plan``: the fastest schedule, microbatch count and partition that fit in memory.
 
     pipesim plan --costs examples/costs/gpt-10b-48l.json --ranks 8 --batch 64 --memory-limit 80GB
+    pipesim plan --costs examples/costs/gpt-10b-48l.json --world-size 1024 --batch 4096 \
+        --memory-limit 80GB          # every split into D replicas x P pipeline ranks
 
 Plans from a per-layer cost file alone (no model, no torch), so a cluster of hundreds of ranks
 can be planned on a laptop. ``--model NAME`` (profile a torch model first) is reserved for the
@@ -12,10 +14,20 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pipesim.commands import UserError, dump_json, positive_int
+from pipesim.commands import UserError, dump_json, non_negative_float, positive_int
+from pipesim.dataparallel import BUCKET_BYTES, ORDERS, DPConfig
 from pipesim.layercosts import CostFileError, LayerCosts, load_layer_costs
 from pipesim.partition import check_balance, parse_balance
-from pipesim.plan import PARTITIONS, PlanError, PlanResult, format_bytes, parse_bytes, plan
+from pipesim.plan import (
+    PARTITIONS,
+    Candidate,
+    PlanError,
+    PlanResult,
+    format_bytes,
+    parse_bytes,
+    plan,
+    plan_world,
+)
 
 _BALANCE_WIDTH = 28  # the table shortens longer balances; the command has them in full
 
@@ -28,8 +40,11 @@ def register(sub: Any) -> None:
     p.add_argument("--costs", metavar="FILE.json", help="per-layer cost file")
     p.add_argument("--model", metavar="NAME",
                    help="profile this model first instead of --costs (needs the runtime)")
-    p.add_argument("-p", "-w", "--ranks", type=positive_int, required=True,
-                   help="pipeline ranks (processes)")
+    size = p.add_mutually_exclusive_group(required=True)
+    size.add_argument("-p", "-w", "--ranks", type=positive_int,
+                      help="pipeline ranks (processes) of one pipeline, no data parallelism")
+    size.add_argument("--world-size", type=positive_int, metavar="N",
+                      help="GPUs in all: try every split into D replicas x P pipeline ranks")
     p.add_argument("--batch", type=positive_int, required=True,
                    help="global samples per step, split into microbatches")
     p.add_argument("--memory-limit", metavar="BYTES", type=_bytes_arg,
@@ -48,7 +63,62 @@ def register(sub: Any) -> None:
                    help="memory per parameter byte: weights + grads + Adam moments (default 4)")
     p.add_argument("--top", type=positive_int, default=10, help="rows to print (default 10)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_network_args(p)
     p.set_defaults(func=run)
+
+
+def _add_network_args(p: Any) -> None:
+    g = p.add_argument_group(
+        "data parallel (--world-size)", "the gradient all-reduce among a stage's D replicas: a "
+        "ring per bucket (see pipesim.dataparallel); the defaults are illustrative, not measured")
+    g.add_argument("--dp", metavar="D,D", type=_ints_arg,
+                   help="replica counts to try (default every divisor of the world size)")
+    add_network_args(g, "second")
+    g.add_argument("--no-prune", action="store_true",
+                   help="simulate every split, not only those that can reach the --top rows")
+
+
+def add_network_args(group: Any, unit: str = "time unit") -> None:
+    """The all-reduce's link flags (``plan``, and ``simulate --dp``); see network_from_args."""
+    d = DPConfig()
+    group.add_argument("--dp-bandwidth", type=_positive_float, default=d.bandwidth,
+                       metavar="B", help=f"inter-node bytes per {unit} per GPU (default "
+                                         f"{d.bandwidth:g}: 200 Gb/s in bytes per second)")
+    group.add_argument("--dp-latency", type=non_negative_float, default=d.latency, metavar="T",
+                       help=f"inter-node {unit}s per ring step (default {d.latency:g} s)")
+    group.add_argument("--intra-node-bandwidth", type=_positive_float, metavar="B",
+                       default=d.intra_node_bandwidth,
+                       help=f"bytes per {unit} inside a node (default "
+                            f"{d.intra_node_bandwidth:g} per second, NVLink-class)")
+    group.add_argument("--intra-node-latency", type=non_negative_float, metavar="T",
+                       default=d.intra_node_latency,
+                       help=f"{unit}s per ring step inside a node (default "
+                            f"{d.intra_node_latency:g} s)")
+    group.add_argument("--ranks-per-node", type=positive_int, default=d.ranks_per_node,
+                       help=f"GPUs per node (default {d.ranks_per_node})")
+    group.add_argument("--bucket-bytes", type=_bytes_arg, default=BUCKET_BYTES, metavar="BYTES",
+                       help="gradient bytes per all-reduce (default 25MiB, as DDP)")
+    group.add_argument("--rank-order", choices=ORDERS, default=d.order,
+                       help="global rank = replica x P + pipeline rank (pipeline-first, default: "
+                            "a pipeline fills a node first) or pipeline rank x D + replica")
+
+
+def network_from_args(args: argparse.Namespace, replicas: int = 1,
+                      optimizer_time: float = 0.0) -> DPConfig:
+    """The DPConfig that add_network_args' flags describe."""
+    return DPConfig(replicas, args.dp_latency, args.dp_bandwidth, args.intra_node_latency,
+                    args.intra_node_bandwidth, args.ranks_per_node, args.bucket_bytes,
+                    args.rank_order, optimizer_time)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
 
 
 def _bytes_arg(text: str) -> int:
@@ -107,7 +177,14 @@ def plan_from_layer_costs(layer_costs: LayerCosts, args: argparse.Namespace) -> 
             partition = check_balance(parse_balance(args.balance), len(layer_costs))
         except ValueError as err:
             raise UserError(f"--balance: {err}") from None
+    if args.dp and not args.world_size:
+        raise UserError("--dp needs --world-size N (GPUs in all); --ranks plans one pipeline")
     try:
+        if args.world_size:
+            return plan_world(layer_costs, args.world_size, args.batch, args.memory_limit,
+                              args.schedules, args.microbatches, args.virtual, partition,
+                              args.optimizer_factor, network_from_args(args), args.dp,
+                              None if args.no_prune else args.top)
         return plan(layer_costs, args.ranks, args.batch, args.memory_limit, args.schedules,
                     args.microbatches, args.virtual, partition, args.optimizer_factor)
     except PlanError as err:
@@ -117,50 +194,96 @@ def plan_from_layer_costs(layer_costs: LayerCosts, args: argparse.Namespace) -> 
 def format_plan(result: PlanResult, top: int = 10) -> str:
     """The ranked table, the best configuration's command, then the rejected."""
     meta = result.meta
+    world = "world_size" in meta
     model = f"{meta['model']} " if meta.get("model") else ""
     limit = meta.get("memory_limit_bytes")
-    lines = [f"plan: {model}({meta['layers']} layers) on {meta['ranks']} ranks, batch "
+    where = (f"{meta['world_size']} GPUs (D replicas x P pipeline ranks)" if world
+             else f"{meta['ranks']} ranks")
+    splits = [s for s in result.skipped if not s.schedule]
+    pruned = (f", {meta['pruned']} pruned (cannot reach the top {meta['keep']}; --no-prune "
+              f"simulates them)" if meta.get("pruned") else "")
+    lines = [f"plan: {model}({meta['layers']} layers) on {where}, batch "
              f"{meta['batch']}, memory limit {format_bytes(limit) if limit else 'none'}",
              f"{_count(len(result.candidates), 'configuration')} fit, "
-             f"{len(result.rejected)} over the memory limit, {len(result.skipped)} not "
-             f"accepted by their schedule", ""]
+             f"{len(result.rejected)} over the memory limit, {len(result.skipped) - len(splits)} "
+             f"not accepted by their schedule{pruned}"]
+    lines += [_network(meta["network"]), ""] if world else [""]
     if result.candidates:
-        lines += _table(result, top)
+        lines += _table(result, top, world)
+    if world and result.candidates:
+        lines += ["", "best of each split:"]
+        lines += _table(result, top, world, per_split=True)
     best = result.best
     if best:
         c = best.config
-        lines += ["", f"best: {c.schedule}, {c.microbatches} microbatches of "
+        split = f"{_count(c.dp, 'replica')} x {_count(c.pp, 'pipeline rank')}, " if world else ""
+        exposed = (f" ({best.exposed_allreduce_seconds:.3f} s of all-reduce exposed)"
+                   if world else "")
+        lines += ["", f"best: {split}{c.schedule}, {c.microbatches} microbatches of "
                   f"{c.microbatch_size}, {c.virtual_stages} stage(s) per rank, "
-                  f"{best.predicted_step_seconds:.3f} s per step", f"  {best.command}"]
+                  f"{best.predicted_step_seconds:.3f} s per step{exposed}", f"  {best.command}"]
     else:
         lines += ["no configuration fits; raise --memory-limit, add ranks or shrink the batch"]
-    if result.rejected:
-        lines += ["", "rejected (over the memory limit):"]
-        lines += [f"  {r.config.schedule:<17} m={r.config.microbatches:<4} "
-                  f"v={r.config.virtual_stages} {r.config.partition:<8} {r.reason}"
-                  for r in result.rejected[:top]]
-        if len(result.rejected) > top:
-            lines.append(f"  ... and {len(result.rejected) - top} more (--json lists all)")
+    lines += _rejected(result, top, world)
+    if splits:
+        lines += ["", "splits not tried:"]
+        lines += [f"  dp={s.dp} pp={meta['world_size'] // s.dp}: {s.reason}" for s in splits]
     return "\n".join(lines) + "\n"
+
+
+def _rejected(result: PlanResult, top: int, world: bool) -> list[str]:
+    if not result.rejected:
+        return []
+    lines = ["", "rejected (over the memory limit):"]
+    for r in result.rejected[:top]:
+        c = r.config
+        split = f"dp={c.dp:<4} pp={c.pp:<4} " if world else ""
+        lines.append(f"  {split}{c.schedule:<17} m={c.microbatches:<4} v={c.virtual_stages} "
+                     f"{c.partition:<8} {r.reason}")
+    if len(result.rejected) > top:
+        lines.append(f"  ... and {len(result.rejected) - top} more (--json lists all)")
+    return lines
+
+
+def _network(net: dict[str, Any]) -> str:
+    """One line: the all-reduce's links, as planned."""
+    bucket = net["bucket_bytes"]
+    size = "per stage" if bucket is None else f"per {bucket / 2**20:.4g} MiB bucket"
+    return (f"all-reduce: a ring {size}; inter-node {format_bytes(net['bandwidth'])}"
+            f"/s + {net['latency'] * 1e6:g} us per ring step, intra-node "
+            f"{format_bytes(net['intra_node_bandwidth'])}/s + "
+            f"{net['intra_node_latency'] * 1e6:g} us; {net['ranks_per_node']} GPUs per node, "
+            f"{net['order']} (illustrative defaults unless set)")
 
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def _table(result: PlanResult, top: int) -> list[str]:
-    header = (f"{'#':>3}  {'schedule':<17} {'m':>4} {'v':>2} {'mb':>4}  {'step (s)':>9}  "
-              f"{'bubble':>6}  {'peak mem':>9}  {'partition':<9} balance")
-    rows = [header]
-    for i, c in enumerate(result.candidates[:top], start=1):
+def _table(result: PlanResult, top: int, world: bool = False,
+           per_split: bool = False) -> list[str]:
+    """The ranked rows; ``per_split``: only the best of each D x P split."""
+    candidates = list(result.candidates)
+    if per_split:
+        firsts: dict[int, Candidate] = {}
+        for c in candidates:
+            firsts.setdefault(c.config.dp, c)
+        candidates = list(firsts.values())
+    split = f"{'dp':>4} {'pp':>3}  " if world else ""
+    exposed = f"{'exposed':>7}  " if world else ""
+    rows = [f"{'#':>3}  {split}{'schedule':<17} {'m':>4} {'v':>2} {'mb':>4}  {'step (s)':>9}  "
+            f"{'bubble':>6}  {exposed}{'peak mem':>9}  {'partition':<9} balance"]
+    for i, c in enumerate(candidates[:top], start=1):
         cfg = c.config
         balance = ",".join(map(str, cfg.balance))
         if len(balance) > _BALANCE_WIDTH:
             balance = balance[:_BALANCE_WIDTH - 3] + "..."
-        rows.append(f"{i:>3}  {cfg.schedule:<17} {cfg.microbatches:>4} {cfg.virtual_stages:>2} "
-                    f"{cfg.microbatch_size:>4}  {c.predicted_step_seconds:>9.3f}  "
-                    f"{c.bubble_fraction:>6.1%}  {format_bytes(max(c.peak_memory_bytes)):>9}  "
-                    f"{cfg.partition:<9} {balance}")
-    if len(result.candidates) > top:
-        rows.append(f"     ... {len(result.candidates) - top} more (--top N, or --json)")
+        split = f"{cfg.dp:>4} {cfg.pp:>3}  " if world else ""
+        exposed = f"{c.exposed_allreduce_seconds:>7.3f}  " if world else ""
+        rows.append(f"{i:>3}  {split}{cfg.schedule:<17} {cfg.microbatches:>4} "
+                    f"{cfg.virtual_stages:>2} {cfg.microbatch_size:>4}  "
+                    f"{c.predicted_step_seconds:>9.3f}  {c.bubble_fraction:>6.1%}  {exposed}"
+                    f"{format_bytes(max(c.peak_memory_bytes)):>9}  {cfg.partition:<9} {balance}")
+    if len(candidates) > top:
+        rows.append(f"     ... {len(candidates) - top} more (--top N, or --json)")
     return rows

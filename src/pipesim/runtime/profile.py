@@ -8,15 +8,18 @@ a stage runs it: plain ``nn.Linear`` modules become SplitLinear with a WeightGra
     W  the deferred Linear weight gradients (``queue.run``)
     B  a full backward, measured on a separate forward
 
-Times are the median of ``repeats`` after ``warmup`` runs, on one torch thread (as a rank
-runs). Stash bytes are the tensors autograd saves during F (``saved_tensors_hooks``), counted
-once per storage and without parameters. ``measure_comm`` times a 2-rank gloo ping-pong for the
-message latency and bandwidth. The result is a ``LayerCosts`` (``pipesim.layercosts``).
+Times are the median (or, ``statistic="min"``, the fastest) of ``repeats`` after ``warmup``
+runs, on one torch thread (as a rank runs); the minimum estimates an idle machine's time where
+other work preempts the profile. Stash bytes are the tensors autograd saves during F
+(``saved_tensors_hooks``), counted once per storage and without parameters. ``measure_comm``
+times a 2-rank gloo ping-pong for the message latency and bandwidth. The result is a
+``LayerCosts`` (``pipesim.layercosts``).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +36,9 @@ from pipesim.runtime.splitlinear import WeightGradQueue, convert_linears
 from pipesim.runtime.train import RunConfig, build_layers, loss_function, make_batch
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+_STATISTICS: dict[str, Callable[[list[float]], float]] = {"median": statistics.median,
+                                                          "min": min}
+STATISTICS = tuple(_STATISTICS)
 
 
 @dataclass(frozen=True)
@@ -143,7 +149,7 @@ class _LayerTimer:
 def profile_layers(layers: Sequence[nn.Module], example: torch.Tensor,
                    target: torch.Tensor | None = None, loss_fn: LossFn | None = None,
                    repeats: int = 5, warmup: int = 2, names: Sequence[str] = (),
-                   model: str = "", notes: str = "") -> LayerCosts:
+                   model: str = "", notes: str = "", statistic: str = "median") -> LayerCosts:
     """Per-layer costs of ``layers`` for one microbatch ``example`` (its first dim = samples).
 
     The last layer's F includes ``loss_fn(output, target)`` when both are given; otherwise every
@@ -152,6 +158,7 @@ def profile_layers(layers: Sequence[nn.Module], example: torch.Tensor,
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0; got {repeats}, {warmup}")
+    pick = _STATISTICS[statistic]
     costs = []
     x = example
     with one_thread():
@@ -164,7 +171,7 @@ def profile_layers(layers: Sequence[nn.Module], example: torch.Tensor,
                 out = layer(timer.x)
             stash = timer.stash_bytes()
             runs = [timer.once() for _ in range(warmup + repeats)][warmup:]
-            f, i_, w, b = (statistics.median(r[k] for r in runs) for k in range(4))
+            f, i_, w, b = (pick([r[k] for r in runs]) for k in range(4))
             name = names[i] if i < len(names) else f"{i}:{type(original).__name__}"
             params = sum(_nbytes(p) for p in layer.parameters())
             costs.append(LayerCost(f, i_, w, b, float(_nbytes(out)), float(stash),
@@ -174,15 +181,50 @@ def profile_layers(layers: Sequence[nn.Module], example: torch.Tensor,
     return LayerCosts(tuple(costs), microbatch_size=batch, model=model, notes=notes)
 
 
-def profile_model(cfg: RunConfig, repeats: int = 5, warmup: int = 2) -> LayerCosts:
-    """Per-layer costs of ``cfg``'s model at its microbatch size (``cfg.batch_size``)."""
+def profile_model(cfg: RunConfig, repeats: int = 5, warmup: int = 2,
+                  processes: int = 1, statistic: str = "median") -> LayerCosts:
+    """Per-layer costs of ``cfg``'s model at its microbatch size (``cfg.batch_size``).
+
+    ``processes`` > 1 profiles in that many forked processes at once (as many as the run's
+    ranks) and keeps, per layer and op, the mean of their medians: the cores are then as busy
+    as during the run, which matters where ranks share a machine with each other (and others).
+    """
+    if processes > 1:
+        from pipesim.runtime.launch import launch
+        result: LayerCosts = launch(_ConcurrentProfile(cfg, repeats, warmup, statistic),
+                                    processes)
+        return result
     layers = build_layers(cfg)
     inputs, targets = make_batch(cfg, 0)
     notes = (f"pipesim profile: model {cfg.model}, hidden {cfg.hidden_size}, "
-             f"{len(layers)} layers, {cfg.dtype}, median of {repeats} after {warmup} warm-up, "
-             f"1 thread")
+             f"{len(layers)} layers, {cfg.dtype}, {statistic} of {repeats} after {warmup} "
+             f"warm-up, 1 thread")
     return profile_layers(layers, inputs[0], targets[0], loss_function(cfg), repeats, warmup,
-                          model=cfg.model, notes=notes)
+                          model=cfg.model, notes=notes, statistic=statistic)
+
+
+@dataclass(frozen=True)
+class _ConcurrentProfile:
+    """Picklable worker: every rank profiles the whole model; rank 0 returns the mean."""
+
+    cfg: RunConfig
+    repeats: int
+    warmup: int
+    statistic: str
+
+    def __call__(self, rank: int, world: int, monitor: Any = None) -> LayerCosts | None:
+        costs = profile_model(self.cfg, self.repeats, self.warmup, statistic=self.statistic)
+        times = torch.tensor([[c.forward, c.backward_input, c.backward_weight, c.backward]
+                              for c in costs.layers], dtype=torch.float64)
+        dist.all_reduce(times)
+        times /= world
+        if rank != 0:
+            return None
+        layers = tuple(c._replace(forward=float(t[0]), backward_input=float(t[1]),
+                                  backward_weight=float(t[2]), backward=float(t[3]))
+                       for c, t in zip(costs.layers, times, strict=True))
+        return dataclasses.replace(costs, layers=layers, notes=costs.notes +
+                                   f", mean of {world} processes profiling at once")
 
 
 # ----------------------------------------------------------------------------- messages
@@ -190,10 +232,11 @@ def profile_model(cfg: RunConfig, repeats: int = 5, warmup: int = 2) -> LayerCos
 
 @dataclass(frozen=True)
 class PingPong:
-    """Picklable 2-rank worker: one-way times of messages of ``sizes`` bytes (median)."""
+    """Picklable 2-rank worker: one-way times of messages of ``sizes`` bytes (median or min)."""
 
     sizes: tuple[int, ...]
     repeats: int = 30
+    statistic: str = "median"
 
     def __call__(self, rank: int, world: int, monitor: Any = None) -> list[float] | None:
         out = []
@@ -209,11 +252,12 @@ class PingPong:
                     dist.recv(buf, 0)
                     dist.send(buf, 0)
                 times.append((time.perf_counter() - t0) / 2)
-            out.append(statistics.median(times[3:]))
+            out.append(_STATISTICS[self.statistic](times[3:]))
         return out if rank == 0 else None
 
 
-def measure_comm(message_bytes: int, repeats: int = 30) -> tuple[float, float]:
+def measure_comm(message_bytes: int, repeats: int = 30, statistic: str = "median"
+                 ) -> tuple[float, float]:
     """(latency seconds, bandwidth bytes/s) of gloo between two forked ranks on this machine.
 
     Latency is the one-way time of a 4-byte message; bandwidth fits the extra time of a
@@ -221,7 +265,7 @@ def measure_comm(message_bytes: int, repeats: int = 30) -> tuple[float, float]:
     """
     from pipesim.runtime.launch import launch
     small, large = 4, max(message_bytes, 8)
-    times = launch(PingPong((small, large), repeats), 2)
+    times = launch(PingPong((small, large), repeats, statistic), 2)
     latency, big = float(times[0]), float(times[1])
     extra = big - latency
     bandwidth = (large - small) / extra if extra > 0 else float("inf")
