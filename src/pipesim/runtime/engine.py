@@ -66,6 +66,8 @@ class Engine:
         self._targets: Sequence[torch.Tensor] = ()
         self._record = StepRecord()
         self._ready: float | None = None  # when the current action's inputs had arrived
+        self._paused: Action | None = None  # the action whose synthetic sleep already ran
+        self._posted = 0.0  # when the current action began (before waiting for inputs)
 
     def clock(self) -> float:
         return time.perf_counter() - self.origin
@@ -74,6 +76,7 @@ class Engine:
              ) -> StepRecord:
         """Run every action of this rank once; inputs/targets per microbatch."""
         self._inputs, self._targets = inputs, targets
+        self._paused = None
         self._record = record = StepRecord(start=self.clock())
         row = self.schedule.actions[self.rank]
         for i, action in enumerate(row):
@@ -83,14 +86,13 @@ class Engine:
             if self.before is not None:
                 self.before(action)
             self._ready = None
-            posted = self.clock()
+            self._posted = self.clock()
             detail = self.handlers[action.op](action)
-            if action.op in self.synthetic:
-                time.sleep(self.synthetic[action.op])
+            self._pause(action)  # no-op unless it already ran before this action's send
             end = self.clock()
             # the action starts when its inputs are in hand: waiting for a message is idle time
-            record.events.append((action, self._ready if self._ready is not None else posted,
-                                  end))
+            record.events.append((action, self._ready if self._ready is not None
+                                  else self._posted, end))
             self.monitor.done(action)
             if self.after is not None:
                 self.after(action)
@@ -118,7 +120,21 @@ class Engine:
         self._ready = self.clock()
         return tensor, "recv"
 
+    def _pause(self, action: Action) -> None:
+        """--synthetic: make the action last its given time (compute included), before any send.
+
+        Sleeping to a deadline rather than for a duration keeps timer overshoot and the real
+        compute from adding up action after action.
+        """
+        if action.op in self.synthetic and self._paused is not action:
+            begun = self._ready if self._ready is not None else self._posted
+            left = self.synthetic[action.op] - (self.clock() - begun)
+            if left > 0:
+                time.sleep(left)
+            self._paused = action
+
     def _give(self, producer: Action, consumer: Action, tensor: torch.Tensor) -> str:
+        self._pause(producer)
         if self.schedule.stage_to_rank[consumer.stage] == self.rank:
             self._local[(producer, consumer)] = tensor
             return "local"

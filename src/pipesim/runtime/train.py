@@ -240,6 +240,7 @@ class TrainJob:
                 t_begin: float, runners: dict[int, StageRunner]) -> RankResult | None:
         cfg, sched, grid = self.cfg, self.cfg.schedule, self.cfg.grid
         timelines, losses, step_seconds = [], [], []
+        previous_end: float | None = None
         for rec, spans in records:
             everyone = gather_events(rec.events, spans, grid.world, device)
             bounds = torch.tensor([rec.start, max([rec.end, *(e for _, _, e in spans)]),
@@ -247,7 +248,11 @@ class TrainJob:
             gathered = [torch.zeros_like(bounds) for _ in range(grid.world)]
             dist.all_gather(gathered, bounds)
             start = min(float(g[0]) for g in gathered)
-            step_seconds.append(max(float(g[1]) for g in gathered) - start)
+            end = max(float(g[1]) for g in gathered)
+            # a step's time is the pipeline's period: from the previous step's end (ranks that
+            # finished early already wait on this step) or, for the first, from its start
+            step_seconds.append(end - (previous_end if previous_end is not None else start))
+            previous_end = end
             losses.append(sum(float(g[2]) for g in gathered) / cfg.global_microbatches)
             pipeline = [everyone[g] for g in grid.pipeline(0)]
             timelines.append(to_timeline(sched, pipeline, origin=start))
