@@ -191,3 +191,24 @@ def test_core_imports_and_simulates_without_torch_or_numpy() -> None:
                           timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert '"makespan": 21.0' in done.stdout  # (m + p - 1)(F + B) for p = m = 4
+
+
+# ----------------------------------------------------------------------------- simulate --dp
+
+
+def test_simulate_dp_reports_the_exposed_allreduce(capsys: pytest.CaptureFixture[str]) -> None:
+    # 1F1B, 2 ranks, 2 microbatches, F=1 B=2: stage 1's last B ends at 7, stage 0's at 9; 2
+    # replicas on a bandwidth-1 link move 2(D-1)/D x 3 = 3 bytes per rank in 3 units
+    flags = ["--dp", "2", "--param-bytes", "3", "--dp-bandwidth", "1", "--dp-latency", "0",
+             "--ranks-per-node", "1"]
+    code, out, _ = run(capsys, "simulate", "1f1b", "-p", "2", "-m", "2", *flags)
+    assert code == 0
+    assert "data parallel: 2 replicas, step 12 units = makespan 9 + exposed all-reduce 3" in out
+    data = json.loads(run(capsys, "simulate", "1f1b", "-p", "2", "-m", "2", *flags, "--json")[1])
+    assert (data["dp"], data["step_time"], data["exposed_allreduce"]) == (2, 12.0, 3.0)
+    assert [r["allreduce_end"] for r in data["allreduce"]] == [12.0, 10.0]
+
+
+def test_simulate_dp_needs_param_bytes(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "simulate", "1f1b", "--dp", "4")
+    assert code == 2 and "give --param-bytes BYTES" in err

@@ -159,7 +159,7 @@ def test_run_command() -> None:
     assert run_command(config, 2).startswith("pipesim run --schedule zbv")
     assert config.pp == 2 and config.dp == 1
     assert run_command(config._replace(dp=16), 2) == (
-        "pipesim run --schedule zbv -w 2 --dp 16 -m 8 -b 4 -v 2 --balance 2,3,3,2 --steps 10")
+        "pipesim run --schedule zbv -w 32 --dp 16 -m 8 -b 4 -v 2 --balance 2,3,3,2 --steps 10")
 
 
 @pytest.mark.parametrize(("text", "value"), [
@@ -435,7 +435,7 @@ def test_cli_world_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert "pruned" not in data and data["world_size"] == 8
     assert data["best"]["command"].startswith(
         f"pipesim run --model toy --schedule {data['best']['schedule']} "
-        f"-w {data['best']['pp']} --dp {data['best']['dp']} ")
+        f"-w {data['best']['pp'] * data['best']['dp']} --dp {data['best']['dp']} ")
 
 
 @pytest.mark.parametrize(("argv", "message"), [

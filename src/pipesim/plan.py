@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import heapq
 import math
-import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -59,16 +58,24 @@ from pipesim.dataparallel import (
 )
 from pipesim.ir import Op, Schedule
 from pipesim.layercosts import LayerCosts, stage_costs, stage_memory
-from pipesim.partition import check_balance, partition_balanced, partition_uniform
+from pipesim.plan_space import (
+    PARTITIONS,
+    PlanError,
+    _balances,
+    _check_counts,
+    _check_inputs,
+    _microbatch_counts,
+    _schedule_virtuals,
+    check_partition,
+    format_bytes,
+    parse_bytes,
+)
 from pipesim.schedules import SCHEDULES, ConfigError, get_schedule
 from pipesim.simulate import simulate
 
-PARTITIONS = ("auto", "time", "params", "uniform")
 DEFAULT_STEPS = 10  # --steps in the suggested `pipesim run` command
 
 
-class PlanError(ValueError):
-    """Planner inputs that cannot be searched; the message says what to change."""
 
 
 class Config(NamedTuple):
@@ -153,32 +160,6 @@ class PlanResult:
 
 def _config_dict(config: Config) -> dict[str, Any]:
     return config._asdict() | {"balance": list(config.balance), "pp": config.pp}
-
-
-# ----------------------------------------------------------------------------- sizes in bytes
-
-_BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
-def parse_bytes(text: str) -> int:
-    """``"2GB"`` -> 2_000_000_000, ``"512MiB"`` -> 536_870_912, ``"1000"`` -> 1000."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*", text)
-    unit = match.group(2).lower() if match else ""
-    if not match or unit not in _BYTE_UNITS:
-        raise ValueError(f"{text!r} is not a size; use e.g. 2GB, 512MiB, 1.5GiB or 1000000")
-    value = int(float(match.group(1)) * _BYTE_UNITS[unit])
-    if value < 1:
-        raise ValueError(f"{text!r}: a memory limit must be at least 1 byte")
-    return value
-
-
-def format_bytes(n: float) -> str:
-    """Decimal units with one decimal: 3_100_000_000 -> '3.1 GB'."""
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n:.0f} B"
 
 
 # ----------------------------------------------------------------------------- the search
@@ -447,12 +428,12 @@ def _peaks(digest: _Digest, stash_bytes: Sequence[float], param_bytes: Sequence[
 
 
 def run_command(config: Config, ranks: int, model: str = "") -> str:
-    """The ``pipesim run`` command line that runs ``config`` (``-w``: pipeline ranks; ``--dp``:
-    replicas, when more than one, so dp x w processes)."""
+    """The ``pipesim run`` command line that runs ``config``: ``-w`` counts every process
+    (dp x pipeline ranks, as under torchrun); ``--dp`` when there is more than one replica."""
     words = ["pipesim", "run"]
     if model:
         words += ["--model", shlex.quote(model)]
-    words += ["--schedule", config.schedule, "-w", str(ranks)]
+    words += ["--schedule", config.schedule, "-w", str(ranks * config.dp)]
     words += ["--dp", str(config.dp)] if config.dp > 1 else []
     words += ["-m", str(config.microbatches),
               "-b", str(config.microbatch_size), "-v", str(config.virtual_stages),
@@ -460,98 +441,6 @@ def run_command(config: Config, ranks: int, model: str = "") -> str:
     return " ".join(words)
 
 
-# ----------------------------------------------------------------------------- search space
-
-
-def _check_inputs(layer_costs: LayerCosts, ranks: int, batch: int, limit: float | None,
-                  factor: float) -> None:
-    for label, value in (("ranks", ranks), ("batch", batch)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise PlanError(f"{label} must be an integer >= 1, got {value!r}")
-    if ranks > len(layer_costs):
-        raise PlanError(f"cannot place {len(layer_costs)} layers on {ranks} ranks: every rank "
-                        f"needs at least one layer; use at most {len(layer_costs)} ranks")
-    if limit is not None and not limit > 0:
-        raise PlanError(f"memory limit must be > 0 bytes, got {limit!r}")
-    if not (math.isfinite(factor) and factor >= 0):
-        raise PlanError(f"optimizer factor must be a finite number >= 0, got {factor!r}")
-
-
-def _microbatch_counts(batch: int, ranks: int, counts: Sequence[int] | None) -> list[int]:
-    divisors = [m for m in range(1, batch + 1) if batch % m == 0]
-    if counts is None:
-        return [m for m in divisors if m <= 4 * ranks]
-    usable = sorted({m for m in _check_counts(counts) if batch % m == 0})
-    if not usable:
-        shown = ", ".join(map(str, divisors[:12])) + (", ..." if len(divisors) > 12 else "")
-        raise PlanError(f"batch {batch} is not divisible by any microbatch count "
-                        f"({', '.join(map(str, counts))}); counts that divide it: {shown}")
-    return usable
-
-
-def _check_counts(counts: Sequence[int], what: str = "microbatch counts") -> Sequence[int]:
-    for m in counts:
-        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-            raise PlanError(f"{what} must be integers >= 1, got {m!r}")
-    return counts
-
-
-def _schedule_virtuals(names: Sequence[str] | None,
-                       virtual: Sequence[int]) -> list[tuple[str, int]]:
-    """(schedule, stages per rank) pairs to try, in registry order."""
-    for v in virtual:
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise PlanError(f"virtual stages must be integers >= 1, got {v!r}")
-    training = [n for n, spec in SCHEDULES.items() if spec.training]
-    chosen = training if names is None else list(dict.fromkeys(names))
-    for n in chosen:
-        if n not in training:
-            raise PlanError(f"{n!r} is not a training schedule; valid: {', '.join(training)}")
-    pairs = []
-    for n in chosen:
-        spec = SCHEDULES[n]
-        if spec.virtual == "any":
-            pairs += [(n, v) for v in sorted(set(virtual)) if v >= 2]
-        elif spec.stages_per_rank(None) in virtual:
-            pairs.append((n, spec.stages_per_rank(None)))
-    if not pairs:
-        raise PlanError(f"no schedule among {', '.join(chosen)} has "
-                        f"{' or '.join(map(str, virtual))} stages per rank; widen --virtual")
-    return pairs
-
-
-def _balances(layer_costs: LayerCosts, stages: int,
-              partition: str | Sequence[int]) -> list[tuple[str, tuple[int, ...]]] | str:
-    """(label, balance) pairs for ``stages`` stages, duplicates dropped; a reason if none."""
-    n = len(layer_costs)
-    if stages > n:
-        return f"needs {stages} stages but the model has {n} layers"
-    if not isinstance(partition, str):
-        if len(partition) != stages:
-            return f"the explicit balance has {len(partition)} stages; this needs {stages}"
-        return [("explicit", tuple(partition))]
-    if partition not in PARTITIONS:
-        raise PlanError(f"unknown partition {partition!r}; valid: {', '.join(PARTITIONS)} "
-                        f"or a list of layer counts")
-    labels = ("time", "uniform") if partition == "auto" else (partition,)
-    out: dict[tuple[int, ...], str] = {}
-    for label in labels:
-        if label == "uniform":
-            balance = tuple(partition_uniform(n, stages))
-        else:
-            values = layer_costs.layer_times() if label == "time" else layer_costs.layer_params()
-            balance = tuple(partition_balanced(values, stages))
-        out.setdefault(balance, label)
-    return [(label, balance) for balance, label in out.items()]
-
-
-def check_partition(partition: str | Sequence[int], n_layers: int) -> str | list[int]:
-    """Validate a partition argument early (PlanError), returning it as plan() takes it."""
-    if isinstance(partition, str):
-        if partition not in PARTITIONS:
-            raise PlanError(f"unknown partition {partition!r}; valid: {', '.join(PARTITIONS)}")
-        return partition
-    try:
-        return check_balance(partition, n_layers)
-    except ValueError as err:
-        raise PlanError(str(err)) from None
+__all__ = ["PARTITIONS", "Candidate", "Config", "PlanError", "PlanResult", "Rejected", "Skipped",
+           "check_partition", "evaluate", "format_bytes", "parse_bytes", "peak_memory", "plan",
+           "plan_world", "run_command"]

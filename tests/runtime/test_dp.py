@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipesim.runtime.grid import RankGrid
+from pipesim.grid import RankGrid
 from pipesim.runtime.train import RunConfig, reference_train
 from pipesim.schedules import get_schedule
 from pipesim.timeline import Timeline

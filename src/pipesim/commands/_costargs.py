@@ -78,13 +78,14 @@ def _build(args: argparse.Namespace, schedule: Schedule) -> CostModel:
         base = load_costs(args.costs_file, stages)
         forward, inp, weight, backward = (base.forward, base.backward_input,
                                           base.backward_weight, base.backward)
-        act = base.activation_bytes
+        act, params = base.activation_bytes, base.param_bytes or (0.0,) * stages
         latency, bandwidth, unit = base.comm_latency, base.comm_bandwidth, base.unit
     else:
         op = op_times(args.cost)
         share = stages / schedule.ranks  # stages per rank: each takes 1/share of a rank's work
         forward, inp, weight, backward = (op[k] / share for k in ("F", "I", "W", "B"))
         act, latency, bandwidth, unit = 0.0, 0.0, math.inf, "units"
+        params = (0.0,) * stages
     if args.activation_bytes is not None:
         act = args.activation_bytes
     if args.comm_latency is not None:
@@ -93,7 +94,7 @@ def _build(args: argparse.Namespace, schedule: Schedule) -> CostModel:
         bandwidth = args.comm_bandwidth
     if args.unit is not None:
         unit = args.unit
-    return CostModel.from_lists(stages, forward, inp, weight, backward, act, 0.0, latency,
+    return CostModel.from_lists(stages, forward, inp, weight, backward, act, params, latency,
                                 bandwidth, unit)
 
 

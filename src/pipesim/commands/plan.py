@@ -15,19 +15,12 @@ import argparse
 from typing import Any
 
 from pipesim.commands import UserError, dump_json, non_negative_float, positive_int
-from pipesim.dataparallel import BUCKET_BYTES, ORDERS, DPConfig
+from pipesim.dataparallel import BUCKET_BYTES, DPConfig
+from pipesim.grid import ORDERS
 from pipesim.layercosts import CostFileError, LayerCosts, load_layer_costs
 from pipesim.partition import check_balance, parse_balance
-from pipesim.plan import (
-    PARTITIONS,
-    Candidate,
-    PlanError,
-    PlanResult,
-    format_bytes,
-    parse_bytes,
-    plan,
-    plan_world,
-)
+from pipesim.plan import Candidate, PlanResult, plan, plan_world
+from pipesim.plan_space import PARTITIONS, PlanError, format_bytes, parse_bytes
 
 _BALANCE_WIDTH = 28  # the table shortens longer balances; the command has them in full
 

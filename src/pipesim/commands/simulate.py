@@ -4,6 +4,7 @@
     pipesim simulate interleaved-1f1b -p 8 -m 32 -v 2 --cost F=1,B=2 --comm-latency 0.1
     pipesim simulate --file mine.txt --json
     pipesim simulate zbv -p 4 -m 8 --trace zbv.json --plot zbv.png
+    pipesim simulate 1f1b -p 4 -m 8 --dp 8 --param-bytes 4e9 --unit s --cost F=0.05,B=0.1
 """
 
 from __future__ import annotations
@@ -12,19 +13,24 @@ import argparse
 import json
 import shutil
 import sys
+from dataclasses import replace
 from typing import Any
 
 from pipesim.commands import (
     UserError,
     add_schedule_args,
     dump_json,
+    non_negative_float,
+    positive_int,
     schedule_from_args,
     write_atomic,
 )
 from pipesim.commands._costargs import add_cost_args, costs_from_args, describe
+from pipesim.commands.plan import add_network_args, network_from_args
 from pipesim.costs import CostModel
+from pipesim.dataparallel import DPResult, simulate_dp
 from pipesim.ir import Schedule
-from pipesim.simulate import DeadlockError, simulate
+from pipesim.simulate import DeadlockError
 from pipesim.timeline import Metrics, Timeline, metrics
 from pipesim.validate import validate
 from pipesim.views.ascii import render_ascii
@@ -37,6 +43,17 @@ def register(sub: Any) -> None:
                     "actions in order, each waits for its inputs and their messages.")
     add_schedule_args(p)
     add_cost_args(p)
+    dp = p.add_argument_group(
+        "data parallel", "D replicas of the pipeline; each stage's gradients are averaged by a "
+        "ring all-reduce after its last backward (pipesim.dataparallel), in the cost unit")
+    dp.add_argument("--dp", type=positive_int, default=1, metavar="D",
+                    help="pipeline replicas (default 1: no all-reduce)")
+    dp.add_argument("--param-bytes", type=non_negative_float, metavar="BYTES",
+                    help="parameter (= gradient) bytes of one rank's share of the model; with v "
+                         "stages per rank each stage has 1/v of it")
+    dp.add_argument("--optimizer-time", type=non_negative_float, default=0.0, metavar="T",
+                    help="the optimizer step after the last all-reduce (default 0)")
+    add_network_args(dp)
     out = p.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print one JSON object instead")
     out.add_argument("--ascii", action="store_true", help="print only the ASCII chart")
@@ -58,23 +75,56 @@ def run(args: argparse.Namespace) -> int:
             for err in report.errors:
                 print(f"  {err}")
             return 1
-    costs = costs_from_args(args, sched)
+    costs = with_param_bytes(args, sched, costs_from_args(args, sched))
     try:
-        timeline = simulate(sched, costs)
+        result = simulate_dp(sched, costs, network_from_args(args, args.dp, args.optimizer_time))
     except DeadlockError as err:  # only a schedule that skipped validation gets here
         print(err)
         return 1
+    timeline = result.timeline
     measured = metrics(timeline, stash_bytes(costs))
     write_views(args, [(f"{sched.name or 'schedule'} (simulated)", timeline)])
     if args.json:
-        print(dump_json(simulate_json(sched, costs, measured)))
+        data = simulate_json(sched, costs, measured)
+        if args.dp > 1:
+            data |= {"dp": args.dp, "step_time": result.step_time,
+                     "exposed_allreduce": result.exposed_allreduce,
+                     "allreduce": result.to_dict()["per_rank"]}
+        print(dump_json(data))
     elif args.ascii:
         print(render_ascii(timeline, chart_width(args)))
     else:
         print(summary(sched, costs, measured))
+        if args.dp > 1:
+            print(dp_summary(result, costs.unit))
         print()
         print(render_ascii(timeline, chart_width(args)))
     return 0
+
+
+def with_param_bytes(args: argparse.Namespace, sched: Schedule, costs: CostModel) -> CostModel:
+    """--param-bytes spread over each rank's stages; --dp > 1 needs some parameter bytes."""
+    if args.param_bytes is not None:
+        share = args.param_bytes * sched.ranks / sched.stages
+        costs = replace(costs, param_bytes=(share,) * sched.stages)
+    if args.dp > 1 and not any(costs.param_bytes):
+        raise UserError(f"--dp {args.dp} all-reduces gradients: give --param-bytes BYTES (one "
+                        f"rank's share of the model's parameters)")
+    return costs
+
+
+def dp_summary(result: DPResult, unit: str) -> str:
+    """Step = makespan + exposed all-reduce (+ optimizer); each rank's all-reduce."""
+    dp = result.dp
+    lines = [f"data parallel: {dp.replicas} replicas, step {result.step_time:g} {unit} = "
+             f"makespan {result.makespan:g} + exposed all-reduce {result.exposed_allreduce:g}"
+             + (f" + optimizer {dp.optimizer_time:g}" if dp.optimizer_time else ""), "",
+             f"{'rank':>4}  {'compute end':>11}  {'all-reduce':>10}  {'ends':>10}  link"]
+    for r, x in enumerate(result.per_rank):
+        link = "intra-node" if x.intra_node else "inter-node"
+        lines.append(f"{r:>4}  {x.compute_end:>11.4g}  {x.allreduce_busy:>10.4g}  "
+                     f"{x.allreduce_end:>10.4g}  {link}")
+    return "\n".join(lines)
 
 
 def stash_bytes(costs: CostModel) -> tuple[float, ...] | None:

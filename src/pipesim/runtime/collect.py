@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pipesim.runtime.grid import RankGrid
+from pipesim.grid import RankGrid
 from pipesim.runtime.models import get_model, split_layers
 from pipesim.runtime.stage import StageRunner
 

@@ -1,7 +1,8 @@
 """Measure a model's per-layer costs: F, I, W and B times, output, stash and parameter bytes.
 
-Each layer runs alone on the output of the layers before it, one microbatch at a time, the way
-a stage runs it: plain ``nn.Linear`` modules become SplitLinear with a WeightGradQueue, so
+Each layer runs as a one-layer stage would, one microbatch at a time, each repeat a whole
+forward then a whole backward of the model: plain ``nn.Linear`` modules become SplitLinear with
+a WeightGradQueue, so
 
     F  forward (the last layer: forward and loss, as the last stage does)
     I  backward with weight gradients deferred (LayerNorm/Embedding weights are done here too)
@@ -87,7 +88,7 @@ class _StashCounter:
 
 
 class _LayerTimer:
-    """Times F, I, W and B of one layer on a fixed input (and output gradient or target)."""
+    """One layer as a one-layer stage: fixed input, its own weight-gradient queue."""
 
     def __init__(self, layer: nn.Module, x: torch.Tensor, target: torch.Tensor | None,
                  loss_fn: LossFn | None, first: bool) -> None:
@@ -97,42 +98,35 @@ class _LayerTimer:
         # as a stage: the model's input needs no gradient, a received activation does
         self.x = x.detach().requires_grad_(not first and x.is_floating_point())
         self.target, self.loss_fn = target, loss_fn
-        self.grad: torch.Tensor | None = None
+        self._grad: torch.Tensor | None = None  # stand-in output gradient, when none comes
 
     def forward(self) -> torch.Tensor:
         out: torch.Tensor = self.layer(self.x)
         if self.loss_fn is not None and self.target is not None:
             return self.loss_fn(out, self.target)
-        if self.grad is None:
-            gen = torch.Generator().manual_seed(0)
-            self.grad = torch.randn(out.shape, generator=gen, dtype=out.dtype) * 1e-2
         return out
 
-    def backward(self, out: torch.Tensor, split: bool) -> None:
+    def backward(self, out: torch.Tensor, grad: torch.Tensor | None, split: bool) -> float:
+        """I (split) or B from ``grad`` (a fixed random one if None); returns seconds."""
+        if out.dim() and grad is None:
+            if self._grad is None:
+                gen = torch.Generator().manual_seed(0)
+                self._grad = torch.randn(out.shape, generator=gen, dtype=out.dtype) * 1e-2
+            grad = self._grad
         self.queue.current, self.queue.defer = 0, split
+        t0 = time.perf_counter()
         try:
-            torch.autograd.backward(out, None if self.loss_fn is not None else self.grad)
+            torch.autograd.backward(out, grad if out.dim() else None)
         finally:
             self.queue.current, self.queue.defer = None, False
+        return time.perf_counter() - t0
 
-    def once(self) -> tuple[float, float, float, float]:
-        """(F, I, W, B) seconds of one run."""
+    def weight(self) -> float:
         t0 = time.perf_counter()
-        out = self.forward()
-        t1 = time.perf_counter()
-        self.backward(out, split=True)
-        t2 = time.perf_counter()
         self.queue.run(0)
-        t3 = time.perf_counter()
-        self._clear()
-        out = self.forward()
-        t4 = time.perf_counter()
-        self.backward(out, split=False)
-        t5 = time.perf_counter()
-        self._clear()
-        return t1 - t0, t2 - t1, t3 - t2, t5 - t4
+        return time.perf_counter() - t0
 
-    def _clear(self) -> None:
+    def clear(self) -> None:
         self.x.grad = None
         for p in self.layer.parameters():
             p.grad = None
@@ -141,9 +135,42 @@ class _LayerTimer:
         counter = _StashCounter(list(self.layer.parameters()))
         with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
             out = self.forward()
-        self.backward(out, split=False)
-        self._clear()
+        self.backward(out, None, split=False)
+        self.clear()
         return counter.total
+
+
+Times = list[tuple[float, float, float, float]]  # per layer: F, I, W, B seconds
+
+
+def _timed_forward(timers: Sequence[_LayerTimer]) -> tuple[list[torch.Tensor], list[float]]:
+    outs, seconds = [], []
+    for t in timers:
+        t0 = time.perf_counter()
+        outs.append(t.forward())
+        seconds.append(time.perf_counter() - t0)
+    return outs, seconds
+
+
+def _one_pass(timers: Sequence[_LayerTimer]) -> Times:
+    """The model as a pipeline runs it: F through every layer, then I and W back to the first
+    (each layer's output gradient is the next layer's input gradient); then F again and B."""
+    n = len(timers)
+    i_, w, b = [0.0] * n, [0.0] * n, [0.0] * n
+    outs, f = _timed_forward(timers)
+    for k in reversed(range(n)):
+        grad = timers[k + 1].x.grad if k + 1 < n else None
+        i_[k] = timers[k].backward(outs[k], grad, split=True)
+        w[k] = timers[k].weight()
+    for t in timers:
+        t.clear()
+    outs, _ = _timed_forward(timers)
+    for k in reversed(range(n)):
+        grad = timers[k + 1].x.grad if k + 1 < n else None
+        b[k] = timers[k].backward(outs[k], grad, split=False)
+    for t in timers:
+        t.clear()
+    return list(zip(f, i_, w, b, strict=True))
 
 
 def profile_layers(layers: Sequence[nn.Module], example: torch.Tensor,
@@ -152,31 +179,32 @@ def profile_layers(layers: Sequence[nn.Module], example: torch.Tensor,
                    model: str = "", notes: str = "", statistic: str = "median") -> LayerCosts:
     """Per-layer costs of ``layers`` for one microbatch ``example`` (its first dim = samples).
 
-    The last layer's F includes ``loss_fn(output, target)`` when both are given; otherwise every
-    layer's backward starts from a fixed random output gradient. The layers are copied: the
-    caller's modules are not changed.
+    Each repeat runs the whole model forward, then backward, layer by layer (so the caches
+    hold what they hold in a run, not one layer's weights). The last layer's F includes
+    ``loss_fn(output, target)`` when both are given; otherwise its backward starts from a fixed
+    random gradient. The layers are copied: the caller's modules are not changed.
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0; got {repeats}, {warmup}")
     pick = _STATISTICS[statistic]
-    costs = []
-    x = example
     with one_thread():
+        timers, outs, x = [], [], example
         for i, original in enumerate(layers):
-            layer = copy.deepcopy(original)
             is_last = i == len(layers) - 1
-            timer = _LayerTimer(layer, x, target if is_last else None,
-                                loss_fn if is_last else None, first=i == 0)
+            timers.append(_LayerTimer(copy.deepcopy(original), x, target if is_last else None,
+                                      loss_fn if is_last else None, first=i == 0))
             with torch.no_grad():
-                out = layer(timer.x)
-            stash = timer.stash_bytes()
-            runs = [timer.once() for _ in range(warmup + repeats)][warmup:]
-            f, i_, w, b = (pick([r[k] for r in runs]) for k in range(4))
-            name = names[i] if i < len(names) else f"{i}:{type(original).__name__}"
-            params = sum(_nbytes(p) for p in layer.parameters())
-            costs.append(LayerCost(f, i_, w, b, float(_nbytes(out)), float(stash),
-                                   float(params), name))
-            x = out
+                x = timers[-1].layer(timers[-1].x)
+            outs.append(x)
+        stash = [t.stash_bytes() for t in timers]
+        runs = [_one_pass(timers) for _ in range(warmup + repeats)][warmup:]
+    costs = []
+    for i, (timer, out) in enumerate(zip(timers, outs, strict=True)):
+        f, i_, w, b = (pick([r[i][k] for r in runs]) for k in range(4))
+        name = names[i] if i < len(names) else f"{i}:{type(layers[i]).__name__}"
+        params = sum(_nbytes(p) for p in timer.layer.parameters())
+        costs.append(LayerCost(f, i_, w, b, float(_nbytes(out)), float(stash[i]),
+                               float(params), name))
     batch = example.shape[0] if example.dim() else 1
     return LayerCosts(tuple(costs), microbatch_size=batch, model=model, notes=notes)
 

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from pipesim.grid import RankGrid
 from pipesim.ir import Action, Op, Schedule
 from pipesim.runtime import checkpoint
 from pipesim.runtime.collect import (
@@ -28,7 +29,6 @@ from pipesim.runtime.comm import Comm, exchange_shapes
 from pipesim.runtime.dp import GradReducer, last_gradient_actions
 from pipesim.runtime.engine import ActionHook, Engine, StepRecord
 from pipesim.runtime.faults import fault_from_env
-from pipesim.runtime.grid import RankGrid
 from pipesim.runtime.models import get_model, split_layers, uniform_balance
 from pipesim.runtime.stage import StageRunner
 from pipesim.runtime.trace import gather_events, to_timeline
