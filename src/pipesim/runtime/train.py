@@ -194,6 +194,7 @@ class TrainJob:
         optimizer = make_optimizer(cfg.optimizer, params, cfg.lr) if params and training \
             else None
         comm = Comm(sched, prank, device, peers=grid.pipeline(replica))
+        needs_data = bool({0, sched.stages - 1} & set(runners))
         first_inputs, _ = replica_batch(cfg, 0, replica, device)
         exchange_shapes(comm, sched, {s: r.module for s, r in runners.items()}, first_inputs[0])
         dist.barrier()
@@ -219,7 +220,9 @@ class TrainJob:
         records: list[tuple[StepRecord, list[tuple[int, float, float]]]] = []
         for step in range(start_step, cfg.steps):
             current[0] = step
-            inputs, targets = replica_batch(cfg, step, replica, device)
+            # only the ranks holding the first or the last stage read the batch
+            inputs, targets = replica_batch(cfg, step, replica, device) if needs_data \
+                else ([], [])
             if optimizer is not None:
                 optimizer.zero_grad(set_to_none=True)
             rec = engine.step(inputs, targets)
