@@ -105,3 +105,19 @@ def test_forward_demo_outputs_equal_stages_applied_in_one_process() -> None:
         for mb, x in enumerate(inputs):
             got = torch.tensor(result.outputs[mb], dtype=torch.float32)
             assert torch.equal(got, model(x).reshape(-1))
+
+
+@pytest.mark.parametrize("name", ["1f1b", "zbv"])
+def test_measured_timeline_respects_every_dependency(name: str) -> None:
+    """No action starts before what it needs has ended (one clock on one machine), and with
+    --synthetic each action lasts at least its given time: the sleep precedes the send."""
+    from pipesim.ir import deps
+    from pipesim.timeline import Timeline
+    cfg = _config(name, 2, 4, None, collect_state=False,
+                  synthetic={Op.F: 0.002, Op.B: 0.004, Op.I: 0.002, Op.W: 0.002})
+    timeline = Timeline.from_dict(run_job(cfg).timeline)
+    ends = {e.action: e.end for e in timeline.events}
+    for e in timeline.events:
+        assert e.duration >= cfg.synthetic[e.action.op]
+        for d in deps(e.action, cfg.schedule):
+            assert e.start >= ends[d], f"{e.action} started before {d} ended"

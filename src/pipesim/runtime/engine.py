@@ -68,6 +68,7 @@ class Engine:
         self._ready: float | None = None  # when the current action's inputs had arrived
         self._paused: Action | None = None  # the action whose synthetic sleep already ran
         self._posted = 0.0  # when the current action began (before waiting for inputs)
+        self._computed: float | None = None  # when its output existed (before sending it)
 
     def clock(self) -> float:
         return time.perf_counter() - self.origin
@@ -85,12 +86,13 @@ class Engine:
             self.monitor.running(action)
             if self.before is not None:
                 self.before(action)
-            self._ready = None
+            self._ready = self._computed = None
             self._posted = self.clock()
             detail = self.handlers[action.op](action)
             self._pause(action)  # no-op unless it already ran before this action's send
-            end = self.clock()
-            # the action starts when its inputs are in hand: waiting for a message is idle time
+            end = self._computed if self._computed is not None else self.clock()
+            # an action runs from when its inputs are in hand (waiting for a message is idle
+            # time) to when its output exists (sending it is the next rank's business)
             record.events.append((action, self._ready if self._ready is not None
                                   else self._posted, end))
             self.monitor.done(action)
@@ -135,6 +137,8 @@ class Engine:
 
     def _give(self, producer: Action, consumer: Action, tensor: torch.Tensor) -> str:
         self._pause(producer)
+        if self._computed is None:
+            self._computed = self.clock()
         if self.schedule.stage_to_rank[consumer.stage] == self.rank:
             self._local[(producer, consumer)] = tensor
             return "local"

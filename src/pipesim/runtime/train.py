@@ -197,8 +197,7 @@ class TrainJob:
         needs_data = bool({0, sched.stages - 1} & set(runners))
         first_inputs, _ = replica_batch(cfg, 0, replica, device)
         exchange_shapes(comm, sched, {s: r.module for s, r in runners.items()}, first_inputs[0])
-        dist.barrier()
-        origin = time.perf_counter()
+        origin = shared_origin(device)
         start_step = _resume(cfg, rank, runners, optimizer) if cfg.resume_dir else 0
         fault, current = fault_from_env(), [start_step]
         reducer = GradReducer(runners, groups[prank], cfg.dp,
@@ -273,6 +272,29 @@ class TrainJob:
                           [t.to_dict() for t in timelines], outputs, diff,
                           time.perf_counter() - t_begin,
                           params if cfg.collect_state else None, grads)  # type: ignore[arg-type]
+
+
+def _boot_id() -> int:
+    """This machine's boot id as an integer: equal ids share one monotonic clock."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            return int(fh.read().strip().replace("-", "")[:15], 16)
+    except (OSError, ValueError):
+        return -1
+
+
+def shared_origin(device: torch.device) -> float:
+    """Time zero of every rank's clock: rank 0's, when all ranks share one machine's monotonic
+    clock (perf_counter); else each rank's own, taken right after a barrier."""
+    dist.barrier()
+    mine = torch.tensor([time.perf_counter(), float(_boot_id())], dtype=torch.float64,
+                        device=device)
+    everyone = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(everyone, mine)
+    boots = {float(t[1]) for t in everyone}
+    if len(boots) == 1 and -1.0 not in boots:
+        return float(everyone[0][0])
+    return float(mine[0])
 
 
 def _save(cfg: RunConfig, rank: int, step: int, runners: dict[int, StageRunner],
