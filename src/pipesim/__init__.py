@@ -3,8 +3,10 @@
 The core (schedules, validation, simulation, timelines, views) imports neither torch nor numpy.
 """
 
+from collections.abc import Sequence
 from typing import Any
 
+import pipesim.partition as _algorithms  # noqa: F401  loaded before the function takes its name
 from pipesim.costs import CostModel
 from pipesim.ir import Action, Op, Schedule, deps, format_action, parse_action, parse_schedule
 from pipesim.schedules import SCHEDULES, get_schedule
@@ -26,6 +28,20 @@ def run(schedule: Schedule, **config: Any) -> Any:
     cfg = RunConfig(schedule=schedule, **config)
     return launch(TrainJob(cfg), cfg.grid.world)
 
+
+def partition(model: Any, ranks: int, virtual_stages: int = 1, method: str = "uniform",
+              balance: Sequence[int] | None = None, example: Any = None,
+              layer_costs: Any = None) -> list[Any]:
+    """Cut an nn.Sequential (or a list of layers) into ``ranks x virtual_stages`` stage modules.
+
+    ``method``: "uniform" (layer count), "params" or "time" (profiled F+B on ``example``, one
+    microbatch, or from ``layer_costs``); ``balance`` (layers per stage) overrides it. Imports
+    torch on first use (``pipesim.runtime.partitioning``). The torch-free algorithms stay
+    importable as ``from pipesim.partition import partition_balanced``.
+    """
+    from pipesim.runtime.partitioning import partition as cut
+    return cut(model, ranks, virtual_stages, method, balance, example, layer_costs)
+
 __all__ = [
     "SCHEDULES",
     "Action",
@@ -44,6 +60,7 @@ __all__ = [
     "metrics",
     "parse_action",
     "parse_schedule",
+    "partition",
     "run",
     "simulate",
     "validate",

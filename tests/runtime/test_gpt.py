@@ -71,6 +71,8 @@ def test_batches_are_next_token_windows_the_same_for_every_call() -> None:
     assert not torch.equal(x[0], x6[0])
     assert torch.equal(x[1][:, 1:], y[1][:, :-1])  # targets are the inputs shifted by one
     assert decode(x[0][0]) in decode(corpus())
+    two_replicas, _ = make_batch(_config("1f1b", m=3, dp=2), 5)
+    assert len(two_replicas) == 6 and torch.equal(two_replicas[0], x[0])
 
 
 def test_layers_count_embedding_blocks_and_head() -> None:

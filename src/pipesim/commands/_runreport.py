@@ -109,10 +109,18 @@ def _tolerance(cfg: Any) -> float:
     return 1e-9 if cfg.dtype == "float64" else 1e-4
 
 
-def report(args: argparse.Namespace, cfg: Any, result: Any, wall: float) -> int:
+def report(args: argparse.Namespace, cfg: Any, result: Any, wall: float,
+           predicted: Timeline | None = None) -> int:
     data = result_json(cfg, result)
     timeline = Timeline.from_dict(result.timeline)
-    _write_views(args, timeline, data)
+    prediction = None
+    if predicted is not None:  # pipesim run --predict
+        from pipesim.runtime.predict import compare, prediction_json, prediction_line
+        measured = [Timeline.from_dict(t) for t in result.timelines]
+        comparison = compare(predicted, measured)
+        data.update(prediction_json(comparison))
+        prediction = (predicted, measured, prediction_line(comparison))
+    _write_views(args, timeline, data, prediction)
     ok = result.verify_max_abs_diff is None or result.verify_max_abs_diff <= _tolerance(cfg)
     if args.json:
         print(json.dumps(data))
@@ -128,6 +136,8 @@ def report(args: argparse.Namespace, cfg: Any, result: Any, wall: float) -> int:
     median = statistics.median(result.step_seconds)
     print(f"Step time (median of {len(result.step_seconds)}): {median * 1e3:.2f} ms, "
           f"throughput {data['samples_per_second']:,.0f} samples/s")
+    if prediction is not None:
+        print(prediction[2])
     print(f"Measured bubble fraction: {data['bubble_fraction']:.1%}")
     for r, pr in enumerate(data["per_rank"]):
         stages = ",".join(str(s) for s in sched.stages_of(r))
@@ -144,7 +154,8 @@ def report(args: argparse.Namespace, cfg: Any, result: Any, wall: float) -> int:
     return 0 if ok else 1
 
 
-def _write_views(args: argparse.Namespace, timeline: Timeline, data: dict[str, Any]) -> None:
+def _write_views(args: argparse.Namespace, timeline: Timeline, data: dict[str, Any],
+                 prediction: tuple[Timeline, list[Timeline], str] | None = None) -> None:
     if args.html:
         from pipesim.views.html import render_timeline_html
         facts: dict[str, str | float] = {
@@ -161,6 +172,9 @@ def _write_views(args: argparse.Namespace, timeline: Timeline, data: dict[str, A
         from pipesim.views.chrome_trace import render_chrome_trace
         trace = render_chrome_trace(timeline)
         write_atomic(args.trace, trace if isinstance(trace, str) else json.dumps(trace))
-    if args.plot:
+    if args.plot and prediction is not None:  # predicted above measured
+        from pipesim.runtime.predict import plot_prediction
+        plot_prediction(prediction[0], prediction[1], args.plot)
+    elif args.plot:
         from pipesim.views.png import render_png
         render_png([(f"{timeline.name} (measured)", timeline)], args.plot)

@@ -52,6 +52,17 @@ def register(sub: Any) -> None:
     p.add_argument("--layers", type=positive_int, default=None,
                    help="Linear+ReLU layers, split over the stages (default one per stage)")
     p.add_argument("--balance", default=None, help="layers per stage, e.g. 2,3,3,2")
+    p.add_argument("--partition", choices=["uniform", "params", "time"], default=None,
+                   help="cut the layers into stages by equal count (default), even parameter "
+                        "count or even profiled F+B time (instead of --balance)")
+    p.add_argument("--seq-len", type=positive_int, default=None,
+                   help="--model gpt: tokens per sequence (default 64)")
+    p.add_argument("--heads", type=positive_int, default=None,
+                   help="--model gpt: attention heads (default hidden/16)")
+    p.add_argument("--predict", nargs="?", const="", default=None, metavar="COSTS.json",
+                   help="also predict the step with the simulator, from a 'pipesim profile' "
+                        "file or (no file) by profiling now, and report the error; with "
+                        "--plot, draw the prediction above the measured step")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--seed", type=int, default=0, help="weights and data seed (default 0)")
     p.add_argument("--checkpoint-activations", action="store_true",
@@ -165,6 +176,13 @@ def build_config(args: argparse.Namespace) -> Any:
     sched = build_schedule(args)
     balance = _parse_balance(args.balance)
     layers = args.layers if args.layers is not None else (sum(balance) if balance else None)
+    if args.model == "gpt" and layers is None:  # embedding + 4 blocks + head, or one per stage
+        from pipesim.runtime.gpt import DEFAULT_LAYERS
+        layers = max(DEFAULT_LAYERS, sched.stages)
+    if balance is not None and args.partition is not None:
+        raise UserError("give --balance or --partition, not both")
+    if args.model != "gpt" and (args.seq_len or args.heads):
+        raise UserError("--seq-len and --heads are for --model gpt")
     n_layers = layers if layers is not None else sched.stages
     if n_layers < sched.stages:
         raise UserError(f"{n_layers} layers cannot fill {sched.stages} stages "
@@ -200,11 +218,47 @@ def build_config(args: argparse.Namespace) -> Any:
         synthetic=_parse_synthetic(args.synthetic), verify=args.verify,
         checkpoint_dir=args.checkpoint_dir, resume_dir=args.resume,
         checkpoint_every=(args.checkpoint_every or args.steps or 1) if args.checkpoint_dir else 0,
-        dp=args.dp, rank_order=args.rank_order,
+        dp=args.dp, rank_order=args.rank_order, seq_len=args.seq_len, heads=args.heads,
     )
+    if args.model == "gpt":
+        from pipesim.runtime.gpt import gpt_shape
+        try:
+            gpt_shape(cfg)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+    if args.partition not in (None, "uniform"):
+        cfg = _partitioned(args, cfg)
     if args.resume:
         _check_resume(cfg)
     return cfg
+
+
+def _partitioned(args: argparse.Namespace, cfg: Any) -> Any:
+    """cfg with the balance --partition asks for (by time: from --predict's file if given)."""
+    import dataclasses
+
+    from pipesim.layercosts import load_layer_costs
+    from pipesim.runtime.partitioning import balance_for
+    try:
+        costs = load_layer_costs(args.predict) if args.predict else None
+        return dataclasses.replace(cfg, balance=balance_for(cfg, args.partition, costs))
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+def _prediction(args: argparse.Namespace, cfg: Any) -> Any:
+    """--predict: the simulated step (a Timeline; profiling first when no file is given)."""
+    if args.predict is None:
+        return None
+    from pipesim.runtime.launch import under_torchrun
+    if not args.predict and under_torchrun():
+        raise UserError("--predict without a file profiles in forked processes; under torchrun "
+                        "run 'pipesim profile -o costs.json' first and pass --predict costs.json")
+    from pipesim.runtime.predict import predict_run
+    try:
+        return predict_run(cfg, args.predict or None)
+    except ValueError as err:
+        raise UserError(str(err)) from None
 
 
 def _check_resume(cfg: Any) -> None:
@@ -269,6 +323,7 @@ def run(args: argparse.Namespace) -> int:
         under_torchrun,
     )
     from pipesim.runtime.train import TrainJob
+    predicted = _prediction(args, cfg)  # before the ranks start: profiling uses the cores
     hook = None if (args.quiet or args.json) else LineHook(sched)
     progress = None if args.json or sched.forward_only else \
         Progress(cfg.global_microbatches * cfg.batch_size, not sched.forward_only)
@@ -287,4 +342,4 @@ def run(args: argparse.Namespace) -> int:
     wall = time.perf_counter() - t0
     if result is None:  # a torchrun rank other than 0
         return 0
-    return report(args, cfg, result, wall)
+    return report(args, cfg, result, wall, predicted)

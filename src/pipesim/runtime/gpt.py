@@ -99,10 +99,11 @@ def decode(ids: torch.Tensor) -> str:
 
 
 def gpt_batch(cfg: Any, step: int) -> Batch:
-    """m microbatches of b windows of T tokens: inputs ids [b, T], targets the next ids [b, T]."""
+    """m microbatches (every data-parallel replica's) of b windows of T tokens: inputs ids
+    [b, T], targets the next ids [b, T]."""
     shape = gpt_shape(cfg)
     data = corpus()
-    m, b, t = cfg.schedule.microbatches, cfg.batch_size, shape.seq_len
+    m, b, t = cfg.global_microbatches, cfg.batch_size, shape.seq_len  # m over all replicas
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
     starts = torch.randint(0, len(data) - t - 1, (m * b, 1), generator=gen)
     index = starts + torch.arange(t)  # [m*b, T]

@@ -47,18 +47,15 @@ def predict(cfg: Any, layer_costs: LayerCosts, comm_latency: float | None = None
 def predict_run(cfg: Any, costs_path: str | None = None) -> Timeline:
     """``pipesim run --predict [COSTS.json]``: predict from a cost file, or profile now.
 
-    Without a file, ``cfg``'s model is profiled at its microbatch size in as many processes at
-    once as the run has ranks (at most the CPU count), and a 2-rank ping-pong measures messages
-    (``pipesim.runtime.profile``). Raises ValueError (CostFileError) for an unusable file.
+    Without a file, ``cfg``'s model is profiled at its microbatch size (one process, median
+    of 5) and a 2-rank ping-pong measures messages (``pipesim.runtime.profile``). Raises
+    ValueError (CostFileError) for an unusable file.
     """
     if costs_path:
         from pipesim.layercosts import load_layer_costs
         return predict(cfg, load_layer_costs(costs_path))
-    import os
-
     from pipesim.runtime.profile import measure_comm, profile_model
-    processes = max(1, min(cfg.schedule.ranks, os.cpu_count() or 1))
-    layer_costs = profile_model(cfg, repeats=5, warmup=2, processes=processes)
+    layer_costs = profile_model(cfg, repeats=5, warmup=2)
     if cfg.schedule.ranks == 1 or len(layer_costs) == 1:
         return predict(cfg, layer_costs)
     largest = int(max(c.activation_bytes for c in layer_costs.layers[:-1]))

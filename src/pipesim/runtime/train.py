@@ -55,6 +55,8 @@ class RunConfig:
     optimizer: str = "sgd"  # sgd | adam
     loss: str = "mse"  # mse | cross-entropy
     model: str = "mlp"
+    seq_len: int | None = None  # --model gpt: tokens per sequence (None: 64)
+    heads: int | None = None  # --model gpt: attention heads (None: hidden / 16)
     seed: int = 0
     dtype: str = "float32"
     checkpoint_activations: bool = False

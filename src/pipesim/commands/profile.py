@@ -1,0 +1,144 @@
+"""``pipesim profile``: measure a model's per-layer costs and write a cost file.
+
+    pipesim profile --model gpt --hidden-size 128 --layers 6 -b 8 -o costs.json
+    pipesim plan --costs costs.json -p 2 --batch 32          # plan with them
+    pipesim profile --model mlp --layers 8 -o layers.json --stage-costs stages.json --stages 2
+    pipesim simulate 1f1b -p 2 --costs stages.json            # per-stage costs for simulate
+
+Times are medians on one thread (as a rank runs); the message latency and bandwidth come from a
+2-rank gloo ping-pong of the largest activation (``--no-comm`` skips it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from typing import Any
+
+from pipesim.commands import UserError, dump_json, positive_int, write_atomic
+from pipesim.layercosts import LayerCosts, stage_costs
+from pipesim.partition import parse_balance
+
+_DEFAULT_LAYERS = {"mlp": 4, "gpt": 6}
+_DEFAULT_BATCH = {"mlp": 32, "gpt": 8}
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("profile", help="measure a model's per-layer F/I/W/B times and bytes",
+                       description="Measure per-layer costs (one microbatch, one thread) and "
+                                   "write the cost file that 'pipesim plan --costs' reads.")
+    p.add_argument("--model", default="mlp", help="model family: mlp (default) or gpt")
+    p.add_argument("--hidden-size", type=positive_int, default=64, help="model width (64)")
+    p.add_argument("--layers", type=positive_int, default=None,
+                   help="layers (mlp: Linear+ReLU, default 4; gpt: blocks + 2, default 6)")
+    p.add_argument("-b", "--batch-size", type=positive_int, default=None,
+                   help="samples (gpt: sequences) per microbatch (mlp 32, gpt 8)")
+    p.add_argument("--seq-len", type=positive_int, default=None, help="gpt: tokens (64)")
+    p.add_argument("--heads", type=positive_int, default=None,
+                   help="gpt: attention heads (default hidden/16)")
+    p.add_argument("--loss", choices=["mse", "cross-entropy"], default="mse",
+                   help="mlp's loss (gpt: always cross-entropy)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=positive_int, default=10,
+                   help="timed runs per layer; the median is kept (default 10)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
+    p.add_argument("--stat", choices=["median", "min"], default="median",
+                   help="keep each time's median (default) or minimum (on a busy machine: "
+                        "an estimate of the idle machine's time)")
+    p.add_argument("--processes", type=positive_int, default=1,
+                   help="profile in this many processes at once, as many as the run's ranks "
+                        "on this machine, so the cores are as busy as in the run (default 1)")
+    p.add_argument("--no-comm", action="store_true",
+                   help="skip the ping-pong: messages cost nothing in the file")
+    p.add_argument("-o", "--output", required=True, metavar="COSTS.json",
+                   help="the per-layer cost file to write")
+    p.add_argument("--stage-costs", metavar="STAGES.json",
+                   help="also write per-stage costs (for 'pipesim simulate --costs')")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--stages", type=positive_int, default=None,
+                       help="for --stage-costs: this many stages, balanced by time (default 2)")
+    group.add_argument("--balance", default=None, help="for --stage-costs: layers per stage")
+    p.add_argument("--json", action="store_true", help="print the cost file instead of a table")
+    p.set_defaults(func=run)
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from pipesim.runtime.models import MODELS
+    from pipesim.runtime.profile import ProfileConfig
+    from pipesim.schedules import get_schedule
+    if args.model not in MODELS:
+        raise UserError(f"unknown model {args.model!r}; valid: {', '.join(MODELS)}")
+    if args.warmup < 0:
+        raise UserError(f"--warmup must be >= 0, got {args.warmup}")
+    if args.model != "gpt" and (args.seq_len or args.heads):
+        raise UserError("--seq-len and --heads are for --model gpt")
+    return ProfileConfig(
+        schedule=get_schedule("gpipe", 1, 1), model=args.model, hidden_size=args.hidden_size,
+        layers=args.layers or _DEFAULT_LAYERS.get(args.model, 4),
+        batch_size=args.batch_size or _DEFAULT_BATCH.get(args.model, 32),
+        loss=args.loss, dtype=args.dtype, seed=args.seed, seq_len=args.seq_len,
+        heads=args.heads)
+
+
+def _stage_balance(args: argparse.Namespace, costs: LayerCosts) -> list[int]:
+    from pipesim.partition import partition_balanced
+    try:
+        if args.balance is not None:
+            balance = parse_balance(args.balance)
+            if sum(balance) != len(costs):
+                raise ValueError(f"--balance {args.balance} covers {sum(balance)} layers; the "
+                                 f"model has {len(costs)}")
+            return balance
+        return partition_balanced(costs.layer_times(), args.stages or 2)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+def _table(costs: LayerCosts) -> str:
+    lines = [f"{'layer':14s} {'F ms':>8s} {'I ms':>8s} {'W ms':>8s} {'B ms':>8s} "
+             f"{'out KiB':>9s} {'stash KiB':>10s} {'params KiB':>11s}"]
+    for c in costs.layers:
+        lines.append(f"{c.name:14s} {c.forward * 1e3:8.3f} {c.backward_input * 1e3:8.3f} "
+                     f"{c.backward_weight * 1e3:8.3f} {c.backward * 1e3:8.3f} "
+                     f"{c.activation_bytes / 1024:9.1f} {c.stash_bytes / 1024:10.1f} "
+                     f"{c.param_bytes / 1024:11.1f}")
+    bw = "unlimited" if costs.comm_bandwidth == float("inf") else \
+        f"{costs.comm_bandwidth / 1e9:.2f} GB/s"
+    lines.append(f"messages: latency {costs.comm_latency * 1e6:.0f} us, bandwidth {bw}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    if args.stage_costs is None and (args.stages or args.balance):
+        raise UserError("--stages and --balance shape --stage-costs; give --stage-costs FILE")
+    for path in (args.output, args.stage_costs):
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise UserError(f"cannot write {path}: its directory does not exist")
+    import torch
+
+    from pipesim.runtime.profile import measure_comm, profile_model
+    torch.set_num_threads(1)  # as a rank runs; and the ping-pong forks this process
+    try:
+        costs = profile_model(cfg, args.repeats, args.warmup, args.processes, args.stat)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    if not args.no_comm and len(costs) > 1:
+        largest = int(max(c.activation_bytes for c in costs.layers[:-1]))
+        latency, bandwidth = measure_comm(largest, statistic=args.stat)
+        costs = dataclasses.replace(costs, comm_latency=latency, comm_bandwidth=bandwidth)
+    balance = _stage_balance(args, costs) if args.stage_costs else None
+    write_atomic(args.output, costs.to_json())
+    if args.stage_costs and balance is not None:
+        per_stage = stage_costs(costs, balance).to_dict()
+        write_atomic(args.stage_costs, dump_json(per_stage))
+    if args.json:
+        print(json.dumps(costs.to_dict()))
+        return 0
+    print(_table(costs))
+    print(f"wrote {args.output}" + (f" and {args.stage_costs} (stages of "
+                                    f"{','.join(map(str, balance))} layers)" if balance else ""))
+    return 0
