@@ -18,22 +18,13 @@ from __future__ import annotations
 import argparse
 import math
 
-from pipesim.commands import UserError, non_negative_float
+from pipesim.commands import UserError, non_negative_float, positive_float
 from pipesim.costs import CostError, CostModel, load_costs, parse_cost_flag
 from pipesim.ir import Schedule
 
 UNITS = ("units", "ms", "s")
 
 
-def _positive_float(text: str) -> float:
-    """argparse type: a number > 0 (``inf`` allowed: no bandwidth limit)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
-    return value
 
 
 def add_cost_args(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +39,7 @@ def add_cost_args(parser: argparse.ArgumentParser) -> None:
                             "CostModel.to_dict), used as written")
     group.add_argument("--comm-latency", type=non_negative_float, metavar="T",
                        help="time per message between two ranks (default 0)")
-    group.add_argument("--comm-bandwidth", type=_positive_float, metavar="BYTES",
+    group.add_argument("--comm-bandwidth", type=positive_float, metavar="BYTES",
                        help="bytes per time unit (default: unlimited)")
     group.add_argument("--activation-bytes", type=non_negative_float, metavar="BYTES",
                        help="bytes of each stage's output, the size of a message (default 0)")

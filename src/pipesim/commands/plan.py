@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pipesim.commands import UserError, dump_json, non_negative_float, positive_int
+from pipesim.commands import UserError, dump_json, non_negative_float, positive_float, positive_int
 from pipesim.dataparallel import BUCKET_BYTES, DPConfig
 from pipesim.grid import ORDERS
 from pipesim.layercosts import CostFileError, LayerCosts, load_layer_costs
@@ -74,12 +74,12 @@ def _add_network_args(p: Any) -> None:
 def add_network_args(group: Any, unit: str = "time unit") -> None:
     """The all-reduce's link flags (``plan``, and ``simulate --dp``); see network_from_args."""
     d = DPConfig()
-    group.add_argument("--dp-bandwidth", type=_positive_float, default=d.bandwidth,
+    group.add_argument("--dp-bandwidth", type=positive_float, default=d.bandwidth,
                        metavar="B", help=f"inter-node bytes per {unit} per GPU (default "
                                          f"{d.bandwidth:g}: 200 Gb/s in bytes per second)")
     group.add_argument("--dp-latency", type=non_negative_float, default=d.latency, metavar="T",
                        help=f"inter-node {unit}s per ring step (default {d.latency:g} s)")
-    group.add_argument("--intra-node-bandwidth", type=_positive_float, metavar="B",
+    group.add_argument("--intra-node-bandwidth", type=positive_float, metavar="B",
                        default=d.intra_node_bandwidth,
                        help=f"bytes per {unit} inside a node (default "
                             f"{d.intra_node_bandwidth:g} per second, NVLink-class)")
@@ -104,14 +104,6 @@ def network_from_args(args: argparse.Namespace, replicas: int = 1,
                     args.rank_order, optimizer_time)
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
-    return value
 
 
 def _bytes_arg(text: str) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 from pipesim.commands import (
     UserError,
     add_schedule_args,
+    positive_float,
     positive_int,
     schedule_from_args,
 )
@@ -77,7 +78,7 @@ def register(sub: Any) -> None:
     p.add_argument("--plot", metavar="OUT.png", help="write a PNG timeline of the last step")
     p.add_argument("--timeline", metavar="OUT.json", help="write the measured Timeline as JSON")
     p.add_argument("--html", metavar="OUT.html", help="write an offline HTML report of the run")
-    p.add_argument("--stall-timeout", type=_positive_float, default=60.0, metavar="SECONDS",
+    p.add_argument("--stall-timeout", type=positive_float, default=60.0, metavar="SECONDS",
                    help="stop and report every rank when one makes no progress this long "
                         "(default 60)")
     p.add_argument("--checkpoint-dir", metavar="DIR",
@@ -100,14 +101,6 @@ def register(sub: Any) -> None:
 # ----------------------------------------------------------------------------- configuration
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
-    return value
 
 
 def _parse_balance(text: str | None) -> tuple[int, ...] | None:
