@@ -269,7 +269,7 @@ def test_cli_nothing_fits_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[
     (["--costs", "{good}", "--balance", "2,2"], "--balance: .*covers 4 layers; the model has 8"),
     (["--costs", "{good}", "--schedules", "gpipe,warp"], "'warp' is not a training schedule"),
     (["--costs", "{good}", "--model", "gpt"], "not both"),
-    (["--model", "gpt"], "needs the runtime's profiler"),
+    (["--model", "resnet"], "unknown model 'resnet'"),
     (["--costs", "{good}", "--balance", "4,4", "--partition", "time"], "not both"),
     (["--costs", "{good}", "--optimizer-factor", "nan"], "optimizer factor must be"),
     (["--costs", "{good}", "--ranks", "9"], "cannot place 8 layers on 9 ranks"),
@@ -455,3 +455,14 @@ def test_cli_world_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], ar
         code = int(str(exit_.code))
     err = capsys.readouterr().err
     assert code == 2 and message in err, err
+
+
+def test_plan_model_profiles_first_and_commands_build_that_model(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("torch")
+    code = main(["plan", "--model", "mlp", "--hidden-size", "16", "--layers", "4", "--ranks", "2",
+                 "--batch", "8", "--schedules", "1f1b,zb-h1", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0 and data["best"]["schedule"] in ("1f1b", "zb-h1")
+    assert data["best"]["command"].startswith("pipesim run --model mlp ")
+    assert data["best"]["command"].endswith(" --hidden-size 16 --layers 4")

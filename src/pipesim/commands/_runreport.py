@@ -157,15 +157,18 @@ def report(args: argparse.Namespace, cfg: Any, result: Any, wall: float,
 def _write_views(args: argparse.Namespace, timeline: Timeline, data: dict[str, Any],
                  prediction: tuple[Timeline, list[Timeline], str] | None = None) -> None:
     if args.html:
-        from pipesim.views.html import render_timeline_html
+        from pipesim.views.html import HtmlSection, render_html
         facts: dict[str, str | float] = {
             "samples/s": f"{data['samples_per_second']:,.0f}",
             "step time (median)": f"{statistics.median(data['step_seconds']) * 1e3:.2f} ms",
         }
         if data["loss"]:
             facts["loss per step"] = " ".join(f"{x:.4f}" for x in data["loss"])
-        write_atomic(args.html, render_timeline_html(timeline, f"pipesim run: {timeline.name} "
-                                                     f"(measured, last step)", facts))
+        sections = [HtmlSection(f"{timeline.name} measured (last step)", timeline, facts)]
+        if prediction is not None:  # --predict: the simulated step above the measured one
+            sections.insert(0, HtmlSection(f"{timeline.name} predicted", prediction[0],
+                                           {"prediction": prediction[2]}))
+        write_atomic(args.html, render_html(sections, title=f"pipesim run: {timeline.name}"))
     if args.timeline:
         write_atomic(args.timeline, dump_json(timeline.to_dict()))
     if args.trace:

@@ -12,6 +12,7 @@ runtime; both paths meet in ``plan_from_layer_costs``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Any
 
 from pipesim.commands import UserError, dump_json, non_negative_float, positive_float, positive_int
@@ -32,7 +33,15 @@ def register(sub: Any) -> None:
                     "(a file written by 'pipesim profile' or by hand; see pipesim.layercosts).")
     p.add_argument("--costs", metavar="FILE.json", help="per-layer cost file")
     p.add_argument("--model", metavar="NAME",
-                   help="profile this model first instead of --costs (needs the runtime)")
+                   help="profile this model (mlp or gpt) first instead of --costs (needs torch)")
+    model = p.add_argument_group("--model", "the model to profile (as 'pipesim profile' takes it)")
+    model.add_argument("--hidden-size", type=positive_int, default=None,
+                       help="model width (mlp 64, gpt 128)")
+    model.add_argument("--layers", type=positive_int, default=None,
+                       help="layers (mlp: Linear+ReLU, default 4; gpt: blocks + 2, default 6)")
+    model.add_argument("--microbatch-size", type=positive_int, default=None,
+                       help="samples per microbatch to profile at (mlp 32, gpt 8); times scale "
+                            "linearly to the planned microbatch sizes")
     size = p.add_mutually_exclusive_group(required=True)
     size.add_argument("-p", "-w", "--ranks", type=positive_int,
                       help="pipeline ranks (processes) of one pipeline, no data parallelism")
@@ -130,6 +139,10 @@ def _names_arg(text: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     result = plan_from_layer_costs(_layer_costs(args), args)
+    if args.model:  # the suggested commands must build the model that was profiled
+        flags = f" --hidden-size {args.hidden_size} --layers {args.layers}"
+        result = dataclasses.replace(result, candidates=tuple(
+            dataclasses.replace(c, command=c.command + flags) for c in result.candidates))
     if args.json:
         print(dump_json(result.to_dict()))
     else:
@@ -142,13 +155,32 @@ def _layer_costs(args: argparse.Namespace) -> LayerCosts:
     if args.costs and args.model:
         raise UserError("give --costs FILE.json or --model NAME, not both")
     if args.model:
-        raise UserError("plan --model needs the runtime's profiler, which is not available "
-                        "here; write costs with 'pipesim profile' and pass --costs FILE.json")
+        return _profiled(args)
     if not args.costs:
         raise UserError("give --costs FILE.json (per-layer costs; see examples/costs/)")
     try:
         return load_layer_costs(args.costs)
     except CostFileError as err:
+        raise UserError(str(err)) from None
+
+
+def _profiled(args: argparse.Namespace) -> LayerCosts:
+    """--model: profile it here (one thread, as a rank runs), then plan from those costs."""
+    from pipesim.commands.profile import DEFAULT_BATCH, DEFAULT_LAYERS
+    from pipesim.runtime.models import MODELS
+    from pipesim.runtime.profile import ProfileConfig, profile_model
+    from pipesim.schedules import get_schedule
+    if args.model not in MODELS:
+        raise UserError(f"unknown model {args.model!r}; valid: {', '.join(MODELS)}")
+    args.hidden_size = args.hidden_size or (128 if args.model == "gpt" else 64)
+    args.layers = args.layers or DEFAULT_LAYERS.get(args.model, 4)
+    cfg = ProfileConfig(schedule=get_schedule("gpipe", 1, 1), model=args.model,
+                        hidden_size=args.hidden_size, layers=args.layers,
+                        batch_size=args.microbatch_size or DEFAULT_BATCH.get(args.model, 32),
+                        loss="cross-entropy" if args.model == "gpt" else "mse")
+    try:
+        return profile_model(cfg, repeats=5, warmup=2)
+    except ValueError as err:
         raise UserError(str(err)) from None
 
 

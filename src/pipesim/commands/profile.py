@@ -21,8 +21,8 @@ from pipesim.commands import UserError, dump_json, positive_int, write_atomic
 from pipesim.layercosts import LayerCosts, stage_costs
 from pipesim.partition import parse_balance
 
-_DEFAULT_LAYERS = {"mlp": 4, "gpt": 6}
-_DEFAULT_BATCH = {"mlp": 32, "gpt": 8}
+DEFAULT_LAYERS = {"mlp": 4, "gpt": 6}
+DEFAULT_BATCH = {"mlp": 32, "gpt": 8}
 
 
 def register(sub: Any) -> None:
@@ -77,8 +77,8 @@ def _config(args: argparse.Namespace) -> Any:
         raise UserError("--seq-len and --heads are for --model gpt")
     return ProfileConfig(
         schedule=get_schedule("gpipe", 1, 1), model=args.model, hidden_size=args.hidden_size,
-        layers=args.layers or _DEFAULT_LAYERS.get(args.model, 4),
-        batch_size=args.batch_size or _DEFAULT_BATCH.get(args.model, 32),
+        layers=args.layers or DEFAULT_LAYERS.get(args.model, 4),
+        batch_size=args.batch_size or DEFAULT_BATCH.get(args.model, 32),
         loss=args.loss, dtype=args.dtype, seed=args.seed, seq_len=args.seq_len,
         heads=args.heads)
 
