@@ -24,7 +24,11 @@ from typing import Any
 
 from pipesim.bench.common import median
 
-TUTORIAL = Path("/work/shared/seed/pipeline_simulation.py")
+# the tutorial script this project grew from: $PIPESIM_TUTORIAL, else ../shared/seed/ beside
+# the checkout (where the team keeps it)
+TUTORIAL = Path(os.environ.get("PIPESIM_TUTORIAL") or
+                Path(__file__).resolve().parents[3].parent / "shared" / "seed" /
+                "pipeline_simulation.py")
 Env = Mapping[str, str | None]
 
 
@@ -65,6 +69,9 @@ class Tutorial:
         self.dir = ""
 
     def __enter__(self) -> Tutorial:
+        if not self.source.is_file():
+            raise FileNotFoundError(f"the tutorial script is not at {self.source}; "
+                                    f"set PIPESIM_TUTORIAL to its path")
         self.dir = tempfile.mkdtemp(prefix="pipesim-tutorial-")
         shutil.copy(self.source, self.dir)
         return self
