@@ -39,3 +39,20 @@ def stage_params(cfg: RunConfig, layers: list[nn.Module]) -> list[list[torch.Ten
         out.append([p for layer in layers[start:start + size] for p in layer.parameters()])
         start += size
     return out
+
+
+def assert_step_matches(cfg: RunConfig, rtol: float = 1e-12, result: RankResult | None = None
+                        ) -> None:
+    """A pipelined step's loss and every parameter's gradient equal one process's."""
+    import pytest
+    result = result if result is not None else run_job(cfg)
+    want_loss, layers = reference_step(cfg)
+    assert result.losses[0] == pytest.approx(want_loss, rel=rtol, abs=1e-14)
+    assert result.grads is not None and len(result.grads) == cfg.schedule.stages
+    for s, (got_stage, want_stage) in enumerate(zip(result.grads, stage_params(cfg, layers),
+                                                    strict=True)):
+        assert len(got_stage) == len(want_stage) > 0
+        for i, (g, w) in enumerate(zip(got_stage, want_stage, strict=True)):
+            assert w.grad is not None
+            torch.testing.assert_close(g, w.grad, rtol=rtol, atol=1e-14,
+                                       msg=lambda e, s=s, i=i: f"stage {s} param {i}: {e}")

@@ -10,7 +10,7 @@ from pipesim.grid import RankGrid
 from pipesim.runtime.train import RunConfig, reference_train
 from pipesim.schedules import get_schedule
 from pipesim.timeline import Timeline
-from tests.runtime.helpers import reference_step, stage_params
+from tests.runtime.helpers import assert_step_matches, stage_params
 
 
 def _config(name: str, v: int | None = None, **kw: object) -> RunConfig:
@@ -34,12 +34,7 @@ def _run(cfg: RunConfig):  # type: ignore[no-untyped-def]
                                          ("zb-h1", None)])
 def test_dp_gradients_equal_one_process_on_the_global_batch(name: str, v: int | None) -> None:
     cfg = _config(name, v)
-    result = _run(cfg)
-    want_loss, layers = reference_step(cfg)
-    assert result.losses[0] == pytest.approx(want_loss, rel=1e-12)
-    for got_stage, want_stage in zip(result.grads, stage_params(cfg, layers), strict=True):
-        for g, w in zip(got_stage, want_stage, strict=True):
-            torch.testing.assert_close(g, w.grad, rtol=1e-12, atol=1e-14)
+    assert_step_matches(cfg, result=_run(cfg))
 
 
 @pytest.mark.parametrize("order", ["pipeline-first", "replica-first"])

@@ -12,7 +12,7 @@ import torch
 from pipesim.ir import Op
 from pipesim.runtime.train import RunConfig, reference_train
 from pipesim.schedules import SCHEDULES, get_schedule
-from tests.runtime.helpers import reference_step, run_job, stage_params
+from tests.runtime.helpers import assert_step_matches, run_job, stage_params
 
 TRAINING = [n for n, spec in SCHEDULES.items() if spec.training]
 
@@ -36,29 +36,15 @@ def _config(name: str, p: int, m: int, v: int | None, **kw: object) -> RunConfig
     return RunConfig(**base)  # type: ignore[arg-type]
 
 
-def _assert_step_matches(cfg: RunConfig) -> None:
-    result = run_job(cfg)
-    want_loss, layers = reference_step(cfg)
-    assert result.losses[0] == pytest.approx(want_loss, rel=1e-12, abs=1e-14)
-    assert result.grads is not None
-    want = stage_params(cfg, layers)
-    for s, (got_stage, want_stage) in enumerate(zip(result.grads, want, strict=True)):
-        assert len(got_stage) == len(want_stage) > 0
-        for i, (g, w) in enumerate(zip(got_stage, want_stage, strict=True)):
-            assert w.grad is not None
-            torch.testing.assert_close(g, w.grad, rtol=1e-12, atol=1e-14,
-                                       msg=lambda e, s=s, i=i: f"stage {s} param {i}: {e}")
-
-
 @pytest.mark.parametrize(("name", "p", "m", "v"), CASES,
                          ids=[f"{n}-p{p}-m{m}" + (f"-v{v}" if v else "") for n, p, m, v in CASES])
 def test_gradients_equal_single_process(name: str, p: int, m: int, v: int | None) -> None:
-    _assert_step_matches(_config(name, p, m, v))
+    assert_step_matches(_config(name, p, m, v))
 
 
 @pytest.mark.parametrize("name", ["1f1b", "zb-h1", "interleaved-1f1b", "dualpipev"])
 def test_gradients_equal_with_activation_checkpointing(name: str) -> None:
-    _assert_step_matches(_config(name, 2, 4, None, checkpoint_activations=True))
+    assert_step_matches(_config(name, 2, 4, None, checkpoint_activations=True))
 
 
 @pytest.mark.parametrize(("name", "optimizer"), [("1f1b", "sgd"), ("zb-h1", "adam"),
@@ -75,11 +61,11 @@ def test_weights_equal_after_several_steps(name: str, optimizer: str) -> None:
 
 
 def test_cross_entropy_loss_matches() -> None:
-    _assert_step_matches(_config("1f1b", 2, 4, None, loss="cross-entropy"))
+    assert_step_matches(_config("1f1b", 2, 4, None, loss="cross-entropy"))
 
 
 def test_uneven_balance_matches() -> None:
-    _assert_step_matches(_config("1f1b", 3, 3, None, layers=6, balance=(1, 3, 2)))
+    assert_step_matches(_config("1f1b", 3, 3, None, layers=6, balance=(1, 3, 2)))
 
 
 @pytest.mark.parametrize("name", ["zb-h1", "dualpipev", "interleaved-1f1b"])

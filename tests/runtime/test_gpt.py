@@ -13,7 +13,7 @@ import torch
 from pipesim.runtime.gpt import corpus, decode, gpt_heads, gpt_shape, vocabulary
 from pipesim.runtime.train import RunConfig, make_batch
 from pipesim.schedules import get_schedule
-from tests.runtime.helpers import reference_step, run_job, stage_params
+from tests.runtime.helpers import assert_step_matches, run_job
 
 
 @dataclass(frozen=True)
@@ -34,19 +34,7 @@ def _config(name: str, m: int = 4, v: int | None = None, **kw: object) -> GPTCon
 @pytest.mark.parametrize(("name", "v"), [("1f1b", None), ("zb-h1", None),
                                          ("interleaved-1f1b", 2), ("zbv", None)])
 def test_gpt_gradients_equal_single_process(name: str, v: int | None) -> None:
-    cfg = _config(name, v=v)
-    result = run_job(cfg)
-    want_loss, layers = reference_step(cfg)
-    assert result.losses[0] == pytest.approx(want_loss, rel=1e-12)
-    assert result.grads is not None
-    want = stage_params(cfg, layers)
-    assert len(result.grads) == cfg.schedule.stages
-    for s, (got_stage, want_stage) in enumerate(zip(result.grads, want, strict=True)):
-        assert len(got_stage) == len(want_stage) > 0
-        for i, (g, w) in enumerate(zip(got_stage, want_stage, strict=True)):
-            assert w.grad is not None
-            torch.testing.assert_close(g, w.grad, rtol=1e-11, atol=1e-14,
-                                       msg=lambda e, s=s, i=i: f"stage {s} param {i}: {e}")
+    assert_step_matches(_config(name, v=v), rtol=1e-11)
 
 
 def test_gpt_loss_goes_down() -> None:
