@@ -20,11 +20,12 @@ x 2 stages per rank is 262,144 actions), so it is written for CPython's speed:
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator, Sequence
 from itertools import chain
 from typing import Any
 
 from pipesim.costs import CostModel
-from pipesim.ir import Action, Op, Schedule, deps
+from pipesim.ir import Action, Op, Schedule, dep_keys, deps
 from pipesim.timeline import Event, MessageEvent, Timeline
 from pipesim.validate import format_grid
 
@@ -66,7 +67,7 @@ def simulate(schedule: Schedule, costs: CostModel | None = None) -> Timeline:
             map(_new, [Event] * len(row), zip([rank] * len(row), row, sim.starts[rank],
                                               sim.ends[rank], strict=True))
             for rank, row in enumerate(schedule.actions)))
-        messages = tuple(chain.from_iterable(sim.messages))
+        messages = _Messages(sim)
     finally:
         if was_enabled:
             gc.enable()
@@ -82,6 +83,44 @@ def _out_of_range(schedule: Schedule) -> str:
                 return (f"{a} on rank {rank} is out of range ({schedule.stages} stages, "
                         f"{schedule.microbatches} microbatches); validate the schedule first")
     return "an action is out of range; validate the schedule first"
+
+
+class _Messages(Sequence[MessageEvent]):
+    """The run's cross-rank messages, built the first time anything reads them.
+
+    Most callers (metrics, the planner) never do; building 260,000 records would be a third of
+    a cluster-scale simulation. Each action's incoming messages follow ``ir.dep_keys``, the one
+    dependency rule: sent when the producer ended, arrived one hop later.
+    """
+
+    def __init__(self, sim: _Run) -> None:
+        self._sim: _Run | None = sim
+        self._items: tuple[MessageEvent, ...] = ()
+
+    def _all(self) -> tuple[MessageEvent, ...]:
+        sim = self._sim
+        if sim is not None:
+            self._items, self._sim = sim.messages(), None
+        return self._items
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._all()[index]
+
+    def __iter__(self) -> Iterator[MessageEvent]:
+        return iter(self._all())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return self._all() == tuple(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(self._all())
 
 
 class _Run:
@@ -106,7 +145,6 @@ class _Run:
         self.next_index = [0] * schedule.ranks
         self.starts = [[0.0] * len(row) for row in schedule.actions]
         self.ends = [[0.0] * len(row) for row in schedule.actions]
-        self.messages: list[list[MessageEvent]] = [[] for _ in schedule.actions]
 
     def run(self) -> None:
         """Advance ranks until each ends or parks; a finishing action wakes its waiters."""
@@ -116,12 +154,26 @@ class _Run:
                   self.split, self.hop, self.schedule.stage_to_rank, self.schedule.stages - 1)
         rows, next_index, starts, ends = (self.schedule.actions, self.next_index, self.starts,
                                           self.ends)
-        messages = self.messages
         todo = list(range(self.schedule.ranks - 1, -1, -1))
         while todo:
             rank = todo.pop()
             next_index[rank] = _advance(rank, rows[rank], next_index[rank], starts[rank],
-                                        ends[rank], messages[rank], todo, tables)
+                                        ends[rank], todo, tables)
+
+    def messages(self) -> tuple[MessageEvent, ...]:
+        """Every cross-rank message of the finished run, rank by rank, by consumer order."""
+        place, sched, fin, act, hop = (self.schedule.stage_to_rank, self.schedule, self.fin,
+                                       self.act, self.hop)
+        out: list[MessageEvent] = []
+        for rank, row in enumerate(sched.actions):
+            for a in row[:self.next_index[rank]]:
+                for s, op, mb in dep_keys(a[0], a[1], a[2], sched):
+                    src = place[s]
+                    if src != rank:
+                        sent = fin[op][s][mb]
+                        out.append(_new(MessageEvent, (src, rank, act[op][s][mb], a, sent,
+                                                       sent + hop[min(s, a[0])])))
+        return tuple(out)
 
     def _slot(self, key: tuple[int, Op, int]) -> Any:
         s, op, mb = key
@@ -141,7 +193,7 @@ class _Run:
 
 def _advance(  # the hot loop, kept flat
     rank: int, row: tuple[Action, ...], i: int, starts: list[float], ends: list[float],
-    sent: list[MessageEvent], todo: list[int], tables: tuple[Any, ...],
+    todo: list[int], tables: tuple[Any, ...],
 ) -> int:
     """Run ``rank`` from its ``i``-th action until it ends or parks; returns where it stopped.
 
@@ -151,7 +203,7 @@ def _advance(  # the hot loop, kept flat
     """
     (fin_f, fin_i, fin_w, fin_b, act_f, act_i, act_w, act_b, dur_f, dur_i, dur_w, dur_b,
      split, hop, place, last) = tables
-    F, I, W, B, new, Msg = _F, _I, _W, _B, _new, MessageEvent  # noqa: E741
+    F, I, W, B = _F, _I, _W, _B  # noqa: E741
     n = len(row)
     t = ends[i - 1] if i else 0.0
     while i < n:
@@ -164,11 +216,8 @@ def _advance(  # the hot loop, kept flat
                 if type(d) is not float:
                     _park(fin_f[p], mb, d, rank)
                     return i
-                src = place[p]
-                if src != rank:
-                    x = d + hop[p]
-                    sent.append(new(Msg, (src, rank, act_f[p][mb], a, d, x)))
-                    d = x
+                if place[p] != rank:
+                    d += hop[p]
                 if d > t:
                     t = d
             done, who, e = fin_f[s], act_f[s], t + dur_f[s]
@@ -177,11 +226,8 @@ def _advance(  # the hot loop, kept flat
             if type(d) is not float:
                 _park(fin_i[s], mb, d, rank)
                 return i
-            src = place[s]
-            if src != rank:  # never in a valid schedule: I(s) runs on s's rank
-                x = d + hop[s]
-                sent.append(new(Msg, (src, rank, act_i[s][mb], a, d, x)))
-                d = x
+            if place[s] != rank:  # never in a valid schedule: I(s) runs on s's rank
+                d += hop[s]
             if d > t:
                 t = d
             done, who, e = fin_w[s], act_w[s], t + dur_w[s]
@@ -196,27 +242,19 @@ def _advance(  # the hot loop, kept flat
             if type(d) is not float:
                 _park(fin_f[s], mb, d, rank)
                 return i
-            src = place[s]
-            if src != rank:  # never in a valid schedule
-                x = d + hop[s]
-                sent.append(new(Msg, (src, rank, act_f[s][mb], a, d, x)))
-                d = x
+            if place[s] != rank:  # never in a valid schedule
+                d += hop[s]
             if d > t:
                 t = d
             if s < last:
                 q = s + 1
-                tab, acts = (fin_i, act_i) if split[q][mb] else (fin_b, act_b)
+                tab = fin_i if split[q][mb] else fin_b
                 d = tab[q][mb]
                 if type(d) is not float:
-                    if sent and sent[-1][3] is a:  # its F(s) came from another rank
-                        sent.pop()
                     _park(tab[q], mb, d, rank)
                     return i
-                src = place[q]
-                if src != rank:
-                    x = d + hop[s]
-                    sent.append(new(Msg, (src, rank, acts[q][mb], a, d, x)))
-                    d = x
+                if place[q] != rank:
+                    d += hop[s]
                 if d > t:
                     t = d
             e += t

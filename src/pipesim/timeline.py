@@ -54,7 +54,7 @@ class Timeline:
 
     ranks: int
     events: tuple[Event, ...]
-    messages: tuple[MessageEvent, ...] = ()
+    messages: Sequence[MessageEvent] = ()  # simulate() builds them on first read
     unit: str = "units"
     name: str = ""
     stage_to_rank: tuple[int, ...] = ()
