@@ -56,7 +56,7 @@ from pipesim.dataparallel import (
     step_lower_bound,
     world_splits,
 )
-from pipesim.ir import Op, Schedule
+from pipesim.ir import STASH_DELTA, Schedule
 from pipesim.layercosts import LayerCosts, stage_costs, stage_memory
 from pipesim.plan_space import (
     PARTITIONS,
@@ -373,8 +373,8 @@ class _Digest(NamedTuple):
 
 
 def _digest(schedule: Schedule) -> _Digest:
-    f, i = Op.F, Op.I
-    codes = tuple([2 * s if op is f else 2 * s + 1 for s, op, _ in row if op is not i]
+    # STASH_DELTA +1 -> code 2s (adds stage s's stash), -1 -> 2s+1 (frees it), 0 -> no code
+    codes = tuple([2 * s + (STASH_DELTA[op] < 0) for s, op, _ in row if STASH_DELTA[op]]
                   for row in schedule.actions)
     split = [0] * schedule.stages
     for stage, _ in schedule.split_backward:

@@ -12,7 +12,7 @@ from itertools import accumulate
 from operator import itemgetter
 from typing import Any, NamedTuple
 
-from pipesim.ir import Action, Op, parse_action
+from pipesim.ir import STASH_DELTA, Action, Op, parse_action
 
 
 class Event(NamedTuple):
@@ -149,15 +149,12 @@ class Metrics:
         }
 
 
-_STASH_DELTA = {Op.F: 1, Op.B: -1, Op.W: -1, Op.I: 0}
-
-
 def _peak_stash(events: Sequence[Event], stash_bytes: Sequence[float] | None,
                 forward_only: bool) -> tuple[int, float | None]:
     """Most activations alive at once on one rank (F stashes; B, or W when split, frees)."""
     if forward_only:
         return 0, (0.0 if stash_bytes else None)
-    deltas = [_STASH_DELTA[e[1][1]] for e in events]
+    deltas = [STASH_DELTA[e[1][1]] for e in events]
     peak = max(accumulate(deltas, initial=0))
     if not stash_bytes:
         return peak, None

@@ -6,11 +6,12 @@ dependencies (``ir.deps``) can finish before it, given each rank's order.
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import accumulate
 
-from pipesim.ir import Action, Op, Schedule, deps
+from pipesim.ir import STASH_DELTA, Action, Op, Schedule, deps
 
 _MAX_REPORTED = 8  # problems listed per kind before "... and N more"
 
@@ -263,16 +264,5 @@ def peak_activations(schedule: Schedule) -> tuple[int, ...]:
     """
     if schedule.forward_only:
         return tuple(0 for _ in schedule.actions)
-    delta = {Op.F: 1, Op.B: -1, Op.I: 0, Op.W: -1}
-    peaks = []
-    for row in schedule.actions:
-        live = peak = 0
-        for a in row:
-            live += delta[a.op]
-            peak = max(peak, live)
-        peaks.append(peak)
-    return tuple(peaks)
-
-
-def op_counts(schedule: Schedule) -> Counter[Op]:
-    return Counter(a.op for row in schedule.actions for a in row)
+    return tuple(max(accumulate((STASH_DELTA[a.op] for a in row), initial=0))
+                 for row in schedule.actions)

@@ -153,7 +153,7 @@ class Comm:
 
 
 def exchange_shapes(comm: Comm, schedule: Schedule, modules: dict[int, torch.nn.Module],
-                    example_input: torch.Tensor) -> None:
+                    example_input: torch.Tensor | None) -> None:
     """Learn each stage boundary's shape and dtype once, by running each stage on zeros.
 
     Stages are visited in order; a boundary that crosses ranks sends a small int64 header.
@@ -165,6 +165,8 @@ def exchange_shapes(comm: Comm, schedule: Schedule, modules: dict[int, torch.nn.
     with torch.no_grad():
         for s in sorted(modules):
             if s == 0:
+                if example_input is None:
+                    raise ValueError("the rank holding stage 0 needs an example input")
                 x = example_input
             elif place[s - 1] == comm.rank:
                 x = outputs[s - 1]

@@ -197,8 +197,8 @@ class TrainJob:
             else None
         comm = Comm(sched, prank, device, peers=grid.pipeline(replica))
         needs_data = bool({0, sched.stages - 1} & set(runners))
-        first_inputs, _ = replica_batch(cfg, 0, replica, device)
-        exchange_shapes(comm, sched, {s: r.module for s, r in runners.items()}, first_inputs[0])
+        example = replica_batch(cfg, 0, replica, device)[0][0] if 0 in runners else None
+        exchange_shapes(comm, sched, {s: r.module for s, r in runners.items()}, example)
         origin = shared_origin(device)
         start_step = _resume(cfg, rank, runners, optimizer) if cfg.resume_dir else 0
         fault, current = fault_from_env(), [start_step]
