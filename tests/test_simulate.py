@@ -14,7 +14,7 @@ import pytest
 from pipesim.costs import CostModel
 from pipesim.ir import Action, Op, Schedule, deps
 from pipesim.schedules import SCHEDULES, ConfigError, get_schedule
-from pipesim.simulate import DeadlockError, simulate
+from pipesim.simulate import DeadlockError, simulate, steady_step
 from pipesim.timeline import Event, MessageEvent, Timeline, metrics
 
 # ----------------------------------------------------------------------------- the reference
@@ -337,3 +337,45 @@ def test_unit_and_identity_travel_into_the_timeline() -> None:
     assert (tl.unit, tl.name, tl.ranks, tl.microbatches) == ("ms", "zbv", 2, 4)
     assert tl.stage_to_rank == (0, 1, 1, 0)
     assert len(tl.events) == sched.num_actions
+
+
+# ----------------------------------------------------------------------------- step after step
+
+
+def test_start_times_delay_each_rank() -> None:
+    sched = get_schedule("gpipe", 2, 1)
+    late = simulate(sched, CostModel.uniform(2), start=[0.0, 5.0])
+    assert [(e.rank, str(e.action), e.start, e.end) for e in late.events] == [
+        (0, "0F0", 0, 1), (0, "0B0", 8, 10), (1, "1F0", 5, 6), (1, "1B0", 6, 8)]
+    with pytest.raises(ValueError, match="start has 1 times; the schedule has 2 ranks"):
+        simulate(sched, CostModel.uniform(2), start=[0.0])
+
+
+def test_steady_step_by_hand() -> None:
+    # gpipe, 2 ranks, 1 microbatch, F=1 B=2: r0 F [0,1] B [4,6]; r1 F [1,2] B [2,4]
+    sched, costs = get_schedule("gpipe", 2, 1), CostModel.uniform(2)
+    assert steady_step(sched, costs).step == 6  # nothing between steps: the makespan
+    # rank 1's 3 between steps fit in the time it waits anyway: rank 0 still bounds the step
+    assert steady_step(sched, costs, [0.0, 3.0]).step == 6
+    # with 5, rank 1 is the bound: F + B + 5 = 8, and rank 0 waits 3 for its B's input
+    slow = steady_step(sched, costs, [0.0, 5.0])
+    assert slow.step == 8
+    assert [(e.rank, str(e.action), e.start) for e in slow.timeline.events] == [
+        (0, "0F0", 0), (0, "0B0", 6), (1, "1F0", 3), (1, "1B0", 4)]
+    with pytest.raises(ValueError, match="between has 3 times"):
+        steady_step(sched, costs, [0.0, 0.0, 0.0])
+
+
+@pytest.mark.parametrize("schedule", CONFIGS[::7], ids=config_id)
+def test_steady_step_lies_between_the_busiest_rank_and_the_makespan(schedule: Schedule) -> None:
+    costs = random_costs(schedule, seed=schedule.num_actions)
+    one = simulate(schedule, costs)
+    busy = [sum(e.duration for e in row) for row in one.by_rank()]
+    busiest = max(busy)
+    steady = steady_step(schedule, costs)
+    assert busiest - 1e-9 <= steady.step <= one.makespan + 1e-9
+    gap = [0.5 * (r + 1) for r in range(schedule.ranks)]
+    slower = steady_step(schedule, costs, gap)
+    assert slower.step >= steady.step - 1e-9
+    # each rank's work and its gap
+    assert slower.step >= max(b + g for b, g in zip(busy, gap, strict=True)) - 1e-9

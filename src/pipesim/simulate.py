@@ -22,7 +22,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterator, Sequence
 from itertools import chain
-from typing import Any
+from typing import Any, NamedTuple
 
 from pipesim.costs import CostModel
 from pipesim.ir import Action, Op, Schedule, dep_keys, deps
@@ -43,10 +43,13 @@ class DeadlockError(RuntimeError):
         self.stuck = stuck
 
 
-def simulate(schedule: Schedule, costs: CostModel | None = None) -> Timeline:
+def simulate(schedule: Schedule, costs: CostModel | None = None,
+             start: Sequence[float] | None = None) -> Timeline:
     """Time every action of ``schedule`` under ``costs`` (uniform F=1, I=W=1, B=2 by default).
 
-    Events come rank by rank, each rank's in its order; messages likewise, by consumer.
+    ``start`` gives each rank the time it becomes free (all 0 by default): a rank still busy
+    with the previous step's optimizer begins later. Events come rank by rank, each rank's in
+    its order; messages likewise, by consumer.
     Raises DeadlockError when the ranks' orders can never complete, ValueError when the cost
     model's stage count differs from the schedule's or an action is out of range or repeated
     (``validate`` reports those better; indices must not be negative).
@@ -55,7 +58,9 @@ def simulate(schedule: Schedule, costs: CostModel | None = None) -> Timeline:
     if costs.stages != schedule.stages:
         raise ValueError(f"the cost model has {costs.stages} stages; the schedule has "
                          f"{schedule.stages}")
-    sim = _Run(schedule, costs)
+    if start is not None and len(start) != schedule.ranks:
+        raise ValueError(f"start has {len(start)} times; the schedule has {schedule.ranks} ranks")
+    sim = _Run(schedule, costs, start)
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -74,6 +79,49 @@ def simulate(schedule: Schedule, costs: CostModel | None = None) -> Timeline:
     sim.raise_if_stuck()
     return Timeline(schedule.ranks, events, messages, costs.unit, schedule.name,
                     schedule.stage_to_rank, schedule.microbatches)
+
+
+class SteadyStep(NamedTuple):
+    """One training step once steps repeat: its time and its timeline."""
+
+    step: float  # time from one step's end (its last rank's) to the next one's
+    timeline: Timeline  # a steady step, time 0 = the first rank to begin it
+    steps: int  # steps simulated to get there
+
+
+def steady_step(schedule: Schedule, costs: CostModel | None = None,
+                between: Sequence[float] = (), max_steps: int = 64) -> SteadyStep:
+    """Simulate training step after step until the step repeats; its time and timeline.
+
+    Rank r begins step k+1 ``between[r]`` after its own last action of step k (the optimizer
+    update and whatever else a rank does between steps; none by default), so a rank that ends
+    early starts early and a slow optimizer delays the ranks that wait on it. Step 0 starts
+    every rank at 0. Simulation is translation-invariant, so once every rank's start moves by
+    the same amount the step repeats exactly; that amount is the step time. A step that never
+    settles (a periodic pattern longer than one step) gets the mean of its last half.
+    """
+    between = list(between) or [0.0] * schedule.ranks
+    if len(between) != schedule.ranks:
+        raise ValueError(f"between has {len(between)} times; the schedule has "
+                         f"{schedule.ranks} ranks")
+    begin = [0.0] * schedule.ranks  # this step's rank starts, its first rank at 0
+    periods: list[float] = []
+    previous_end = shift = 0.0  # the previous step's end, in the previous step's frame
+    for k in range(1, max_steps + 1):
+        timeline = simulate(schedule, costs, begin)
+        ends = [row[-1].end if row else begin[r] for r, row in enumerate(timeline.by_rank())]
+        if k > 1:  # this step's frame starts ``shift`` after the previous one's
+            periods.append(max(ends) + shift - previous_end)
+        after = [e + gap for e, gap in zip(ends, between, strict=True)]
+        shift = min(after)
+        following = [a - shift for a in after]
+        tolerance = 1e-9 * max(1.0, max(ends))
+        if all(abs(a - b) <= tolerance for a, b in zip(following, begin, strict=True)):
+            # the next step is this one moved by ``shift``: so is every step after it
+            return SteadyStep(shift, timeline, k)
+        begin, previous_end = following, max(ends)
+    tail = periods[len(periods) // 2:]
+    return SteadyStep(sum(tail) / len(tail), timeline, max_steps)
 
 
 def _out_of_range(schedule: Schedule) -> str:
@@ -126,7 +174,8 @@ class _Messages(Sequence[MessageEvent]):
 class _Run:
     """The state of one simulation: finish tables, per-rank progress, recorded times."""
 
-    def __init__(self, schedule: Schedule, costs: CostModel) -> None:
+    def __init__(self, schedule: Schedule, costs: CostModel,
+                 start: Sequence[float] | None = None) -> None:
         stages, mbs = schedule.stages, schedule.microbatches
         self.schedule = schedule
         self.fin: dict[Op, Table] = {op: [[None] * mbs for _ in range(stages)] for op in Op}
@@ -142,6 +191,7 @@ class _Run:
         # message time across the boundary between stage b and b+1, either direction
         self.hop = [float(costs.message_time(Action(b, _F, 0), Action(b + 1, _F, 0)))
                     for b in range(stages)]
+        self.begin = [float(x) for x in start] if start is not None else [0.0] * schedule.ranks
         self.next_index = [0] * schedule.ranks
         self.starts = [[0.0] * len(row) for row in schedule.actions]
         self.ends = [[0.0] * len(row) for row in schedule.actions]
@@ -151,7 +201,8 @@ class _Run:
         tables = (*(self.fin[op] for op in (_F, _I, _W, _B)),
                   *(self.act[op] for op in (_F, _I, _W, _B)),
                   *(self.dur[op] for op in (_F, _I, _W, _B)),
-                  self.split, self.hop, self.schedule.stage_to_rank, self.schedule.stages - 1)
+                  self.split, self.hop, self.schedule.stage_to_rank, self.schedule.stages - 1,
+                  self.begin)
         rows, next_index, starts, ends = (self.schedule.actions, self.next_index, self.starts,
                                           self.ends)
         todo = list(range(self.schedule.ranks - 1, -1, -1))
@@ -202,10 +253,10 @@ def _advance(  # the hot loop, kept flat
     Actions that end append the ranks parked on them to ``todo``.
     """
     (fin_f, fin_i, fin_w, fin_b, act_f, act_i, act_w, act_b, dur_f, dur_i, dur_w, dur_b,
-     split, hop, place, last) = tables
+     split, hop, place, last, begin) = tables
     F, I, W, B = _F, _I, _W, _B  # noqa: E741
     n = len(row)
-    t = ends[i - 1] if i else 0.0
+    t = ends[i - 1] if i else begin[rank]
     while i < n:
         a = row[i]
         s, op, mb = a
