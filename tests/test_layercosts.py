@@ -17,6 +17,7 @@ from pipesim.layercosts import (
     parse_layer_costs,
     stage_costs,
     stage_memory,
+    stage_optimizer,
     transformer_layer_costs,
 )
 
@@ -28,7 +29,7 @@ def small_file(**top: Any) -> dict[str, Any]:
         "model": "toy", "microbatch_size": 2, "unit": "ms",
         "layers": [
             {"name": "a", "F": 1, "I": 2, "W": 3, "activation_bytes": 10, "stash_bytes": 100,
-             "param_bytes": 1000},
+             "param_bytes": 1000, "optimizer": 0.5},
             {"F": 4, "B": 6, "activation_bytes": 20, "stash_bytes": 200, "param_bytes": 2000},
             {"F": 7, "I": 1, "W": 1, "B": 1.5, "activation_bytes": 30, "stash_bytes": 300,
              "param_bytes": 3000},
@@ -48,7 +49,8 @@ def test_round_trip_through_json_text() -> None:
 def test_units_defaults_and_backward_rules() -> None:
     costs = LayerCosts.from_dict(small_file(comm_latency=0.5, comm_bandwidth=1000))
     a, b, c = costs.layers
-    assert a == LayerCost(0.001, 0.002, 0.003, 0.005, 10, 100, 1000, "a")  # B = I + W
+    assert a == LayerCost(0.001, 0.002, 0.003, 0.005, 10, 100, 1000, "a", 0.0005)  # B = I + W
+    assert b.optimizer == 0.0  # absent: no optimizer time
     assert (b.backward_input, b.backward_weight, b.backward) == (0.003, 0.003, 0.006)  # B only
     assert c.backward == 0.0015  # a measured B wins over I + W
     assert costs.comm_latency == 0.0005 and costs.comm_bandwidth == 1e6  # per ms -> per s
@@ -91,6 +93,7 @@ _DELETE = object()
     ("layers.0.Fwd", 1, r"layers\[0\]: unknown field 'Fwd'"),
     ("layers.2.stash_bytes", True, r"layers\[2\]\.stash_bytes: True"),
     ("layers.2.name", 3, r"layers\[2\]\.name: 3 is not a string"),
+    ("layers.0.optimizer", -0.1, r"layers\[0\]\.optimizer: -0.1 is not a finite number >= 0"),
     ("forward", [1, 2], "unknown field 'forward'"),
     ("comm_bandwidth", 0, "comm_bandwidth: 0 is not a finite number > 0"),
     ("comm_latency", -1, "comm_latency: -1"),
@@ -150,3 +153,17 @@ def test_example_files_load(name: str) -> None:
     blocks, hidden = (48, 4096) if "48l" in name else (128, 6144)
     heads = hidden // 128
     assert costs == transformer_layer_costs(blocks, hidden, heads, 2048, 51200, model=costs.model)
+
+
+def test_optimizer_time_sums_per_stage_and_ignores_the_microbatch_size() -> None:
+    costs = LayerCosts.from_dict(small_file())
+    again = parse_layer_costs(costs.to_json())
+    assert again == costs and again.layers[0].optimizer == 0.0005
+    assert stage_optimizer(costs, [1, 2]) == [0.0005, 0.0]
+    with_all = LayerCosts(tuple(c._replace(optimizer=1.0) for c in costs.layers), 2)
+    assert stage_optimizer(with_all, [2, 1]) == [2.0, 1.0]
+    # the microbatch size scales F/I/W/B, never the optimizer's once-a-step update
+    four_times = stage_costs(with_all, [2, 1], 8).forward[0]
+    assert four_times == 4 * stage_costs(with_all, [2, 1]).forward[0]
+    with pytest.raises(ValueError):
+        stage_optimizer(with_all, [1, 1])

@@ -19,17 +19,20 @@ microbatch of ``microbatch_size`` samples::
          "B": 0.0040,                        # full backward; optional, I + W when absent
          "activation_bytes": 3276800,        # the layer's output (what is sent to the next)
          "stash_bytes": 63963136,            # what its forward keeps alive for its backward
-         "param_bytes": 122956800}           # its parameters
+         "param_bytes": 122956800,           # its parameters
+         "optimizer": 0.0008}                # its parameters' optimizer update, once a step
       ]
     }
 
 ``F`` is required; give ``I`` and ``W``, or ``B`` alone (then I = W = B / 2). The three byte
-fields default to 0. Unknown fields are errors (a typo must not pass silently).
+fields and ``optimizer`` default to 0; ``optimizer`` does not scale with the microbatch size.
+Unknown fields are errors (a typo must not pass silently).
 
 API: ``load_layer_costs(path)`` / ``parse_layer_costs(text)`` / ``LayerCosts.from_dict`` read and
 validate (CostFileError, one line naming the field); ``LayerCosts.to_dict``/``to_json`` write;
 ``stage_costs(layer_costs, balance, microbatch_size)`` sums layers into a ``CostModel`` for the
-simulator, ``stage_memory`` gives per-stage stash and parameter bytes. Loaded times are kept in
+simulator, ``stage_memory`` gives per-stage stash and parameter bytes, ``stage_optimizer``
+per-stage optimizer time. Loaded times are kept in
 seconds whatever the file's unit.
 """
 
@@ -49,7 +52,8 @@ FORMAT = "pipesim-layer-costs"
 UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}  # seconds per unit
 _TOP_FIELDS = {"format", "version", "model", "microbatch_size", "unit", "comm_latency",
                "comm_bandwidth", "notes", "layers"}
-_LAYER_FIELDS = {"name", "F", "I", "W", "B", "activation_bytes", "stash_bytes", "param_bytes"}
+_LAYER_FIELDS = {"name", "F", "I", "W", "B", "activation_bytes", "stash_bytes", "param_bytes",
+                 "optimizer"}
 
 
 class CostFileError(ValueError):
@@ -67,6 +71,7 @@ class LayerCost(NamedTuple):
     stash_bytes: float = 0.0  # kept by the forward until the backward (W when split) ends
     param_bytes: float = 0.0
     name: str = ""
+    optimizer: float = 0.0  # the optimizer's update of its parameters, once per training step
 
 
 @dataclass(frozen=True)
@@ -132,7 +137,7 @@ def _layer_dict(c: LayerCost) -> dict[str, Any]:
     d: dict[str, Any] = {"name": c.name} if c.name else {}
     return d | {"F": c.forward, "I": c.backward_input, "W": c.backward_weight, "B": c.backward,
                 "activation_bytes": c.activation_bytes, "stash_bytes": c.stash_bytes,
-                "param_bytes": c.param_bytes}
+                "param_bytes": c.param_bytes, "optimizer": c.optimizer}
 
 
 def _number(where: str, value: Any, positive: bool = False) -> float:
@@ -206,7 +211,8 @@ def _layer(where: str, data: Any, scale: float) -> LayerCost:
     act, stash, params = (_number(f"{where}.{k}", data.get(k, 0.0))
                           for k in ("activation_bytes", "stash_bytes", "param_bytes"))
     return LayerCost(f * scale, i * scale, w * scale, (i + w if b is None else b) * scale,
-                     act, stash, params, _string(f"{where}.name", data.get("name", "")))
+                     act, stash, params, _string(f"{where}.name", data.get("name", "")),
+                     _number(f"{where}.optimizer", data.get("optimizer", 0.0)) * scale)
 
 
 def parse_layer_costs(text: str, source: str = "") -> LayerCosts:
@@ -280,6 +286,12 @@ def stage_memory(layer_costs: LayerCosts, balance: Sequence[int],
     k = _scale(layer_costs, microbatch_size)
     stash = _stage_sums([c.stash_bytes for c in layer_costs.layers], balance)
     return [k * s for s in stash], _stage_sums(layer_costs.layer_params(), balance)
+
+
+def stage_optimizer(layer_costs: LayerCosts, balance: Sequence[int]) -> list[float]:
+    """Optimizer time per stage, per training step (it does not depend on the microbatch)."""
+    check_balance(balance, len(layer_costs))
+    return _stage_sums([c.optimizer for c in layer_costs.layers], balance)
 
 
 # ----------------------------------------------------------------------------- synthetic costs

@@ -25,8 +25,9 @@ from pipesim.simulate import simulate
 
 def _mlp(layers: int = 3, hidden: int = 8, batch: int = 4, model: str = "mlp",
          **kw: object) -> ProfileConfig:
-    return ProfileConfig(schedule=get_schedule("gpipe", 1, 1), model=model, hidden_size=hidden,
-                         layers=layers, batch_size=batch, **kw)  # type: ignore[arg-type]
+    kw.setdefault("schedule", get_schedule("gpipe", 1, 1))
+    return ProfileConfig(model=model, hidden_size=hidden, layers=layers,  # type: ignore[arg-type]
+                         batch_size=batch, **kw)
 
 
 def test_mlp_profile_has_exact_bytes_and_round_trips() -> None:
@@ -62,6 +63,17 @@ def test_profile_leaves_the_callers_layers_alone() -> None:
     profile_layers(layers, torch.randn(3, 4), repeats=1, warmup=0)
     assert [type(x) for x in layers] == [nn.Linear, nn.Linear]
     assert all(p.grad is None for x in layers for p in x.parameters())
+
+
+def test_the_optimizer_update_is_profiled_per_layer_for_training_only() -> None:
+    adam = profile_model(_mlp(optimizer="adam"), repeats=1, warmup=0)
+    assert all(c.optimizer > 0 for c in adam.layers) and "optimizer adam" in adam.notes
+    forward = _mlp(schedule=get_schedule("forward", 1, 1))
+    assert all(c.optimizer == 0 for c in profile_model(forward, repeats=1, warmup=0).layers)
+    # a layer without parameters costs the optimizer nothing
+    plain = profile_layers([nn.Linear(4, 4), nn.ReLU()], torch.randn(3, 4), repeats=1, warmup=0,
+                           optimizer=lambda ps: torch.optim.SGD(ps, lr=0.1))
+    assert plain.layers[0].optimizer > 0 and plain.layers[1].optimizer == 0
 
 
 def test_two_process_profile_and_ping_pong() -> None:

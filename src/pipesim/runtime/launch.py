@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from pipesim.runtime.malloc import keep_freed_memory
 from pipesim.runtime.watchdog import (
     Monitor,
     StallError,
@@ -51,6 +52,7 @@ class RankFailedError(RuntimeError):
         super().__init__(f"rank {rank} failed: {message}")
         self.rank = rank
         self.kind = kind  # the exception's class name, when the rank reported one
+        self.error = message.removeprefix(f"{kind}: ") if kind else message  # its own text
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,7 @@ def _child(rank: int, world: int, worker: Worker, opts: LaunchOptions, port: Any
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to handle
     torch.set_num_threads(opts.threads)
+    keep_freed_memory()
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo listens on loopback only
     code = 0
     try:
@@ -235,6 +238,7 @@ def run_torchrun(worker: Worker, opts: LaunchOptions | None = None) -> Any:
     """This process is one rank of a torchrun job; returns its worker result."""
     opts = opts or LaunchOptions()
     torch.set_num_threads(opts.threads)
+    keep_freed_memory()
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     dist.init_process_group(opts.backend, init_method="env://", rank=rank, world_size=world,
                             timeout=timedelta(seconds=opts.timeout))

@@ -9,9 +9,11 @@ a WeightGradQueue, so
     W  the deferred Linear weight gradients (``queue.run``)
     B  a full backward, measured on a separate forward
 
-Times are the median (or, ``statistic="min"``, the fastest) of ``repeats`` after ``warmup``
-runs, on one torch thread (as a rank runs); the minimum estimates an idle machine's time where
-other work preempts the profile. Stash bytes are the tensors autograd saves during F
+and, when given an optimizer, the update of each layer's parameters (once per training step;
+a rank updates its stages' parameters between steps). Times are the median (or,
+``statistic="min"``, the fastest) of ``repeats`` after ``warmup`` runs, on one torch thread
+(as a rank runs); the minimum estimates an idle machine's time where other work preempts the
+profile. Stash bytes are the tensors autograd saves during F
 (``saved_tensors_hooks``), counted once per storage and without parameters. ``measure_comm``
 times a 2-rank gloo ping-pong for the message latency and bandwidth. The result is a
 ``LayerCosts`` (``pipesim.layercosts``).
@@ -34,9 +36,16 @@ from torch import nn
 
 from pipesim.layercosts import LayerCost, LayerCosts
 from pipesim.runtime.splitlinear import WeightGradQueue, convert_linears
-from pipesim.runtime.train import RunConfig, build_layers, loss_function, make_batch
+from pipesim.runtime.train import (
+    RunConfig,
+    build_layers,
+    loss_function,
+    make_batch,
+    make_optimizer,
+)
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+MakeOptimizer = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 _STATISTICS: dict[str, Callable[[list[float]], float]] = {"median": statistics.median,
                                                           "min": min}
 STATISTICS = tuple(_STATISTICS)
@@ -131,6 +140,23 @@ class _LayerTimer:
         for p in self.layer.parameters():
             p.grad = None
 
+    def optimizer_seconds(self, make: MakeOptimizer, repeats: int, warmup: int,
+                          pick: Callable[[list[float]], float]) -> float:
+        """The update of this layer's parameters by its own optimizer (fixed random grads)."""
+        params = [p for p in self.layer.parameters() if p.requires_grad]
+        if not params:
+            return 0.0
+        gen = torch.Generator().manual_seed(1)
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype) * 1e-3
+        optimizer, times = make(params), []
+        for _ in range(warmup + max(repeats, 3)):  # the first steps create the state
+            t0 = time.perf_counter()
+            optimizer.step()
+            times.append(time.perf_counter() - t0)
+        self.clear()
+        return pick(times[warmup:])
+
     def stash_bytes(self) -> int:
         counter = _StashCounter(list(self.layer.parameters()))
         with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
@@ -176,13 +202,15 @@ def _one_pass(timers: Sequence[_LayerTimer]) -> Times:
 def profile_layers(layers: Sequence[nn.Module], example: torch.Tensor,
                    target: torch.Tensor | None = None, loss_fn: LossFn | None = None,
                    repeats: int = 5, warmup: int = 2, names: Sequence[str] = (),
-                   model: str = "", notes: str = "", statistic: str = "median") -> LayerCosts:
+                   model: str = "", notes: str = "", statistic: str = "median",
+                   optimizer: MakeOptimizer | None = None) -> LayerCosts:
     """Per-layer costs of ``layers`` for one microbatch ``example`` (its first dim = samples).
 
     Each repeat runs the whole model forward, then backward, layer by layer (so the caches
     hold what they hold in a run, not one layer's weights). The last layer's F includes
     ``loss_fn(output, target)`` when both are given; otherwise its backward starts from a fixed
-    random gradient. The layers are copied: the caller's modules are not changed.
+    random gradient. ``optimizer(params)`` builds the optimizer whose update of each layer is
+    timed (none: 0). The layers are copied: the caller's modules are not changed.
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0; got {repeats}, {warmup}")
@@ -198,13 +226,15 @@ def profile_layers(layers: Sequence[nn.Module], example: torch.Tensor,
             outs.append(x)
         stash = [t.stash_bytes() for t in timers]
         runs = [_one_pass(timers) for _ in range(warmup + repeats)][warmup:]
+        updates = [t.optimizer_seconds(optimizer, repeats, warmup, pick) if optimizer else 0.0
+                   for t in timers]
     costs = []
     for i, (timer, out) in enumerate(zip(timers, outs, strict=True)):
         f, i_, w, b = (pick([r[i][k] for r in runs]) for k in range(4))
         name = names[i] if i < len(names) else f"{i}:{type(layers[i]).__name__}"
         params = sum(_nbytes(p) for p in timer.layer.parameters())
         costs.append(LayerCost(f, i_, w, b, float(_nbytes(out)), float(stash[i]),
-                               float(params), name))
+                               float(params), name, updates[i]))
     batch = example.shape[0] if example.dim() else 1
     return LayerCosts(tuple(costs), microbatch_size=batch, model=model, notes=notes)
 
@@ -213,26 +243,40 @@ def profile_model(cfg: RunConfig, repeats: int = 5, warmup: int = 2,
                   processes: int = 1, statistic: str = "median") -> LayerCosts:
     """Per-layer costs of ``cfg``'s model at its microbatch size (``cfg.batch_size``).
 
-    ``processes`` > 1 profiles in that many forked processes at once (as many as the run's
-    ranks) and keeps, per layer and op, the mean of their medians: the cores are then as busy
-    as during the run, which matters where ranks share a machine with each other (and others).
+    The profile runs in ``processes`` forked processes at once, each started as a rank is (one
+    torch thread, ``keep_freed_memory``), and keeps per layer and op the mean of their
+    figures: with as many processes as the run has ranks, the cores are as busy as during the
+    run. A fresh process, not this one, so what this process allocated before does not count.
+    Raises ValueError for a model the config cannot build.
     """
-    if processes > 1:
-        from pipesim.runtime.launch import launch
-        result: LayerCosts = launch(_ConcurrentProfile(cfg, repeats, warmup, statistic),
-                                    processes)
-        return result
+    from pipesim.runtime.launch import RankFailedError, launch
+    try:
+        result: LayerCosts = launch(_Profile(cfg, repeats, warmup, statistic), processes)
+    except RankFailedError as err:
+        if err.kind == "ValueError":
+            raise ValueError(err.error) from None
+        raise
+    return result
+
+
+def _profile_here(cfg: RunConfig, repeats: int, warmup: int, statistic: str) -> LayerCosts:
     layers = build_layers(cfg)
     inputs, targets = make_batch(cfg, 0)
+    training = not cfg.schedule.forward_only
     notes = (f"pipesim profile: model {cfg.model}, hidden {cfg.hidden_size}, "
              f"{len(layers)} layers, {cfg.dtype}, {statistic} of {repeats} after {warmup} "
-             f"warm-up, 1 thread")
+             f"warm-up, 1 thread" + (f", optimizer {cfg.optimizer}" if training else ""))
+
+    def make(params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        return make_optimizer(cfg.optimizer, params, cfg.lr)
+
     return profile_layers(layers, inputs[0], targets[0], loss_function(cfg), repeats, warmup,
-                          model=cfg.model, notes=notes, statistic=statistic)
+                          model=cfg.model, notes=notes, statistic=statistic,
+                          optimizer=make if training else None)
 
 
 @dataclass(frozen=True)
-class _ConcurrentProfile:
+class _Profile:
     """Picklable worker: every rank profiles the whole model; rank 0 returns the mean."""
 
     cfg: RunConfig
@@ -241,15 +285,18 @@ class _ConcurrentProfile:
     statistic: str
 
     def __call__(self, rank: int, world: int, monitor: Any = None) -> LayerCosts | None:
-        costs = profile_model(self.cfg, self.repeats, self.warmup, statistic=self.statistic)
-        times = torch.tensor([[c.forward, c.backward_input, c.backward_weight, c.backward]
-                              for c in costs.layers], dtype=torch.float64)
+        costs = _profile_here(self.cfg, self.repeats, self.warmup, self.statistic)
+        if world == 1:
+            return costs
+        times = torch.tensor([[c.forward, c.backward_input, c.backward_weight, c.backward,
+                               c.optimizer] for c in costs.layers], dtype=torch.float64)
         dist.all_reduce(times)
         times /= world
         if rank != 0:
             return None
         layers = tuple(c._replace(forward=float(t[0]), backward_input=float(t[1]),
-                                  backward_weight=float(t[2]), backward=float(t[3]))
+                                  backward_weight=float(t[2]), backward=float(t[3]),
+                                  optimizer=float(t[4]))
                        for c, t in zip(costs.layers, times, strict=True))
         return dataclasses.replace(costs, layers=layers, notes=costs.notes +
                                    f", mean of {world} processes profiling at once")
