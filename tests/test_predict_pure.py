@@ -11,7 +11,7 @@ import pytest
 
 from pipesim.ir import Action, Op, Schedule
 from pipesim.layercosts import LayerCost, LayerCosts
-from pipesim.runtime.predict import compare, median_step, predict, used_steps
+from pipesim.runtime.predict import compare, median_step, predict, step_times, used_steps
 from pipesim.schedules import get_schedule
 from pipesim.timeline import Event, Timeline
 
@@ -105,3 +105,37 @@ def test_plot_draws_prediction_above_measurement(tmp_path: Path) -> None:
     out = tmp_path / "p.png"
     plot_prediction(_step(1.0), [_step(1.0), _step(1.2)], str(out))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _on_clock(step: Timeline, start: float, end: float) -> Timeline:
+    """A measured step as the runtime records it: where it lies on the run's clock."""
+    from dataclasses import replace
+    return replace(step, meta={"start": start, "end": end})
+
+
+def test_a_measured_step_runs_from_the_previous_steps_end_to_its_own() -> None:
+    # spans 5 each, but the steps end 7 apart: 2 of optimizer and data between steps
+    steps = [_on_clock(_step(1.0), 0, 5), _on_clock(_step(1.0), 6, 12),
+             _on_clock(_step(1.0), 13, 19), _on_clock(_step(1.0), 20, 26)]
+    assert step_times(steps) == [5, 7, 7, 7]
+    report = compare(_step(1.0), steps)
+    assert report["measured_step_seconds"] == 7 and report["measured_pipeline_seconds"] == 5
+    assert report["prediction_error"] == pytest.approx(5 / 7 - 1)
+    assert step_times([_step(2.0)]) == [10]  # no clock record: its span
+
+
+def test_predict_puts_each_ranks_optimizer_between_steps() -> None:
+    sched = get_schedule("gpipe", 2, 1)
+    layers = tuple(LayerCost(1.0, 1.0, 1.0, 2.0, 100.0, optimizer=o) for o in (0.0, 0.5, 10.0))
+    timeline = predict(_Cfg(sched, (2, 1), 2), LayerCosts(layers, microbatch_size=2))
+    # stages: F 2 and 1, B 4 and 2; one step alone spans 9 (r0 F [0,2] B [5,9])
+    assert timeline.meta["optimizer_seconds"] == [0.5, 10.0]
+    # rank 1 (F 1 + B 2 + 10) bounds the step, and rank 0 waits for its B's input
+    assert timeline.meta["step_seconds"] == 13
+    rank1 = [e for e in timeline.events if e.rank == 1]
+    assert rank1[0].start == 5.5  # it begins the step 5.5 after rank 0 in the steady state
+    report = compare(timeline, [_on_clock(timeline, 0, 13), _on_clock(timeline, 13, 26)])
+    assert report["prediction_error"] == 0
+    forward = get_schedule("forward", 2, 1)
+    # no optimizer in a forward-only step: F 2 then F 1, and rank 0 starts the next at 2
+    assert predict(_Cfg(forward, (2, 1), 2), LayerCosts(layers, 2)).meta["step_seconds"] == 2

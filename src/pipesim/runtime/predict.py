@@ -1,13 +1,17 @@
 """Predict a run's step from profiled per-layer costs, and compare it with what was measured.
 
     predict(cfg, layer_costs)        simulate cfg's schedule with the layers summed into its
-                                     stages (cfg's balance, scaled to cfg.batch_size)
-    compare(predicted, measured)     predicted vs measured makespan, per step and per rank
+                                     stages (cfg's balance, scaled to cfg.batch_size), step
+                                     after step until the step repeats
+    compare(predicted, measured)     predicted vs measured step time, per step and per rank
 
-The prediction is the simulator's: every action takes its profiled time and a message costs
-``comm_latency + bytes / comm_bandwidth`` (from the cost file; ``pipesim profile`` measures them
-with a 2-rank ping-pong). It knows nothing of the engine's own Python work per action, of two
-ranks sharing CPU cores, or of clock skew between ranks; see benchmarks/RESULTS_predict.md.
+A step's time is what a training loop pays per step: from one step's end to the next one's
+(the last rank's), so it includes each rank's optimizer update between steps, during which the
+ranks that wait on it wait. The prediction is the simulator's (``simulate.steady_step``): every
+action takes its profiled time, a message costs ``comm_latency + bytes / comm_bandwidth`` (from
+the cost file; ``pipesim profile`` measures them with a 2-rank ping-pong), and rank r spends its
+stages' profiled ``optimizer`` time between steps. It knows nothing of the engine's own Python
+work per action or of two ranks sharing CPU cores; see benchmarks/RESULTS_predict.md.
 
 This module imports neither torch nor numpy (``cfg`` is read by attribute), so ``compare``
 works on saved timelines anywhere.
@@ -20,16 +24,18 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from pipesim.layercosts import LayerCosts, stage_costs
-from pipesim.simulate import simulate
+from pipesim.layercosts import LayerCosts, stage_costs, stage_optimizer
+from pipesim.simulate import steady_step
 from pipesim.timeline import Timeline
 
 
 def predict(cfg: Any, layer_costs: LayerCosts, comm_latency: float | None = None,
             comm_bandwidth: float | None = None) -> Timeline:
-    """The simulated Timeline (seconds) of one step of ``cfg`` (a RunConfig).
+    """The simulated Timeline (seconds) of one steady step of ``cfg`` (a RunConfig).
 
-    ``comm_latency``/``comm_bandwidth`` override the cost file's message model when given.
+    Its ``meta["step_seconds"]`` is the step time (``steady_step``; each rank's optimizer
+    time, ``meta["optimizer_seconds"]``, lies between steps unless the schedule is
+    forward-only). ``comm_latency``/``comm_bandwidth`` override the cost file's message model.
     """
     balance = cfg.stage_balance()
     if len(layer_costs) != sum(balance):
@@ -40,8 +46,15 @@ def predict(cfg: Any, layer_costs: LayerCosts, comm_latency: float | None = None
         costs = dataclasses.replace(costs, comm_latency=comm_latency)
     if comm_bandwidth is not None:
         costs = dataclasses.replace(costs, comm_bandwidth=comm_bandwidth)
-    timeline = simulate(cfg.schedule, costs)
-    return dataclasses.replace(timeline, meta={**timeline.meta, "predicted": True})
+    sched = cfg.schedule
+    between = [0.0] * sched.ranks
+    if not sched.forward_only:
+        for stage, seconds in enumerate(stage_optimizer(layer_costs, balance)):
+            between[sched.stage_to_rank[stage]] += seconds
+    steady = steady_step(sched, costs, between)
+    return dataclasses.replace(steady.timeline, meta={
+        **steady.timeline.meta, "predicted": True, "step_seconds": steady.step,
+        "optimizer_seconds": between})
 
 
 def predict_run(cfg: Any, costs_path: str | None = None) -> Timeline:
@@ -65,9 +78,9 @@ def predict_run(cfg: Any, costs_path: str | None = None) -> Timeline:
 
 def prediction_json(report: dict[str, Any]) -> dict[str, Any]:
     """The fields ``pipesim run --predict --json`` adds to its object."""
-    return {k: report[k] for k in ("predicted_step_seconds", "measured_step_seconds",
-                                   "prediction_error")} | {"prediction_per_rank":
-                                                           report["per_rank"]}
+    keys = ("predicted_step_seconds", "measured_step_seconds", "prediction_error",
+            "predicted_pipeline_seconds", "measured_pipeline_seconds")
+    return {k: report[k] for k in keys} | {"prediction_per_rank": report["per_rank"]}
 
 
 def prediction_line(report: dict[str, Any]) -> str:
@@ -76,7 +89,10 @@ def prediction_line(report: dict[str, Any]) -> str:
     return (f"Predicted step: {report['predicted_step_seconds'] * 1e3:.2f} ms; measured "
             f"{report['measured_step_seconds'] * 1e3:.2f} ms (median of steps "
             f"{report['steps_used'][0]}-{report['steps_used'][-1]}); error "
-            + ("n/a" if error is None else f"{error:+.1%}"))
+            + ("n/a" if error is None else f"{error:+.1%}")
+            + f" (the pipeline alone, without the optimizer: predicted "
+              f"{report['predicted_pipeline_seconds'] * 1e3:.2f} ms, measured "
+              f"{report['measured_pipeline_seconds'] * 1e3:.2f} ms)")
 
 
 def _rank_finish(timeline: Timeline) -> list[float]:
@@ -86,13 +102,33 @@ def _rank_finish(timeline: Timeline) -> list[float]:
 
 
 def step_span(timeline: Timeline) -> float:
-    """The longest rank's span (its last end - its first start): a step's time.
+    """The longest rank's span (its last end - its first start): the pipeline's part of a step.
 
     Not the makespan: in a run, a rank that finished the previous step early starts the next
-    one early and only waits for its first input; the pipeline's time is the longest span.
+    one early and only waits for its first input.
     """
     spans = [row[-1].end - row[0].start for row in timeline.by_rank() if row]
     return max(spans, default=0.0)
+
+
+def step_times(measured: Sequence[Timeline]) -> list[float]:
+    """Each measured step's time: from the previous step's end to this one's (``meta["end"]``,
+    seconds on the run's clock); the first step from its own start. A step without that
+    record (a timeline from elsewhere) counts its ``step_span``.
+    """
+    out = []
+    for s, step in enumerate(measured):
+        before = measured[s - 1].meta.get("end") if s else step.meta.get("start")
+        end = step.meta.get("end")
+        out.append(end - before if end is not None and before is not None
+                   else step_span(step))
+    return out
+
+
+def predicted_step(predicted: Timeline) -> float:
+    """The predicted step time (``predict``'s ``meta["step_seconds"]``; else the span)."""
+    step: float = predicted.meta.get("step_seconds", step_span(predicted))
+    return step
 
 
 def _rank_busy(timeline: Timeline) -> list[float]:
@@ -110,21 +146,22 @@ def used_steps(measured: Sequence[Timeline]) -> list[int]:
 
 
 def compare(predicted: Timeline, measured: Sequence[Timeline]) -> dict[str, Any]:
-    """Predicted vs measured step time (``step_span``), in total and per rank.
+    """Predicted vs measured step time (``predicted_step``, ``step_times``), in total and per rank.
 
-    ``measured_step_seconds`` is the median step span of the used steps (``used_steps``);
+    ``measured_step_seconds`` is the median step time of the used steps (``used_steps``);
     ``prediction_error`` = (predicted - measured) / measured, signed: negative means the run
-    was slower than predicted. Per rank: finish time (last end from the step's start) and busy
-    time (sum of action durations; a measured action includes its wait for a message).
+    was slower than predicted. The pipeline's part alone (``step_span``, no optimizer) is
+    ``*_pipeline_seconds``. Per rank: finish time (last end from the step's start) and busy
+    time (sum of action durations: compute, from inputs in hand to output made).
     """
     if not measured:
         raise ValueError("no measured steps to compare with")
     if any(t.ranks != predicted.ranks for t in measured):
         raise ValueError(f"the prediction has {predicted.ranks} ranks; a measured step has "
                          f"{next(t.ranks for t in measured if t.ranks != predicted.ranks)}")
-    steps = used_steps(measured)
-    want = statistics.median(step_span(measured[s]) for s in steps)
-    pred = step_span(predicted)
+    steps, times = used_steps(measured), step_times(measured)
+    want = statistics.median(times[s] for s in steps)
+    pred = predicted_step(predicted)
     p_finish, p_busy = _rank_finish(predicted), _rank_busy(predicted)
     m_finish = [statistics.median(_rank_finish(measured[s])[r] for s in steps)
                 for r in range(predicted.ranks)]
@@ -135,9 +172,10 @@ def compare(predicted: Timeline, measured: Sequence[Timeline]) -> dict[str, Any]
         "measured_step_seconds": want,
         "prediction_error": _error(pred, want),
         "steps_used": steps,
+        "predicted_pipeline_seconds": step_span(predicted),
+        "measured_pipeline_seconds": statistics.median(step_span(measured[s]) for s in steps),
         "measured_makespan_seconds": statistics.median(measured[s].makespan for s in steps),
-        "per_step": [{"step": s, "measured_seconds": step_span(measured[s]),
-                      "error": _error(pred, step_span(measured[s]))}
+        "per_step": [{"step": s, "measured_seconds": times[s], "error": _error(pred, times[s])}
                      for s in range(len(measured))],
         "per_rank": [{"rank": r, "predicted_finish": p_finish[r], "measured_finish": m_finish[r],
                       "finish_error": _error(p_finish[r], m_finish[r]),
@@ -148,8 +186,9 @@ def compare(predicted: Timeline, measured: Sequence[Timeline]) -> dict[str, Any]
 
 
 def median_step(measured: Sequence[Timeline]) -> Timeline:
-    """The used step whose makespan is the median (the one to draw)."""
-    steps = sorted(used_steps(measured), key=lambda s: step_span(measured[s]))
+    """The used step whose step time is the median (the one to draw)."""
+    times = step_times(measured)
+    steps = sorted(used_steps(measured), key=lambda s: times[s])
     return measured[steps[len(steps) // 2]]
 
 

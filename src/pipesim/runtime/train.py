@@ -7,6 +7,7 @@ and keeps its own stages, so nothing but activations and gradients crosses ranks
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -129,8 +130,11 @@ def loss_function(cfg: RunConfig) -> Callable[[torch.Tensor, torch.Tensor], torc
 
 
 def make_optimizer(name: str, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """SGD, or Adam with its fused kernel (CPU and CUDA): one pass over each tensor instead of
+    a chain of element-wise ops with temporaries; on one CPU thread it updates a 512x512
+    Linear 4-8x faster (benchmarks/RESULTS_predict.md)."""
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
+        return torch.optim.Adam(params, lr=lr, fused=True)
     return torch.optim.SGD(params, lr=lr)
 
 
@@ -259,7 +263,9 @@ class TrainJob:
             previous_end = end
             losses.append(sum(float(g[2]) for g in gathered) / cfg.global_microbatches)
             pipeline = [everyone[g] for g in grid.pipeline(0)]
-            timelines.append(to_timeline(sched, pipeline, origin=start))
+            # meta: where the step lies on the run's clock (the step time between two steps)
+            timelines.append(dataclasses.replace(to_timeline(sched, pipeline, origin=start),
+                                                 meta={"start": start, "end": end}))
         want_params = cfg.verify or cfg.collect_state
         params = gather_stage_tensors(cfg, grid, runners, rank, device, grads=False) \
             if want_params else None
