@@ -6,6 +6,7 @@ Every rank builds the whole model from the seed, then keeps its own stages: no w
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -97,15 +98,32 @@ def _mlp_layers(cfg: Any) -> list[nn.Module]:
     return build_mlp(cfg.hidden_size, cfg.num_layers, cfg.seed, cfg.torch_dtype)
 
 
+MLP_DATASET = 1024  # samples in the MLP's synthetic dataset
+
+
+@functools.lru_cache(maxsize=4)
+def _mlp_dataset(seed: int, hidden: int, dtype: torch.dtype, classes: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """MLP_DATASET random inputs and targets (class ids if ``classes``), made once a process."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(MLP_DATASET, hidden, generator=gen, dtype=dtype)
+    y = torch.randint(0, hidden, (MLP_DATASET,), generator=gen) if classes \
+        else torch.randn(MLP_DATASET, hidden, generator=gen, dtype=dtype)
+    return x, y
+
+
 def _mlp_batch(cfg: Any, step: int) -> Batch:
+    """m microbatches of b samples drawn from the dataset, seeded by the step.
+
+    Indexing an in-memory dataset, as a data loader would, rather than drawing new random
+    samples each step: on one thread, drawing 4 x 64 x 512 inputs and targets took 3.5 ms
+    of every step on the ranks that read the batch.
+    """
+    m, b = cfg.global_microbatches, cfg.batch_size
+    x, y = _mlp_dataset(cfg.seed, cfg.hidden_size, cfg.torch_dtype, cfg.loss == "cross-entropy")
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-    m, b, h = cfg.global_microbatches, cfg.batch_size, cfg.hidden_size
-    x = torch.randn(m * b, h, generator=gen, dtype=cfg.torch_dtype)
-    if cfg.loss == "cross-entropy":
-        y = torch.randint(0, h, (m * b,), generator=gen)
-    else:
-        y = torch.randn(m * b, h, generator=gen, dtype=cfg.torch_dtype)
-    return list(x.chunk(m)), list(y.chunk(m))
+    index = torch.randint(0, MLP_DATASET, (m * b,), generator=gen)
+    return list(x[index].chunk(m)), list(y[index].chunk(m))
 
 
 def _mlp_loss(cfg: Any) -> LossFn:
