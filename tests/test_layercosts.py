@@ -47,13 +47,16 @@ def test_round_trip_through_json_text() -> None:
 
 
 def test_units_defaults_and_backward_rules() -> None:
-    costs = LayerCosts.from_dict(small_file(comm_latency=0.5, comm_bandwidth=1000))
+    costs = LayerCosts.from_dict(small_file(comm_latency=0.5, comm_bandwidth=1000,
+                                            comm_send_overhead=0.25))
     a, b, c = costs.layers
     assert a == LayerCost(0.001, 0.002, 0.003, 0.005, 10, 100, 1000, "a", 0.0005)  # B = I + W
     assert b.optimizer == 0.0  # absent: no optimizer time
     assert (b.backward_input, b.backward_weight, b.backward) == (0.003, 0.003, 0.006)  # B only
     assert c.backward == 0.0015  # a measured B wins over I + W
     assert costs.comm_latency == 0.0005 and costs.comm_bandwidth == 1e6  # per ms -> per s
+    assert costs.comm_send_overhead == 0.00025
+    assert stage_costs(costs, [1, 2]).send_overhead == 0.00025
     assert costs.model == "toy" and costs.microbatch_size == 2
     plain = LayerCosts.from_dict({"microbatch_size": 1, "layers": [{"F": 1, "B": 2}]})
     assert plain.comm_bandwidth == math.inf and plain.layers[0].param_bytes == 0.0
@@ -97,6 +100,7 @@ _DELETE = object()
     ("forward", [1, 2], "unknown field 'forward'"),
     ("comm_bandwidth", 0, "comm_bandwidth: 0 is not a finite number > 0"),
     ("comm_latency", -1, "comm_latency: -1"),
+    ("comm_send_overhead", -1, "comm_send_overhead: -1"),
     ("format", "pipesim-stage-costs", "format: 'pipesim-stage-costs' is not"),
     ("version", 2, "version: 2 is not supported"),
 ])
@@ -118,7 +122,8 @@ def test_not_an_object_and_not_json(tmp_path: Path) -> None:
 
 
 def test_stage_costs_sum_layers_and_scale_with_microbatch_size() -> None:
-    costs = LayerCosts.from_dict(small_file(comm_latency=0.5, comm_bandwidth=1000))
+    costs = LayerCosts.from_dict(small_file(comm_latency=0.5, comm_bandwidth=1000,
+                                            comm_send_overhead=0.25))
     model = stage_costs(costs, [2, 1])
     assert model.stages == 2 and model.unit == "s"
     assert model.forward == pytest.approx((0.005, 0.007))

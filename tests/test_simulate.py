@@ -379,3 +379,23 @@ def test_steady_step_lies_between_the_busiest_rank_and_the_makespan(schedule: Sc
     assert slower.step >= steady.step - 1e-9
     # each rank's work and its gap
     assert slower.step >= max(b + g for b, g in zip(busy, gap, strict=True)) - 1e-9
+
+
+def test_a_send_keeps_the_sender_busy() -> None:
+    sched = get_schedule("gpipe", 2, 1)
+    costs = CostModel.uniform(2, send_overhead=0.5)
+    got = [(e.rank, str(e.action), e.start, e.end) for e in simulate(sched, costs).events]
+    # stage 0's F and stage 1's B cross ranks; stage 1's F and stage 0's B send nothing
+    assert got == [(0, "0F0", 0, 1.5), (0, "0B0", 5.0, 7.0), (1, "1F0", 1.5, 2.5),
+                   (1, "1B0", 2.5, 5.0)]
+    one_rank = get_schedule("gpipe", 1, 2)
+    assert simulate(one_rank, CostModel.uniform(1, send_overhead=9)).makespan == 6
+    # interleaved: every hop crosses ranks, so every F and B but the ends' pays
+    inter = get_schedule("interleaved-1f1b", 2, 2, 2)
+    busy = CostModel.uniform(4, send_overhead=0.25)
+    events = simulate(inter, busy).events
+    paying = {(e.action.stage, e.action.op) for e in events
+              if e.duration > (1 if e.action.op is Op.F else 2)}
+    assert paying == {(0, Op.F), (1, Op.F), (2, Op.F), (1, Op.B), (2, Op.B), (3, Op.B)}
+    again = CostModel.from_dict(busy.to_dict())
+    assert again.send_overhead == 0.25

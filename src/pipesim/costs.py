@@ -49,6 +49,9 @@ class CostModel:
     comm_latency: float = 0.0  # per message between two ranks
     comm_bandwidth: float = math.inf  # bytes per unit of time
     unit: str = "units"
+    # the sending rank's own time to hand a message to the transport: its action ends, and
+    # the message leaves, that much later (0: sends cost the sender nothing)
+    send_overhead: float = 0.0
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -89,6 +92,7 @@ class CostModel:
         comm_latency: float = 0.0,
         comm_bandwidth: float = math.inf,
         unit: str = "units",
+        send_overhead: float = 0.0,
     ) -> CostModel:
         if stages < 1:
             raise CostError("stages must be >= 1")
@@ -97,15 +101,16 @@ class CostModel:
         w = _per_stage("W", backward_weight, stages)
         b = tuple(x + y for x, y in zip(i, w, strict=True)) if backward is None \
             else _per_stage("B", backward, stages)
-        for name, value in (("comm_latency", comm_latency), ("comm_bandwidth", comm_bandwidth)):
+        for name, value in (("comm_latency", comm_latency), ("comm_bandwidth", comm_bandwidth),
+                            ("send_overhead", send_overhead)):
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 \
-                    or math.isnan(value):
+                    or math.isnan(value) or (name == "send_overhead" and math.isinf(value)):
                 raise CostError(f"{name}: {value!r} is not a number >= 0")
         if comm_bandwidth == 0:
             raise CostError("comm_bandwidth must be > 0")
         return cls(f, i, w, b, _per_stage("activation_bytes", activation_bytes, stages),
                    _per_stage("param_bytes", param_bytes, stages), float(comm_latency),
-                   float(comm_bandwidth), unit)
+                   float(comm_bandwidth), unit, float(send_overhead))
 
     def duration(self, action: Action) -> float:
         table = {Op.F: self.forward, Op.I: self.backward_input, Op.W: self.backward_weight,
@@ -135,8 +140,8 @@ class CostModel:
         if not isinstance(data, Mapping):
             raise CostError("a cost file holds a JSON object")
         known = {"forward", "backward_input", "backward_weight", "backward", "activation_bytes",
-                 "param_bytes", "comm_latency", "comm_bandwidth", "unit", "stages", "layers",
-                 "model", "microbatch_size", "source"}
+                 "param_bytes", "comm_latency", "comm_bandwidth", "send_overhead", "unit",
+                 "stages", "layers", "model", "microbatch_size", "source"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise CostError(f"unknown field {unknown[0]!r}; valid: {', '.join(sorted(known))}")
@@ -166,6 +171,7 @@ class CostModel:
         return cls.from_lists(
             n, fwd, bi, bw, bwd, data.get("activation_bytes", 0.0), data.get("param_bytes", 0.0),
             data.get("comm_latency", 0.0), math.inf if bandwidth is None else bandwidth, unit,
+            data.get("send_overhead", 0.0),
         )
 
 

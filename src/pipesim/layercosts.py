@@ -11,6 +11,7 @@ microbatch of ``microbatch_size`` samples::
       "unit": "s",                           # unit of every time below and of comm_latency
       "comm_latency": 1e-05,                 # optional, per message between two ranks (0)
       "comm_bandwidth": 2.5e10,              # optional, bytes per unit; null/absent = infinite
+      "comm_send_overhead": 2e-4,            # optional, the sender's own time per message (0)
       "notes": "how the figures were made",  # optional free text
       "layers": [                            # in model order, at least one
         {"name": "block0",                   # optional
@@ -51,7 +52,7 @@ from pipesim.partition import check_balance
 FORMAT = "pipesim-layer-costs"
 UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}  # seconds per unit
 _TOP_FIELDS = {"format", "version", "model", "microbatch_size", "unit", "comm_latency",
-               "comm_bandwidth", "notes", "layers"}
+               "comm_bandwidth", "comm_send_overhead", "notes", "layers"}
 _LAYER_FIELDS = {"name", "F", "I", "W", "B", "activation_bytes", "stash_bytes", "param_bytes",
                  "optimizer"}
 
@@ -84,6 +85,7 @@ class LayerCosts:
     comm_latency: float = 0.0  # seconds per message between two ranks
     comm_bandwidth: float = math.inf  # bytes per second
     notes: str = ""
+    comm_send_overhead: float = 0.0  # seconds the sending rank spends per message
 
     def __post_init__(self) -> None:
         if not self.layers:
@@ -118,7 +120,7 @@ class LayerCosts:
         out |= {"microbatch_size": self.microbatch_size, "unit": "s",
                 "comm_latency": self.comm_latency,
                 "comm_bandwidth": None if math.isinf(self.comm_bandwidth) else
-                self.comm_bandwidth}
+                self.comm_bandwidth, "comm_send_overhead": self.comm_send_overhead}
         if self.notes:
             out["notes"] = self.notes
         out["layers"] = [_layer_dict(c) for c in self.layers]
@@ -191,6 +193,8 @@ def _from_dict(data: Any) -> LayerCosts:
         comm_bandwidth=math.inf if bandwidth is None
         else _number("comm_bandwidth", bandwidth, positive=True) / scale,
         notes=_string("notes", data.get("notes", "")),
+        comm_send_overhead=_number("comm_send_overhead",
+                                   data.get("comm_send_overhead", 0.0)) * scale,
     )
 
 
@@ -275,7 +279,7 @@ def stage_costs(layer_costs: LayerCosts, balance: Sequence[int],
         activation_bytes=[k * layers[i].activation_bytes for i in last],
         param_bytes=_stage_sums(layer_costs.layer_params(), balance),
         comm_latency=layer_costs.comm_latency, comm_bandwidth=layer_costs.comm_bandwidth,
-        unit="s",
+        unit="s", send_overhead=layer_costs.comm_send_overhead,
     )
 
 

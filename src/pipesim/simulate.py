@@ -2,7 +2,8 @@
 
 Each rank runs its actions in the schedule's order. An action starts when its rank is free and
 each dependency (``ir.dep_keys``, the one rule) has finished and its message, if it crosses ranks,
-has arrived. Sends never block the sender. Work is linear in the number of actions: a rank that
+has arrived. A send costs the sender ``costs.send_overhead`` (added to the producing action)
+and never waits for the receiver. Work is linear in the number of actions: a rank that
 meets an unfinished dependency parks on it and is woken when that action ends.
 
 The loop is the hot path of ``pipesim plan`` and of big schedules (64 ranks x 1024 microbatches
@@ -188,6 +189,15 @@ class _Run:
         self.dur = {op: [float(x) for x in table] for op, table in (
             (_F, costs.forward), (_I, costs.backward_input), (_W, costs.backward_weight),
             (_B, costs.backward))}
+        # handing an output to another rank keeps the sender busy: its action lasts longer
+        if costs.send_overhead:
+            place, last = schedule.stage_to_rank, stages - 1
+            for s in range(stages):
+                if s < last and place[s + 1] != place[s]:
+                    self.dur[_F][s] += costs.send_overhead
+                if s and place[s - 1] != place[s]:
+                    self.dur[_I][s] += costs.send_overhead
+                    self.dur[_B][s] += costs.send_overhead
         # message time across the boundary between stage b and b+1, either direction
         self.hop = [float(costs.message_time(Action(b, _F, 0), Action(b + 1, _F, 0)))
                     for b in range(stages)]

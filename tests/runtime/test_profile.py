@@ -81,8 +81,8 @@ def test_two_process_profile_and_ping_pong() -> None:
     both = profile_model(_mlp(), repeats=1, warmup=0, processes=2)
     assert [c.stash_bytes for c in both.layers] == [c.stash_bytes for c in solo.layers]
     assert "2 processes" in both.notes and all(c.forward > 0 for c in both.layers)
-    latency, bandwidth = measure_comm(1 << 16, repeats=3)
-    assert latency > 0 and bandwidth > 0
+    latency, bandwidth, send = measure_comm(1 << 16, repeats=3)
+    assert latency > 0 and bandwidth > 0 and send > 0
 
 
 def test_cli_profile_writes_files_plan_and_simulate_read(tmp_path: Path,

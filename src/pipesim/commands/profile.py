@@ -5,8 +5,9 @@
     pipesim profile --model mlp --layers 8 -o layers.json --stage-costs stages.json --stages 2
     pipesim simulate 1f1b -p 2 --costs stages.json            # per-stage costs for simulate
 
-Times are medians on one thread (as a rank runs); the message latency and bandwidth come from a
-2-rank gloo ping-pong of the largest activation (``--no-comm`` skips it).
+Times are medians on one thread (as a rank runs), the optimizer's update of each layer included;
+the message latency and bandwidth come from a 2-rank gloo ping-pong of the largest activation
+(``--no-comm`` skips it).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ def register(sub: Any) -> None:
     p.add_argument("--loss", choices=["mse", "cross-entropy"], default="mse",
                    help="mlp's loss (gpt: always cross-entropy)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd",
+                   help="whose update of each layer's parameters to time (default sgd)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=positive_int, default=10,
                    help="timed runs per layer; the median is kept (default 10)")
@@ -80,7 +83,7 @@ def _config(args: argparse.Namespace) -> Any:
         layers=args.layers or DEFAULT_LAYERS.get(args.model, 4),
         batch_size=args.batch_size or DEFAULT_BATCH.get(args.model, 32),
         loss=args.loss, dtype=args.dtype, seed=args.seed, seq_len=args.seq_len,
-        heads=args.heads)
+        heads=args.heads, optimizer=args.optimizer)
 
 
 def _stage_balance(args: argparse.Namespace, costs: LayerCosts) -> list[int]:
@@ -99,15 +102,16 @@ def _stage_balance(args: argparse.Namespace, costs: LayerCosts) -> list[int]:
 
 def _table(costs: LayerCosts) -> str:
     lines = [f"{'layer':14s} {'F ms':>8s} {'I ms':>8s} {'W ms':>8s} {'B ms':>8s} "
-             f"{'out KiB':>9s} {'stash KiB':>10s} {'params KiB':>11s}"]
+             f"{'opt ms':>8s} {'out KiB':>9s} {'stash KiB':>10s} {'params KiB':>11s}"]
     for c in costs.layers:
         lines.append(f"{c.name:14s} {c.forward * 1e3:8.3f} {c.backward_input * 1e3:8.3f} "
                      f"{c.backward_weight * 1e3:8.3f} {c.backward * 1e3:8.3f} "
-                     f"{c.activation_bytes / 1024:9.1f} {c.stash_bytes / 1024:10.1f} "
-                     f"{c.param_bytes / 1024:11.1f}")
+                     f"{c.optimizer * 1e3:8.3f} {c.activation_bytes / 1024:9.1f} "
+                     f"{c.stash_bytes / 1024:10.1f} {c.param_bytes / 1024:11.1f}")
     bw = "unlimited" if costs.comm_bandwidth == float("inf") else \
         f"{costs.comm_bandwidth / 1e9:.2f} GB/s"
-    lines.append(f"messages: latency {costs.comm_latency * 1e6:.0f} us, bandwidth {bw}")
+    lines.append(f"messages: latency {costs.comm_latency * 1e6:.0f} us, bandwidth {bw}, "
+                 f"sender's time {costs.comm_send_overhead * 1e6:.0f} us each")
     return "\n".join(lines)
 
 
@@ -128,8 +132,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(err)) from None
     if not args.no_comm and len(costs) > 1:
         largest = int(max(c.activation_bytes for c in costs.layers[:-1]))
-        latency, bandwidth = measure_comm(largest, statistic=args.stat)
-        costs = dataclasses.replace(costs, comm_latency=latency, comm_bandwidth=bandwidth)
+        comm = measure_comm(largest, statistic=args.stat)
+        costs = dataclasses.replace(costs, comm_latency=comm.latency,
+                                    comm_bandwidth=comm.bandwidth,
+                                    comm_send_overhead=comm.send_overhead)
     balance = _stage_balance(args, costs) if args.stage_costs else None
     write_atomic(args.output, costs.to_json())
     if args.stage_costs and balance is not None:

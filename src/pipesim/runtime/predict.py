@@ -30,12 +30,14 @@ from pipesim.timeline import Timeline
 
 
 def predict(cfg: Any, layer_costs: LayerCosts, comm_latency: float | None = None,
-            comm_bandwidth: float | None = None) -> Timeline:
+            comm_bandwidth: float | None = None, send_overhead: float | None = None
+            ) -> Timeline:
     """The simulated Timeline (seconds) of one steady step of ``cfg`` (a RunConfig).
 
     Its ``meta["step_seconds"]`` is the step time (``steady_step``; each rank's optimizer
     time, ``meta["optimizer_seconds"]``, lies between steps unless the schedule is
-    forward-only). ``comm_latency``/``comm_bandwidth`` override the cost file's message model.
+    forward-only). ``comm_latency``/``comm_bandwidth``/``send_overhead`` override the cost
+    file's message model.
     """
     balance = cfg.stage_balance()
     if len(layer_costs) != sum(balance):
@@ -46,6 +48,8 @@ def predict(cfg: Any, layer_costs: LayerCosts, comm_latency: float | None = None
         costs = dataclasses.replace(costs, comm_latency=comm_latency)
     if comm_bandwidth is not None:
         costs = dataclasses.replace(costs, comm_bandwidth=comm_bandwidth)
+    if send_overhead is not None:
+        costs = dataclasses.replace(costs, send_overhead=send_overhead)
     sched = cfg.schedule
     between = [0.0] * sched.ranks
     if not sched.forward_only:
@@ -61,19 +65,20 @@ def predict_run(cfg: Any, costs_path: str | None = None) -> Timeline:
     """``pipesim run --predict [COSTS.json]``: predict from a cost file, or profile now.
 
     Without a file, ``cfg``'s model is profiled at its microbatch size (one process, median
-    of 5) and a 2-rank ping-pong measures messages (``pipesim.runtime.profile``). Raises
-    ValueError (CostFileError) for an unusable file.
+    of 20 passes: a machine whose speed changes from one half second to the next needs the
+    profile to last about as long as the run it predicts) and a 2-rank ping-pong measures
+    messages (``pipesim.runtime.profile``). Raises ValueError (CostFileError) for an unusable
+    file.
     """
     if costs_path:
         from pipesim.layercosts import load_layer_costs
         return predict(cfg, load_layer_costs(costs_path))
     from pipesim.runtime.profile import measure_comm, profile_model
-    layer_costs = profile_model(cfg, repeats=5, warmup=2)
+    layer_costs = profile_model(cfg, repeats=20, warmup=2)
     if cfg.schedule.ranks == 1 or len(layer_costs) == 1:
         return predict(cfg, layer_costs)
     largest = int(max(c.activation_bytes for c in layer_costs.layers[:-1]))
-    latency, bandwidth = measure_comm(largest)
-    return predict(cfg, layer_costs, latency, bandwidth)
+    return predict(cfg, layer_costs, *measure_comm(largest))
 
 
 def prediction_json(report: dict[str, Any]) -> dict[str, Any]:
