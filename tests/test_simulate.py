@@ -364,6 +364,8 @@ def test_steady_step_by_hand() -> None:
         (0, "0F0", 0), (0, "0B0", 6), (1, "1F0", 3), (1, "1B0", 4)]
     with pytest.raises(ValueError, match="between has 3 times"):
         steady_step(sched, costs, [0.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="max_steps must be >= 2"):
+        steady_step(sched, costs, max_steps=1)
 
 
 @pytest.mark.parametrize("schedule", CONFIGS[::7], ids=config_id)

@@ -101,6 +101,8 @@ def steady_step(schedule: Schedule, costs: CostModel | None = None,
     the same amount the step repeats exactly; that amount is the step time. A step that never
     settles (a periodic pattern longer than one step) gets the mean of its last half.
     """
+    if max_steps < 2:
+        raise ValueError(f"max_steps must be >= 2, got {max_steps}")
     between = list(between) or [0.0] * schedule.ranks
     if len(between) != schedule.ranks:
         raise ValueError(f"between has {len(between)} times; the schedule has "

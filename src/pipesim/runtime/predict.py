@@ -8,10 +8,11 @@
 A step's time is what a training loop pays per step: from one step's end to the next one's
 (the last rank's), so it includes each rank's optimizer update between steps, during which the
 ranks that wait on it wait. The prediction is the simulator's (``simulate.steady_step``): every
-action takes its profiled time, a message costs ``comm_latency + bytes / comm_bandwidth`` (from
-the cost file; ``pipesim profile`` measures them with a 2-rank ping-pong), and rank r spends its
-stages' profiled ``optimizer`` time between steps. It knows nothing of the engine's own Python
-work per action or of two ranks sharing CPU cores; see benchmarks/RESULTS_predict.md.
+action takes its profiled time, a message costs ``comm_latency + bytes / comm_bandwidth`` and
+its sender ``comm_send_overhead`` (from the cost file; ``pipesim profile`` measures them between
+2 ranks), and rank r spends its stages' profiled ``optimizer`` time between steps. It knows
+nothing of the engine's own Python work per action or of two ranks sharing CPU cores; see
+benchmarks/RESULTS_predict.md.
 
 This module imports neither torch nor numpy (``cfg`` is read by attribute), so ``compare``
 works on saved timelines anywhere.
@@ -66,9 +67,9 @@ def predict_run(cfg: Any, costs_path: str | None = None) -> Timeline:
 
     Without a file, ``cfg``'s model is profiled at its microbatch size (one process, median
     of 20 passes: a machine whose speed changes from one half second to the next needs the
-    profile to last about as long as the run it predicts) and a 2-rank ping-pong measures
-    messages (``pipesim.runtime.profile``). Raises ValueError (CostFileError) for an unusable
-    file.
+    profile to last about as long as the run it predicts) and ``measure_comm`` measures
+    messages between 2 ranks (``pipesim.runtime.profile``). Raises ValueError (CostFileError)
+    for an unusable file.
     """
     if costs_path:
         from pipesim.layercosts import load_layer_costs
