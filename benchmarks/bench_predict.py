@@ -4,12 +4,12 @@
     .venv/bin/python benchmarks/bench_predict.py --models gpt --trials 5
 
 Per trial, for each model and schedule (the order turns each trial, so no configuration always
-runs first): ``profile_model`` (``--repeats`` whole passes in a fresh process; median per layer
-and op, the optimizer update included) and ``measure_comm`` (2-rank gloo ping-pong of the
-largest activation and the sender's time per message, medians of 100), then a real 2-rank
-run of ``--steps`` steps (one thread per rank, Adam) and ``compare``: the step time (one step's
-end to the next's, the optimizer included) as the median of steps 1 onwards, against the
-simulator's steady step.
+runs first): ``profile_model`` (``--repeats`` whole passes in ``--processes`` fresh processes at
+once, as many as the run's ranks; median per layer and op, the optimizer update included) and
+``measure_comm`` (2-rank gloo ping-pong of the largest activation and the sender's time per
+message, medians of 100), then a real 2-rank run of ``--steps`` steps (one thread per rank,
+Adam) and ``compare``: the step time (one step's end to the next's, the optimizer included) as
+the median of steps 1 onwards, against the simulator's steady step.
 
 Printed per trial and summarised per configuration (median over trials); the "compute drift"
 column is how much longer the run's actions took than the profile said (the mean over ranks
@@ -75,7 +75,8 @@ def main() -> None:
     parser.add_argument("-m", "--microbatches", type=int, default=4)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=30, help="profile passes per trial")
-    parser.add_argument("--processes", type=int, default=1, help="profile processes at once")
+    parser.add_argument("--processes", type=int, default=2,
+                        help="profile in this many processes at once (2: as many as the ranks)")
     parser.add_argument("--trials", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)  # the parent forks the ranks: keep its thread pool unstarted

@@ -21,6 +21,7 @@ works on saved timelines anywhere.
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
 from collections.abc import Sequence
 from typing import Any
@@ -65,17 +66,19 @@ def predict(cfg: Any, layer_costs: LayerCosts, comm_latency: float | None = None
 def predict_run(cfg: Any, costs_path: str | None = None) -> Timeline:
     """``pipesim run --predict [COSTS.json]``: predict from a cost file, or profile now.
 
-    Without a file, ``cfg``'s model is profiled at its microbatch size (one process, median
-    of 20 passes: a machine whose speed changes from one half second to the next needs the
-    profile to last about as long as the run it predicts) and ``measure_comm`` measures
-    messages between 2 ranks (``pipesim.runtime.profile``). Raises ValueError (CostFileError)
-    for an unusable file.
+    Without a file, ``cfg``'s model is profiled at its microbatch size, in as many processes
+    at once as the run puts ranks on this machine (at most one per CPU: the cores are as busy
+    as in the run), median of 20 passes (a machine whose speed changes from one half second to
+    the next needs the profile to last about as long as the run it predicts), and
+    ``measure_comm`` measures messages between 2 ranks (``pipesim.runtime.profile``). Raises
+    ValueError (CostFileError) for an unusable file.
     """
     if costs_path:
         from pipesim.layercosts import load_layer_costs
         return predict(cfg, load_layer_costs(costs_path))
     from pipesim.runtime.profile import measure_comm, profile_model
-    layer_costs = profile_model(cfg, repeats=20, warmup=2)
+    processes = max(1, min(cfg.grid.world, os.cpu_count() or 1))
+    layer_costs = profile_model(cfg, repeats=20, warmup=2, processes=processes)
     if cfg.schedule.ranks == 1 or len(layer_costs) == 1:
         return predict(cfg, layer_costs)
     largest = int(max(c.activation_bytes for c in layer_costs.layers[:-1]))
