@@ -55,6 +55,23 @@ def test_ascii_keeps_idle_and_short_labels_honest() -> None:
     assert row.split("|")[1] == "F...B-"
 
 
+def test_ascii_draws_each_ranks_spans_below_it_even_past_the_last_action() -> None:
+    # rank 0 all-reduces from 2 to 4 (inside its idle time), rank 1 from 3 to 8.2: past the
+    # makespan (6), so the chart grows to 9 columns; the last 0.2 fills under half a column
+    # and is not drawn
+    events = (Event(0, Action(0, Op.F, 0), 0.0, 1.0), Event(0, Action(0, Op.B, 0), 4.0, 6.0),
+              Event(1, Action(1, Op.F, 0), 1.0, 2.0), Event(1, Action(1, Op.B, 0), 2.0, 3.0))
+    spans = (Span(0, "allreduce stage 0", 2.0, 4.0), Span(1, "allreduce stage 1", 3.0, 8.0),
+             Span(1, "allreduce stage 1", 8.0, 8.2))
+    tl = Timeline(2, events, name="t", stage_to_rank=(0, 1), microbatches=1, spans=spans)
+    chart = render_ascii(tl, width=30).splitlines()
+    assert [line.split("|")[1] for line in chart[2:6]] == [
+        "F...B0...", "  ==     ", ".FB......", "   ===== "]
+    assert chart[-1].endswith("; = all-reduce")
+    plain = render_ascii(simulate(get_schedule("1f1b", 2, 3)), width=60)
+    assert len(plain.splitlines()) == 5 and "all-reduce" not in plain  # no spans, no lines
+
+
 # ----------------------------------------------------------------------------- chrome trace
 
 

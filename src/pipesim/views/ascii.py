@@ -2,7 +2,9 @@
 
 Each action is drawn over the columns its duration covers, starting with its op letter and
 microbatch (``F3``, then ``-`` to its end); ``.`` is idle. When time must be compressed to fit,
-a column shows the op that covers most of it, or ``.`` if the rank is idle for most of it::
+a column shows the op that covers most of it, or ``.`` if the rank is idle for most of it. A
+rank with spans (the gradient all-reduce of data parallelism) gets a line below its own, ``=``
+where a span covers most of the column::
 
     1f1b: 2 ranks, makespan 9 units, bubble 33.3%; 1 column = 0.5 units
             0         5
@@ -15,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from pipesim.timeline import Event, Timeline, metrics
+from pipesim.timeline import Event, Span, Timeline, metrics
 
 LEGEND = ("F forward, I input-grad, W weight-grad, B backward (I+W); "
           "F3 = op + microbatch, - its extent, . idle")
@@ -28,9 +30,10 @@ def render_ascii(timeline: Timeline, width: int = 100, legend: bool = True) -> s
     suffix = 7  # "| 33.3%"
     columns = max(10, width - label - 2 - suffix)
     span = timeline.makespan
-    scale = _scale(span, columns)  # columns per time unit
-    columns = max(1, min(columns, math.ceil(span * scale - 1e-9))) if span else 1
     origin = timeline.start
+    drawn = max([span, *(s.end - origin for s in timeline.spans)])  # spans may end later
+    scale = _scale(drawn, columns)  # columns per time unit
+    columns = max(1, min(columns, math.ceil(drawn * scale - 1e-9))) if drawn else 1
     name = timeline.name or "timeline"
     lines = [f"{name}: {timeline.ranks} ranks, makespan {span:g} {timeline.unit}, "
              f"bubble {measured.bubble_fraction:.1%}; 1 column = {1 / scale:g} {timeline.unit}"]
@@ -39,8 +42,11 @@ def render_ascii(timeline: Timeline, width: int = 100, legend: bool = True) -> s
         cells = _draw_row(row, origin, scale, columns)
         frac = measured.per_rank[rank].bubble_fraction
         lines.append(f"{f'rank {rank}':<{label}} |{cells}| {frac:.1%}")
+        spans = _draw_spans([x for x in timeline.spans if x.rank == rank], origin, scale, columns)
+        if "=" in spans:
+            lines.append(f"{'':<{label}} |{spans}|")
     if legend:
-        lines.append(LEGEND)
+        lines.append(LEGEND + ("; = all-reduce" if timeline.spans else ""))
     return "\n".join(lines)
 
 
@@ -116,3 +122,13 @@ def _draw_row(row: Sequence[Event], origin: float, scale: float, columns: int) -
         cells[c] = text[k] if k < len(text) else "-"
         drawn[ev] = k + 1
     return "".join(cells)
+
+
+def _draw_spans(spans: Sequence[Span], origin: float, scale: float, columns: int) -> str:
+    """``=`` where the rank's spans cover at least half of a column, else a space."""
+    cover = [0.0] * columns
+    for x in spans:
+        a, b = (x.start - origin) * scale, (x.end - origin) * scale
+        for c in range(max(0, int(a)), min(columns, math.ceil(b))):
+            cover[c] += min(b, c + 1) - max(a, c)
+    return "".join("=" if share >= 0.5 else " " for share in cover)
