@@ -28,10 +28,11 @@ from typing import Any
 
 import torch
 
+from pipesim.config import RunConfig
 from pipesim.runtime.launch import launch
 from pipesim.runtime.predict import compare, predict
 from pipesim.runtime.profile import ProfileConfig, measure_comm, profile_model
-from pipesim.runtime.train import RunConfig, TrainJob
+from pipesim.runtime.train import TrainJob
 from pipesim.schedules import get_schedule
 from pipesim.timeline import Timeline
 

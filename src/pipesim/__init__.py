@@ -1,6 +1,7 @@
 """pipesim: run, simulate, see and plan pipeline parallelism for PyTorch models.
 
 The core (schedules, validation, simulation, timelines, views) imports neither torch nor numpy.
+``Pipeline``, ``launch`` and ``init`` (the library for your own model) import torch on first use.
 """
 
 from collections.abc import Sequence
@@ -10,6 +11,7 @@ import pipesim.partition as _algorithms  # noqa: F401  loaded before the functio
 from pipesim.costs import CostModel
 from pipesim.ir import Action, Op, Schedule, deps, format_action, parse_action, parse_schedule
 from pipesim.schedules import SCHEDULES, get_schedule
+from pipesim.see import ascii, write_html, write_png, write_trace
 from pipesim.simulate import DeadlockError, simulate
 from pipesim.timeline import Metrics, Timeline, metrics
 from pipesim.validate import InvalidScheduleError, Report, check, validate
@@ -20,11 +22,16 @@ __version__ = "0.1.0"
 def run(schedule: Schedule, **config: Any) -> Any:
     """Run ``schedule`` for real on forked processes (gloo); returns rank 0's RankResult.
 
-    ``config`` takes the fields of ``pipesim.runtime.train.RunConfig`` (batch_size,
-    hidden_size, layers, steps, optimizer, dp, verify, ...). Imports torch on first use.
+    ``config`` takes the fields of ``pipesim.config.RunConfig`` (model, batch_size,
+    hidden_size, layers, steps, optimizer, dp, verify, ...) for the built-in models; to train
+    your own model use ``Pipeline``. Imports torch on first use.
     """
+    from pipesim.config import RunConfig
     from pipesim.runtime.launch import launch
-    from pipesim.runtime.train import RunConfig, TrainJob
+    from pipesim.runtime.train import TrainJob
+    if not isinstance(config.get("model", "mlp"), str):
+        raise TypeError("pipesim.run trains the built-in models (model='mlp' or 'gpt'); for "
+                        "your own nn.Module use pipesim.Pipeline inside pipesim.launch")
     cfg = RunConfig(schedule=schedule, **config)
     return launch(TrainJob(cfg), cfg.grid.world)
 
@@ -42,6 +49,18 @@ def partition(model: Any, ranks: int, virtual_stages: int = 1, method: str = "un
     from pipesim.runtime.partitioning import partition as cut
     return cut(model, ranks, virtual_stages, method, balance, example, layer_costs)
 
+_LAZY = {"Pipeline": "pipesim.runtime.pipeline", "PipelineError": "pipesim.runtime.agree",
+         "launch": "pipesim.runtime.api", "init": "pipesim.runtime.api"}
+
+
+def __getattr__(name: str) -> Any:
+    """The torch side, imported on first use: ``pipesim.Pipeline``, ``launch``, ``init``."""
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pipesim' has no attribute {name!r}")
+
+
 __all__ = [
     "SCHEDULES",
     "Action",
@@ -50,13 +69,18 @@ __all__ = [
     "InvalidScheduleError",
     "Metrics",
     "Op",
+    "Pipeline",
+    "PipelineError",
     "Report",
     "Schedule",
     "Timeline",
+    "ascii",
     "check",
     "deps",
     "format_action",
     "get_schedule",
+    "init",
+    "launch",
     "metrics",
     "parse_action",
     "parse_schedule",
@@ -64,4 +88,7 @@ __all__ = [
     "run",
     "simulate",
     "validate",
+    "write_html",
+    "write_png",
+    "write_trace",
 ]

@@ -20,7 +20,7 @@ def _weights(directory: str, step: int) -> list[dict[str, torch.Tensor]]:
     for rank in range(2):
         state = torch.load(os.path.join(directory, f"step-{step:06d}", f"rank-{rank}.pt"),
                            weights_only=True)
-        out.append({f"{s}.{k}": v for s, sd in state["stages"].items() for k, v in sd.items()})
+        out.append(dict(state["model"]))
         out.append({f"opt.{k}": v for k, v in _flat(state["optimizer"]["state"]).items()})
     return out
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pipesim.config import RunConfig
 from pipesim.grid import RankGrid
-from pipesim.runtime.train import RunConfig, reference_train
+from pipesim.runtime.train import reference_train
 from pipesim.schedules import get_schedule
 from pipesim.timeline import Timeline
 from tests.runtime.helpers import assert_step_matches, stage_params

@@ -9,8 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pipesim.config import RunConfig
 from pipesim.ir import Op
-from pipesim.runtime.train import RunConfig, reference_train
+from pipesim.runtime.train import reference_train
 from pipesim.schedules import SCHEDULES, get_schedule
 from tests.runtime.helpers import assert_step_matches, run_job, stage_params
 

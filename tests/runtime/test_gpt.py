@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from pipesim.runtime.gpt import corpus, decode, gpt_heads, gpt_shape, vocabulary
-from pipesim.runtime.train import RunConfig, make_batch
+from pipesim.config import RunConfig
+from pipesim.models.gpt import corpus, decode, gpt_heads, gpt_shape, vocabulary
+from pipesim.runtime.train import make_batch
 from pipesim.schedules import get_schedule
 from tests.runtime.helpers import assert_step_matches, run_job
 

@@ -9,8 +9,9 @@ import sys
 import pytest
 import torch
 
-from pipesim.runtime.models import MLP_DATASET
-from pipesim.runtime.train import RunConfig, make_batch
+from pipesim.config import RunConfig
+from pipesim.models.mlp import MLP_DATASET
+from pipesim.runtime.train import make_batch
 from pipesim.schedules import get_schedule
 
 _FAULTS = """

@@ -16,7 +16,7 @@ from torch import nn
 from pipesim.cli import main
 from pipesim.costs import CostModel, load_costs
 from pipesim.layercosts import load_layer_costs, parse_layer_costs, stage_costs
-from pipesim.runtime.models import LinearReLU
+from pipesim.models.mlp import LinearReLU
 from pipesim.runtime.partitioning import balance_for, partition
 from pipesim.runtime.profile import ProfileConfig, measure_comm, profile_layers, profile_model
 from pipesim.schedules import get_schedule

@@ -95,7 +95,7 @@ def test_three_runs_at_once_each_get_their_own_port() -> None:
         assert out.decode().count("\n") == 1  # exactly one JSON object
 
 
-def _listening_addresses(rank: int, world: int, monitor: object) -> list[str]:
+def _listening_addresses(rank: int, world: int) -> list[str]:
     """Worker: the addresses this rank's process listens on (after the process group is up)."""
     inodes = set()
     for fd in os.listdir("/proc/self/fd"):

@@ -25,8 +25,9 @@ def _line(rank: int, a: Action, d: dict[str, Any], sched: Schedule) -> str:
             lines.append(f"{head} Created input (shape: {list(d['created'])})")
         if "from" in d:
             lines.append(f"{head} Received from stage {s - 1}")
-        if "output_mean" in d:
-            lines.append(f"{head} Completed! Output mean: {d['output_mean']:.4f}")
+        if "output" in d:
+            mean = float(d["output"][0].float().mean())
+            lines.append(f"{head} Completed! Output mean: {mean:.4f}")
         elif "to" in d:
             lines.append(f"{head} Sent to stage {s + 1}")
         return "\n".join(lines)
@@ -38,7 +39,7 @@ def _line(rank: int, a: Action, d: dict[str, Any], sched: Schedule) -> str:
     if "to" in d:
         parts.append(f"sent to stage {s + 1 if a.op is Op.F else s - 1}")
     if "loss" in d:
-        parts.append(f"loss {d['loss']:.4f}")
+        parts.append(f"loss {float(d['loss']):.4f}")
     return f"{head} {name}" + (f" ({', '.join(parts)})" if parts else "")
 
 

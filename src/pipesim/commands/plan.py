@@ -167,7 +167,7 @@ def _layer_costs(args: argparse.Namespace) -> LayerCosts:
 def _profiled(args: argparse.Namespace) -> LayerCosts:
     """--model: profile it here (one thread, as a rank runs), then plan from those costs."""
     from pipesim.commands.profile import DEFAULT_BATCH, DEFAULT_LAYERS
-    from pipesim.runtime.models import MODELS
+    from pipesim.models import MODELS
     from pipesim.runtime.profile import ProfileConfig, profile_model
     from pipesim.schedules import get_schedule
     if args.model not in MODELS:

@@ -69,7 +69,7 @@ def register(sub: Any) -> None:
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from pipesim.runtime.models import MODELS
+    from pipesim.models import MODELS
     from pipesim.runtime.profile import ProfileConfig
     from pipesim.schedules import get_schedule
     if args.model not in MODELS:

@@ -165,12 +165,12 @@ def build_schedule(args: argparse.Namespace) -> Schedule:
 
 
 def build_config(args: argparse.Namespace) -> Any:
-    from pipesim.runtime.train import RunConfig
+    from pipesim.config import RunConfig
     sched = build_schedule(args)
     balance = _parse_balance(args.balance)
     layers = args.layers if args.layers is not None else (sum(balance) if balance else None)
     if args.model == "gpt" and layers is None:  # embedding + 4 blocks + head, or one per stage
-        from pipesim.runtime.gpt import DEFAULT_LAYERS
+        from pipesim.models.gpt import DEFAULT_LAYERS
         layers = max(DEFAULT_LAYERS, sched.stages)
     if balance is not None and args.partition is not None:
         raise UserError("give --balance or --partition, not both")
@@ -184,7 +184,7 @@ def build_config(args: argparse.Namespace) -> Any:
     if balance is not None and (len(balance) != sched.stages or sum(balance) != n_layers):
         raise UserError(f"--balance {args.balance}: needs {sched.stages} positive counts "
                         f"summing to {n_layers} layers")
-    from pipesim.runtime.models import MODELS
+    from pipesim.models import MODELS
     if args.model not in MODELS:
         raise UserError(f"unknown model {args.model!r}; valid: {', '.join(MODELS)}")
     if args.loss == "cross-entropy" and args.model == "mlp" and args.hidden_size < 2:
@@ -214,7 +214,7 @@ def build_config(args: argparse.Namespace) -> Any:
         dp=args.dp, rank_order=args.rank_order, seq_len=args.seq_len, heads=args.heads,
     )
     if args.model == "gpt":
-        from pipesim.runtime.gpt import gpt_shape
+        from pipesim.models.gpt import gpt_shape
         try:
             gpt_shape(cfg)
         except ValueError as err:

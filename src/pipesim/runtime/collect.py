@@ -6,18 +6,17 @@ Shapes are known on both sides because every rank builds the whole model from th
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from pipesim.config import RunConfig
 from pipesim.grid import RankGrid
-from pipesim.runtime.models import get_model, split_layers
-from pipesim.runtime.stage import StageRunner
+from pipesim.models import get_model, split_layers, torch_dtype
+from pipesim.runtime.stage import Payload, StageRunner
 
 
-def reference_train(cfg: Any) -> list[nn.Module]:
+def reference_train(cfg: RunConfig) -> list[nn.Module]:
     """The same model trained in one process on the same full batches (the ground truth)."""
     from pipesim.runtime.train import make_optimizer
     spec = get_model(cfg.model)
@@ -28,17 +27,17 @@ def reference_train(cfg: Any) -> list[nn.Module]:
     for step in range(cfg.steps):
         inputs, targets = spec.batch(cfg, step)
         optimizer.zero_grad(set_to_none=True)
-        loss_fn(model(torch.cat(inputs)), torch.cat(targets)).backward()
+        torch.autograd.backward(loss_fn(model(torch.cat(inputs)), torch.cat(targets)))
         optimizer.step()
     return layers
 
 
-def _stage_shapes(cfg: Any) -> list[list[torch.Size]]:
+def _stage_shapes(cfg: RunConfig) -> list[list[torch.Size]]:
     stages = split_layers(get_model(cfg.model).build(cfg), cfg.stage_balance())
     return [[p.shape for p in m.parameters()] for m in stages]
 
 
-def gather_stage_tensors(cfg: Any, grid: RankGrid, runners: dict[int, StageRunner],
+def gather_stage_tensors(cfg: RunConfig, grid: RankGrid, runners: dict[int, StageRunner],
                          rank: int, device: torch.device, grads: bool
                          ) -> list[list[torch.Tensor]] | None:
     """Every stage's parameters (or gradients; zeros where None) on global rank 0, on the CPU."""
@@ -59,6 +58,7 @@ def gather_stage_tensors(cfg: Any, grid: RankGrid, runners: dict[int, StageRunne
                     flat = torch.cat([t.reshape(-1) for t in local(s)]).contiguous()
                     works.append((dist.isend(flat, dst=0, tag=s), flat))
             for work, _ in works:
+                assert work is not None
                 work.wait()
         return None
     result: list[list[torch.Tensor]] = []
@@ -71,23 +71,23 @@ def gather_stage_tensors(cfg: Any, grid: RankGrid, runners: dict[int, StageRunne
         if not numel:
             result.append([])
             continue
-        flat = torch.zeros(numel, dtype=cfg.torch_dtype, device=device)
+        flat = torch.zeros(numel, dtype=torch_dtype(cfg), device=device)
         dist.recv(flat, src=owner, tag=s)
-        pieces = flat.cpu().split([shape.numel() for shape in shapes[s]])
+        pieces = torch.split(flat.cpu(), [shape.numel() for shape in shapes[s]])
         result.append([x.reshape(shape) for x, shape in zip(pieces, shapes[s], strict=True)])
     return result
 
 
-def gather_outputs(cfg: Any, grid: RankGrid, outputs: dict[int, torch.Tensor], rank: int,
+def gather_outputs(cfg: RunConfig, grid: RankGrid, outputs: dict[int, Payload], rank: int,
                    device: torch.device) -> list[list[float]] | None:
     """Inference outputs of replica 0's last stage, flattened, delivered to global rank 0."""
     sched = cfg.schedule
     last = grid.rank(0, sched.stage_to_rank[sched.stages - 1])
     shape = (sched.microbatches, cfg.batch_size * cfg.hidden_size)
-    buf = torch.zeros(shape, dtype=cfg.torch_dtype, device=device)
+    buf = torch.zeros(shape, dtype=torch_dtype(cfg), device=device)
     if rank == last:
         for mb, y in outputs.items():
-            buf[mb] = y.reshape(-1)
+            buf[mb] = y[0].reshape(-1)
     if last != 0:
         if rank == last:
             dist.send(buf, dst=0)
@@ -96,7 +96,7 @@ def gather_outputs(cfg: Any, grid: RankGrid, outputs: dict[int, torch.Tensor], r
     return buf.cpu().tolist() if rank == 0 else None
 
 
-def max_weight_difference(cfg: Any, params: list[list[torch.Tensor]]) -> float:
+def max_weight_difference(cfg: RunConfig, params: list[list[torch.Tensor]]) -> float:
     """Largest |pipelined - reference| over every final weight (``--verify``)."""
     ref = split_layers(reference_train(cfg), cfg.stage_balance())
     worst = 0.0

@@ -1,9 +1,11 @@
 """Point-to-point messages between stages: tensors only, tagged, received in the sender's order.
 
-Every cross-rank edge of the schedule (``validate.messages``) is one message per step with its
-own tag. On each channel (src -> dst) receives are posted in the order the sender sends, so the
-schedule runs the same on gloo (which matches by tag) and nccl (which matches by posting order).
-Shapes and dtypes are learned once (``exchange_shapes``); after that only tensors travel.
+Every cross-rank edge of the schedule (``validate.messages``) is one message per step; a message
+carries a stage boundary's payload (forward: every member; backward: the gradients of its
+floating members), one tensor each under its own tag. On each channel (src -> dst) receives are
+posted in the order the sender sends, so the schedule runs the same on gloo (which matches by
+tag) and nccl (which matches by posting order). Shapes and dtypes are learned by
+``exchange_shapes`` (again whenever the batch's shapes change); after that only tensors travel.
 """
 
 from __future__ import annotations
@@ -15,26 +17,38 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from pipesim.ir import Action, Schedule
+from pipesim.ir import Action, Op, Schedule
+from pipesim.runtime.stage import Payload, StageRunner
 from pipesim.validate import Message, messages
 
-_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32]
-_META_LEN = 8  # [dtype code, ndim, dims...]
-_META_TAG = 1 << 20  # tags for the one-time shape exchange, above any message tag
+_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
+           torch.int16, torch.int8, torch.uint8, torch.bool]
+MAX_TENSORS = 16  # members of one stage boundary's payload
+_MAX_DIMS = 8
+_META_LEN = 2 + MAX_TENSORS * (2 + _MAX_DIMS)  # [status, count, (dtype, ndim, dims...)*]
+_META_TAG = 1 << 30  # tags for the shape exchange, above any message tag
+_OK, _UPSTREAM_FAILED = 0, 1
 
 
 @dataclass
 class _Posted:
-    work: dist.Work
-    buffer: torch.Tensor
+    works: list[dist.Work]
+    buffers: Payload
 
 
 @dataclass(frozen=True)
-class Boundary:
-    """The tensor crossing between stage b and b+1 (activation forward, gradient backward)."""
+class Member:
+    """One tensor of a boundary's payload."""
 
     shape: tuple[int, ...]
     dtype: torch.dtype
+
+
+Boundary = tuple[Member, ...]  # what crosses between stage b and b+1 (forward)
+
+
+def describe(payload: Payload) -> Boundary:
+    return tuple(Member(tuple(t.shape), t.dtype) for t in payload)
 
 
 class Comm:
@@ -67,12 +81,28 @@ class Comm:
                               for src, ms in self.channel.items()}
         self.next_post = dict.fromkeys(self.channel, 0)
         self.posted: dict[Message, _Posted] = {}
-        self._buffers: dict[Message, torch.Tensor] = {}
+        self._buffers: dict[Message, Payload] = {}
         self.sends: deque[tuple[dist.Work, torch.Tensor]] = deque()
 
+    def _tag(self, m: Message, member: int) -> int:
+        return self.tag[m.producer, m.consumer] * MAX_TENSORS + member
+
+    def members(self, m: Message) -> Boundary:
+        """What ``m`` carries: the boundary's payload forward, its floating members' gradients
+        backward."""
+        boundary = self.boundaries[min(m.producer.stage, m.consumer.stage)]
+        if m.producer.op is Op.F:
+            return boundary
+        return tuple(x for x in boundary if x.dtype.is_floating_point)
+
+    def reset_shapes(self) -> None:
+        """Forget shapes and buffers (the batch's shapes changed); exchange_shapes again."""
+        self.boundaries.clear()
+        self._buffers.clear()
+
     # ------------------------------------------------------------------ receiving
-    def _buffer(self, m: Message) -> torch.Tensor:
-        """m's receive buffer, allocated once and reused every step.
+    def _buffer(self, m: Message) -> Payload:
+        """m's receive buffers, allocated once per shape and reused every step.
 
         Safe because whatever holds a received tensor (a stash, a deferred W) is released
         before its step ends, and a step's receives are posted only after the last step ended.
@@ -80,8 +110,8 @@ class Comm:
         """
         buf = self._buffers.get(m)
         if buf is None:
-            b = self.boundaries[min(m.producer.stage, m.consumer.stage)]
-            buf = self._buffers[m] = torch.empty(b.shape, dtype=b.dtype, device=self.device)
+            buf = self._buffers[m] = tuple(
+                torch.empty(x.shape, dtype=x.dtype, device=self.device) for x in self.members(m))
         return buf
 
     def _post_until(self, m: Message) -> None:
@@ -90,10 +120,10 @@ class Comm:
         last = self.channel_index[m.src][m]
         while self.next_post[m.src] <= last:
             msg = order[self.next_post[m.src]]
-            buf = self._buffer(msg)
-            work = dist.irecv(buf, src=self.peers[msg.src], group=self.group,
-                              tag=self.tag[msg.producer, msg.consumer])
-            self.posted[msg] = _Posted(work, buf)
+            bufs = self._buffer(msg)
+            works = [_work(dist.irecv(b, src=self.peers[msg.src], group=self.group,
+                                      tag=self._tag(msg, j))) for j, b in enumerate(bufs)]
+            self.posted[msg] = _Posted(works, bufs)
             self.next_post[m.src] += 1
 
     def prefetch(self, consumer: Action) -> None:
@@ -101,22 +131,23 @@ class Comm:
         for m in self.incoming.get(consumer, ()):
             self._post_until(m)
 
-    def recv(self, consumer: Action, producer: Action) -> torch.Tensor:
-        """The tensor ``producer`` sent for ``consumer``; blocks until it has arrived."""
+    def recv(self, consumer: Action, producer: Action) -> Payload:
+        """The payload ``producer`` sent for ``consumer``; blocks until it has arrived."""
         m = next(x for x in self.incoming[consumer] if x.producer == producer)
         self._post_until(m)
         posted = self.posted.pop(m)
-        posted.work.wait()
-        return posted.buffer
+        for work in posted.works:
+            work.wait()
+        return posted.buffers
 
     # ------------------------------------------------------------------ sending
-    def send(self, producer: Action, tensor: torch.Tensor) -> None:
+    def send(self, producer: Action, payload: Payload) -> None:
         """Start sending ``producer``'s output to every rank that consumes it; never blocks."""
-        out = tensor.detach().contiguous()
+        out = tuple(t.detach().contiguous() for t in payload)
         for m in self.outgoing.get(producer, ()):
-            work = dist.isend(out, dst=self.peers[m.dst], group=self.group,
-                              tag=self.tag[m.producer, m.consumer])
-            self.sends.append((work, out))
+            for j, t in enumerate(out):
+                work = dist.isend(t, dst=self.peers[m.dst], group=self.group, tag=self._tag(m, j))
+                self.sends.append((_work(work), t))
         while self.sends and self.sends[0][0].is_completed():  # free what has gone, in order
             self.sends.popleft()
 
@@ -130,54 +161,102 @@ class Comm:
             raise RuntimeError(f"receives posted but never used: {left}")
         self.next_post = dict.fromkeys(self.channel, 0)
 
-    # ------------------------------------------------------------------ shapes, once
-    def send_meta(self, stage: int, dst: int, tensor: torch.Tensor
+    # ------------------------------------------------------------------ shapes
+    def send_meta(self, stage: int, dst: int, boundary: Boundary | None
                   ) -> tuple[dist.Work, torch.Tensor]:
+        """Tell ``dst`` what crosses after ``stage`` (None: this side failed, skip the stage)."""
         meta = torch.zeros(_META_LEN, dtype=torch.int64)
-        meta[0] = _DTYPES.index(tensor.dtype)
-        meta[1] = tensor.dim()
-        meta[2:2 + tensor.dim()] = torch.tensor(tensor.shape)
-        self.boundaries[stage] = Boundary(tuple(tensor.shape), tensor.dtype)
+        if boundary is None:
+            meta[0] = _UPSTREAM_FAILED
+        else:
+            meta[1] = len(boundary)
+            for j, x in enumerate(boundary):
+                base = 2 + j * (2 + _MAX_DIMS)
+                meta[base], meta[base + 1] = _DTYPES.index(x.dtype), len(x.shape)
+                meta[base + 2:base + 2 + len(x.shape)] = torch.tensor(x.shape, dtype=torch.int64)
+            self.boundaries[stage] = boundary
         meta = meta.to(self.device)
         work = dist.isend(meta, dst=self.peers[dst], group=self.group, tag=_META_TAG + stage)
-        return work, meta  # the caller keeps meta alive until work.wait()
+        return _work(work), meta  # the caller keeps meta alive until work.wait()
 
-    def recv_meta(self, stage: int, src: int) -> Boundary:
+    def recv_meta(self, stage: int, src: int) -> Boundary | None:
         meta = torch.zeros(_META_LEN, dtype=torch.int64, device=self.device)
         dist.recv(meta, src=self.peers[src], group=self.group, tag=_META_TAG + stage)
-        meta = meta.cpu()
-        ndim = int(meta[1])
-        b = Boundary(tuple(int(d) for d in meta[2:2 + ndim]), _DTYPES[int(meta[0])])
-        self.boundaries[stage] = b
-        return b
+        values = meta.cpu().tolist()
+        if values[0] != _OK:
+            return None
+        members = []
+        for j in range(values[1]):
+            base = 2 + j * (2 + _MAX_DIMS)
+            ndim = values[base + 1]
+            members.append(Member(tuple(values[base + 2:base + 2 + ndim]),
+                                  _DTYPES[values[base]]))
+        self.boundaries[stage] = tuple(members)
+        return self.boundaries[stage]
 
 
-def exchange_shapes(comm: Comm, schedule: Schedule, modules: dict[int, torch.nn.Module],
-                    example_input: torch.Tensor | None) -> None:
-    """Learn each stage boundary's shape and dtype once, by running each stage on zeros.
+def _work(work: dist.Work | None) -> dist.Work:
+    """torch types a point-to-point call's handle as optional; it is always there here."""
+    assert work is not None
+    return work
 
-    Stages are visited in order; a boundary that crosses ranks sends a small int64 header.
-    Sends are non-blocking and receives follow stage order, so this cannot deadlock.
+
+def check_payload(payload: Payload, stage: int) -> None:
+    """What the wire can carry: at most MAX_TENSORS members of known dtypes and <= 8 dims."""
+    if len(payload) > MAX_TENSORS:
+        raise ValueError(f"stage {stage} returned {len(payload)} tensors; at most "
+                         f"{MAX_TENSORS} can cross a stage boundary")
+    for t in payload:
+        if t.dtype not in _DTYPES or t.dim() > _MAX_DIMS:
+            raise ValueError(f"stage {stage} returned a {t.dtype} tensor of {t.dim()} dims; "
+                             f"boundaries carry {', '.join(map(str, _DTYPES))} up to "
+                             f"{_MAX_DIMS} dims")
+
+
+def exchange_shapes(comm: Comm, schedule: Schedule, runners: dict[int, StageRunner],
+                    example: Payload | None) -> str | None:
+    """Learn each stage boundary's payload by running each local stage once, without grad.
+
+    Stage 0 runs on ``example`` (one real microbatch), a later stage on zeros of what it
+    receives. Stages are visited in order; a boundary that crosses ranks sends a small int64
+    header; sends are non-blocking and receives follow stage order, so this cannot deadlock.
+    Returns this rank's error (a stage that raised, or one upstream of it) instead of raising,
+    so that every rank still sends what the next one waits for; the caller makes the ranks agree.
     """
-    place = schedule.stage_to_rank
-    works = []
-    outputs: dict[int, torch.Tensor] = {}
+    place, works = schedule.stage_to_rank, []
+    outputs: dict[int, Payload | None] = {}
+    error: str | None = None
     with torch.no_grad():
-        for s in sorted(modules):
+        for s in sorted(runners):
+            x: Payload | None
             if s == 0:
-                if example_input is None:
-                    raise ValueError("the rank holding stage 0 needs an example input")
-                x = example_input
+                x = example
             elif place[s - 1] == comm.rank:
                 x = outputs[s - 1]
             else:
                 b = comm.recv_meta(s - 1, place[s - 1])
-                x = torch.zeros(b.shape, dtype=b.dtype, device=comm.device)
-            y = modules[s](x)
+                x = None if b is None else tuple(
+                    torch.zeros(m.shape, dtype=m.dtype, device=comm.device) for m in b)
+            y: Payload | None = None
+            if x is not None and error is None:
+                try:
+                    y = runners[s].run(x)
+                    check_payload(y, s)
+                except Exception as err:  # the user's module: report it on every rank
+                    error, y = f"stage {s}: {type(err).__name__}: {err}", None
+            elif x is None and error is None:
+                error = f"stage {s} got no input: an earlier stage failed"
             outputs[s] = y
             if s + 1 < schedule.stages:
-                comm.boundaries[s] = Boundary(tuple(y.shape), y.dtype)
+                if y is not None:
+                    comm.boundaries[s] = describe(y)
                 if place[s + 1] != comm.rank:
-                    works.append(comm.send_meta(s, place[s + 1], y))
+                    works.append(comm.send_meta(s, place[s + 1],
+                                                None if y is None else describe(y)))
     for work, _ in works:
         work.wait()
+    return error
+
+
+__all__ = ["MAX_TENSORS", "Boundary", "Comm", "Member", "check_payload", "describe",
+           "exchange_shapes"]

@@ -1,11 +1,16 @@
 """The schedule interpreter: runs one rank's actions in order with a handler per op.
 
-    F  receive (or take locally) the stage input, forward, send the output on
-    B  receive the output gradient, full backward, send the input gradient back
+    F  take the stage input (the batch, a message, or a local hand-off), forward, send it on
+    B  take the output gradient, full backward, send the input gradient back
     I  like B, with Linear weight gradients deferred
     W  the deferred weight gradients
-Receives for upcoming actions are posted ahead (``lookahead``); sends start right after the
-producing action and never block. Each action's start and end are recorded on ``clock``.
+Where an action's data comes from is ``ir.deps``: its one dependency on another stage is the
+producer of its input (the same rule the validator and the simulator use). Receives for
+upcoming actions are posted ahead (``lookahead``); sends start right after the producing action
+and never block. Each handler returns when its inputs were in hand and when its output existed;
+an action's event spans the two (waiting for a message is idle time, sending is the consumer's
+business). Observers see every action (progress lines, the stall watchdog, fault injection,
+data-parallel all-reduce) through one interface.
 """
 
 from __future__ import annotations
@@ -17,91 +22,100 @@ from typing import Any
 
 import torch
 
-from pipesim.ir import Action, Op, Schedule
+from pipesim.ir import Action, Op, Schedule, deps
 from pipesim.runtime.comm import Comm
-from pipesim.runtime.stage import StageRunner
-from pipesim.runtime.watchdog import Monitor, NullMonitor
+from pipesim.runtime.stage import Payload, StageRunner
 
-# hook(rank, action, detail) called after each action; detail says where data came from/went
-ActionHook = Callable[[int, Action, dict[str, Any]], None]
+Clock = Callable[[], float]
+
+
+class Observer:
+    """Sees one rank's actions; override what you need (every method is a no-op here).
+
+    ``detail`` says where data came from ("from": "recv"/"local") and went ("to": "send"/
+    "local"), "created" (the shape of a batch input), "loss" (a 0-d tensor, last stage) and
+    "output" (inference output payload, last stage). Reading a tensor in it costs a sync on CUDA.
+    """
+
+    def started(self, rank: int, action: Action) -> None:
+        """``action`` begins (before it waits for its inputs)."""
+
+    def waiting(self, rank: int, action: Action, producer: Action, src: int) -> None:
+        """``action`` blocks on ``producer``'s message from rank ``src``."""
+
+    def arrived(self, rank: int, action: Action) -> None:
+        """The message ``action`` waited for has arrived; it computes now."""
+
+    def done(self, rank: int, action: Action, detail: dict[str, Any]) -> None:
+        """``action`` has finished (its output sent or handed on)."""
+
+    def finished(self, rank: int) -> None:
+        """The rank has run every action of the step."""
 
 
 @dataclass
 class StepRecord:
-    """What one rank did in one step: events (action, start, end) and the losses it computed."""
+    """What one rank did in one step: events (action, start, end), losses and outputs."""
 
     events: list[tuple[Action, float, float]] = field(default_factory=list)
-    losses: dict[int, float] = field(default_factory=dict)
-    outputs: dict[int, torch.Tensor] = field(default_factory=dict)  # inference: last stage
+    losses: dict[int, torch.Tensor] = field(default_factory=dict)  # mb -> unscaled loss
+    outputs: dict[int, Payload] = field(default_factory=dict)  # inference: last stage
     start: float = 0.0
     end: float = 0.0
+
+    def loss_sum(self) -> float:
+        """The sum of this rank's microbatch losses: one read of the device, once per step."""
+        if not self.losses:
+            return 0.0
+        return float(torch.stack(list(self.losses.values())).sum())
+
+
+@dataclass
+class _Done:
+    ready: float  # when the inputs were in hand
+    made: float  # when the output existed (before sending it)
+    detail: dict[str, Any]
 
 
 class Engine:
     """Interprets ``schedule`` for ``rank`` over ``runners`` (stage index -> StageRunner)."""
 
     def __init__(self, schedule: Schedule, rank: int, runners: dict[int, StageRunner],
-                 comm: Comm, origin: float = 0.0, hook: ActionHook | None = None,
-                 synthetic: dict[Op, float] | None = None, lookahead: int = 2,
-                 monitor: Monitor | None = None,
-                 before: Callable[[Action], None] | None = None,
-                 after: Callable[[Action], None] | None = None) -> None:
+                 comm: Comm, clock: Clock, observers: Sequence[Observer] = (),
+                 lookahead: int = 2) -> None:
         self.schedule = schedule
         self.rank = rank
         self.runners = runners
         self.comm = comm
-        self.origin = origin
-        self.hook = hook
-        self.synthetic = synthetic or {}
+        self.clock = clock
+        self.observers = list(observers)
         self.lookahead = lookahead
-        self.monitor = monitor or NullMonitor()
-        self.before = before  # called before each action (fault injection in tests)
-        self.after = after  # called after each action (starts gradient all-reduce)
         self.training = not schedule.forward_only
-        self.handlers: dict[Op, Callable[[Action], dict[str, Any]]] = {
+        self.handlers: dict[Op, Callable[[Action], _Done]] = {
             Op.F: self._forward, Op.B: self._backward, Op.I: self._backward, Op.W: self._weight,
         }
-        self._local: dict[tuple[Action, Action], torch.Tensor] = {}
-        self._inputs: Sequence[torch.Tensor] = ()
-        self._targets: Sequence[torch.Tensor] = ()
+        self._local: dict[tuple[Action, Action], Payload] = {}
+        self._inputs: Sequence[Payload] = ()
+        self._targets: Sequence[Any] = ()
         self._record = StepRecord()
-        self._ready: float | None = None  # when the current action's inputs had arrived
-        self._paused: Action | None = None  # the action whose synthetic sleep already ran
-        self._posted = 0.0  # when the current action began (before waiting for inputs)
-        self._computed: float | None = None  # when its output existed (before sending it)
 
-    def clock(self) -> float:
-        return time.perf_counter() - self.origin
-
-    def step(self, inputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]
-             ) -> StepRecord:
-        """Run every action of this rank once; inputs/targets per microbatch."""
+    def step(self, inputs: Sequence[Payload], targets: Sequence[Any]) -> StepRecord:
+        """Run every action of this rank once; inputs/targets per microbatch (where needed)."""
         self._inputs, self._targets = inputs, targets
-        self._paused = None
         self._record = record = StepRecord(start=self.clock())
         row = self.schedule.actions[self.rank]
         for i, action in enumerate(row):
             for ahead in row[i:i + 1 + self.lookahead]:
                 self.comm.prefetch(ahead)
-            self.monitor.running(action)
-            if self.before is not None:
-                self.before(action)
-            self._ready = self._computed = None
-            self._posted = self.clock()
-            detail = self.handlers[action.op](action)
-            self._pause(action)  # no-op unless it already ran before this action's send
-            end = self._computed if self._computed is not None else self.clock()
-            # an action runs from when its inputs are in hand (waiting for a message is idle
-            # time) to when its output exists (sending it is the next rank's business)
-            record.events.append((action, self._ready if self._ready is not None
-                                  else self._posted, end))
-            self.monitor.done(action)
-            if self.after is not None:
-                self.after(action)
-            if self.hook is not None:
-                self.hook(self.rank, action, detail)
+            for o in self.observers:
+                o.started(self.rank, action)
+            done = self.handlers[action.op](action)
+            record.events.append((action, done.ready, done.made))
+            for o in self.observers:
+                o.done(self.rank, action, done.detail)
         self.comm.finish()
-        self.monitor.finished()
+        for o in self.observers:
+            o.finished(self.rank)
         for runner in self.runners.values():
             record.losses.update(runner.losses)
             runner.losses.clear()
@@ -110,83 +124,79 @@ class Engine:
             raise RuntimeError(f"local hand-offs never consumed: {list(self._local)}")
         return record
 
-    # ------------------------------------------------------------------ handlers
-    def _take(self, consumer: Action, producer: Action) -> tuple[torch.Tensor, str]:
+    # ------------------------------------------------------------------ data in and out
+    def _producer(self, a: Action) -> Action | None:
+        """The action on another stage whose output ``a`` consumes (``ir.deps``), if any."""
+        return next((d for d in deps(a, self.schedule) if d.stage != a.stage), None)
+
+    def _take(self, consumer: Action, producer: Action, detail: dict[str, Any]) -> Payload:
         """The input of ``consumer`` produced by ``producer``: local hand-off or a message."""
         src = self.schedule.stage_to_rank[producer.stage]
         if src == self.rank:
-            return self._local.pop((producer, consumer)), "local"
-        self.monitor.waiting(consumer, producer, src)
-        tensor = self.comm.recv(consumer, producer)
-        self.monitor.running(consumer)
-        self._ready = self.clock()
-        return tensor, "recv"
+            detail["from"] = "local"
+            return self._local.pop((producer, consumer))
+        for o in self.observers:
+            o.waiting(self.rank, consumer, producer, src)
+        detail["from"] = "recv"
+        payload = self.comm.recv(consumer, producer)
+        for o in self.observers:
+            o.arrived(self.rank, consumer)
+        return payload
 
-    def _pause(self, action: Action) -> None:
-        """--synthetic: make the action last its given time (compute included), before any send.
-
-        Sleeping to a deadline rather than for a duration keeps timer overshoot and the real
-        compute from adding up action after action.
-        """
-        if action.op in self.synthetic and self._paused is not action:
-            begun = self._ready if self._ready is not None else self._posted
-            left = self.synthetic[action.op] - (self.clock() - begun)
-            if left > 0:
-                time.sleep(left)
-            self._paused = action
-
-    def _give(self, producer: Action, consumer: Action, tensor: torch.Tensor) -> str:
-        self._pause(producer)
-        if self._computed is None:
-            self._computed = self.clock()
+    def _give(self, producer: Action, consumer: Action, payload: Payload) -> str:
         if self.schedule.stage_to_rank[consumer.stage] == self.rank:
-            self._local[(producer, consumer)] = tensor
+            self._local[(producer, consumer)] = payload
             return "local"
-        self.comm.send(producer, tensor)
+        self.comm.send(producer, payload)
         return "send"
 
-    def _forward(self, a: Action) -> dict[str, Any]:
+    # ------------------------------------------------------------------ handlers
+    def _forward(self, a: Action) -> _Done:
         s, mb = a.stage, a.microbatch
-        runner = self.runners[s]
-        detail: dict[str, Any] = {}
-        if s == 0:
+        runner, detail = self.runners[s], dict[str, Any]()
+        producer = self._producer(a)
+        if producer is None:
             x = self._inputs[mb]
-            detail["created"] = tuple(x.shape)
+            detail["created"] = tuple(x[0].shape)
         else:
-            x, detail["from"] = self._take(a, Action(s - 1, Op.F, mb))
+            x = self._take(a, producer, detail)
+        ready = self.clock()
         target = self._targets[mb] if runner.is_last and self.training else None
         y = runner.forward(mb, x, target, training=self.training)
+        made = self.clock()
         if runner.is_last:
-            if not self.training:
-                self._record.outputs[mb] = y
-                detail["output_mean"] = float(y.float().mean())
-            else:
+            if self.training:
                 detail["loss"] = runner.losses[mb]
+            else:
+                self._record.outputs[mb] = detail["output"] = y
         else:
-            consumer = Action(s + 1, Op.F, mb)
-            detail["to"] = self._give(a, consumer, y)
-        return detail
+            detail["to"] = self._give(a, Action(s + 1, Op.F, mb), y)
+        return _Done(ready, made, detail)
 
-    def _backward(self, a: Action) -> dict[str, Any]:
+    def _backward(self, a: Action) -> _Done:
         s, mb = a.stage, a.microbatch
-        runner = self.runners[s]
         detail: dict[str, Any] = {}
-        grad = None
-        if not runner.is_last:
-            producer = self.schedule.input_grad_action(s + 1, mb)
-            grad, detail["from"] = self._take(a, producer)
-        grad_in = runner.backward(mb, grad, split=a.op is Op.I)
+        producer = self._producer(a)
+        grads = None if producer is None else self._take(a, producer, detail)
+        ready = self.clock()
+        grad_in = self.runners[s].backward(mb, grads, a.op is Op.I)
+        made = self.clock()
         if s > 0:
             if grad_in is None:
                 raise RuntimeError(f"{a}: the stage input received no gradient")
-            detail["to"] = self._give_grad(a, grad_in)
-        return detail
+            consumer = self.schedule.input_grad_action(s - 1, mb)
+            detail["to"] = self._give(a, consumer, grad_in)
+        return _Done(ready, made, detail)
 
-    def _give_grad(self, a: Action, grad_in: torch.Tensor) -> str:
-        """Send I/B(s)'s input gradient to the input-gradient action of stage s-1."""
-        consumer = self.schedule.input_grad_action(a.stage - 1, a.microbatch)
-        return self._give(a, consumer, grad_in)
-
-    def _weight(self, a: Action) -> dict[str, Any]:
+    def _weight(self, a: Action) -> _Done:
+        ready = self.clock()
         self.runners[a.stage].weight(a.microbatch)
-        return {}
+        return _Done(ready, self.clock(), {})
+
+
+def perf_clock(origin: float) -> Clock:
+    """Seconds since ``origin`` on the monotonic performance counter."""
+    return lambda: time.perf_counter() - origin
+
+
+__all__ = ["Clock", "Engine", "Observer", "StepRecord", "perf_clock"]

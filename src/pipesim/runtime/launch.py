@@ -29,6 +29,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from pipesim.ir import Action
+from pipesim.runtime.engine import Observer
 from pipesim.runtime.malloc import keep_freed_memory
 from pipesim.runtime.watchdog import (
     Monitor,
@@ -39,8 +41,8 @@ from pipesim.runtime.watchdog import (
     stalled,
 )
 
-# (rank, world_size, monitor) -> result; rank 0's result is returned to the launcher
-Worker = Callable[[int, int, Monitor], Any]
+# (rank, world_size) -> result; each rank's result is pickled back to the launcher
+Worker = Callable[[int, int], Any]
 
 _RENDEZVOUS_TIMEOUT = 60.0
 
@@ -61,6 +63,40 @@ class LaunchOptions:
     threads: int = 1  # torch threads per rank
     timeout: float = 600.0  # collective timeout (seconds)
     stall_timeout: float = 60.0  # no action completed this long on a busy rank: stop the job
+
+
+class _Watched(Observer):
+    """Writes a rank's progress into the launcher's shared row (the stall watchdog reads it)."""
+
+    def __init__(self, monitor: Monitor) -> None:
+        self.monitor = monitor
+
+    def started(self, rank: int, action: Action) -> None:
+        self.monitor.running(action)
+
+    def waiting(self, rank: int, action: Action, producer: Action, src: int) -> None:
+        self.monitor.waiting(action, producer, src)
+
+    def arrived(self, rank: int, action: Action) -> None:
+        self.monitor.running(action)
+
+    def done(self, rank: int, action: Action, detail: dict[str, Any]) -> None:
+        self.monitor.done(action)
+
+    def finished(self, rank: int) -> None:
+        self.monitor.finished()
+
+
+_CURRENT: list[Observer] = []  # this process's watchdog writer, set where the rank starts
+
+
+def current_monitor() -> Observer | None:
+    """The stall watchdog's writer of this rank (set by launch and init), if any."""
+    return _CURRENT[0] if _CURRENT else None
+
+
+def _set_monitor(monitor: Monitor) -> None:
+    _CURRENT[:] = [_Watched(monitor)]
 
 
 def under_torchrun() -> bool:
@@ -84,14 +120,15 @@ def _init_group(rank: int, world: int, port: Any, ready: Any, opts: LaunchOption
         listener.bind(("127.0.0.1", 0))
         listener.listen(world * 2)
         port.value = listener.getsockname()[1]
-        store = dist.TCPStore("127.0.0.1", port.value, world, is_master=True, timeout=timeout,
-                              wait_for_workers=False, master_listen_fd=listener.fileno(),
-                              use_libuv=True)
+        store = dist.TCPStore(  # type: ignore[attr-defined]
+            "127.0.0.1", port.value, world, is_master=True, timeout=timeout,
+            wait_for_workers=False, master_listen_fd=listener.fileno(), use_libuv=True)
         ready.set()
     else:
         if not ready.wait(_RENDEZVOUS_TIMEOUT):
             raise RuntimeError("rank 0 did not open the rendezvous in time")
-        store = dist.TCPStore("127.0.0.1", port.value, world, is_master=False, timeout=timeout)
+        store = dist.TCPStore(  # type: ignore[attr-defined]
+            "127.0.0.1", port.value, world, is_master=False, timeout=timeout)
     dist.init_process_group(opts.backend, store=store, rank=rank, world_size=world,
                             timeout=timeout)
 
@@ -106,10 +143,11 @@ def _child(rank: int, world: int, worker: Worker, opts: LaunchOptions, port: Any
     code = 0
     try:
         _init_group(rank, world, port, ready, opts)
-        result = worker(rank, world, Monitor(rows, rank))
+        _set_monitor(Monitor(rows, rank))
+        result = worker(rank, world)
         # plain pickle: torch's multiprocessing pickler would share storage through file
         # descriptors that vanish when this process exits
-        conn.send_bytes(pickle.dumps(("ok", result if rank == 0 else None)))
+        conn.send_bytes(pickle.dumps(("ok", result)))
     except BaseException as err:  # report every failure, then exit non-zero
         code = 130 if isinstance(err, KeyboardInterrupt) else 1
         summary = f"{type(err).__name__}: {err}".strip()
@@ -125,7 +163,12 @@ def _child(rank: int, world: int, worker: Worker, opts: LaunchOptions, port: Any
 
 
 def launch(worker: Worker, world: int, opts: LaunchOptions | None = None) -> Any:
-    """Run ``worker(rank, world)`` on ``world`` forked ranks; returns rank 0's result.
+    """Run ``worker(rank, world)`` on ``world`` forked ranks; returns rank 0's result."""
+    return launch_all(worker, world, opts)[0]
+
+
+def launch_all(worker: Worker, world: int, opts: LaunchOptions | None = None) -> list[Any]:
+    """Run ``worker(rank, world)`` on ``world`` forked ranks; every rank's result, in order.
 
     Raises RankFailedError naming the first rank that fails; every rank is gone on return.
     """
@@ -133,7 +176,7 @@ def launch(worker: Worker, world: int, opts: LaunchOptions | None = None) -> Any
     prepare = getattr(worker, "prepare", None)  # optional parent-side warm-up before forking
     if callable(prepare):
         prepare()
-    ctx = mp.get_context("fork" if opts.backend == "gloo" else "spawn")
+    ctx: Any = mp.get_context("fork" if opts.backend == "gloo" else "spawn")
     port, ready = ctx.Value("i", 0), ctx.Event()
     rows = shared_rows(ctx, world)
     sys.stdout.flush()
@@ -152,7 +195,8 @@ def launch(worker: Worker, world: int, opts: LaunchOptions | None = None) -> Any
         _stop(procs)
 
 
-def _watch(procs: list[Any], conns: list[Connection], rows: Any, stall_timeout: float) -> Any:
+def _watch(procs: list[Any], conns: list[Connection], rows: Any, stall_timeout: float
+           ) -> list[Any]:
     results: dict[int, tuple[Any, ...]] = {}
     alive = set(range(len(procs)))
     poll = max(0.05, min(1.0, stall_timeout / 4))
@@ -171,13 +215,13 @@ def _watch(procs: list[Any], conns: list[Connection], rows: Any, stall_timeout: 
             if ready in readable:
                 r = readable[ready]
                 try:
-                    results[r] = pickle.loads(ready.recv_bytes())  # type: ignore[union-attr]
+                    results[r] = pickle.loads(ready.recv_bytes())  # type: ignore[union-attr,unused-ignore]
                 except EOFError:
                     results[r] = ("gone",)
                 if results[r][0] == "error":
                     failures.append((r, results[r][1], results[r][3], False))
             else:
-                r = sentinels[ready]  # type: ignore[index]
+                r = sentinels[ready]  # type: ignore[index,unused-ignore]
                 procs[r].join()
                 alive.discard(r)
                 if procs[r].exitcode != 0 and not any(f[0] == r for f in failures):
@@ -187,8 +231,8 @@ def _watch(procs: list[Any], conns: list[Connection], rows: Any, stall_timeout: 
     if failures:
         rank, message, kind, _ = _root_cause(failures)
         raise RankFailedError(rank, message, kind)
-    first = results.get(0, ("gone",))
-    return first[1] if first[0] == "ok" else None
+    return [results[r][1] if results.get(r, ("gone",))[0] == "ok" else None
+            for r in range(len(procs))]
 
 
 _ATTRIBUTION_GRACE = 1.5  # seconds to collect other failures before naming the first cause
@@ -234,19 +278,36 @@ def _stop(procs: list[Any], grace: float = 2.0) -> None:
             p.join()
 
 
-def run_torchrun(worker: Worker, opts: LaunchOptions | None = None) -> Any:
-    """This process is one rank of a torchrun job; returns its worker result."""
+def init_torchrun(opts: LaunchOptions | None = None) -> tuple[int, int]:
+    """Join torchrun's job as this process's rank (env:// rendezvous); (rank, world size).
+
+    One thread per rank, freed memory kept, and a watchdog thread that ends this rank when it
+    stalls (torchrun then stops the others). Does nothing if already initialised.
+    """
     opts = opts or LaunchOptions()
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if not under_torchrun():
+        raise RuntimeError("pipesim.init() joins a torchrun job (RANK, WORLD_SIZE, MASTER_ADDR "
+                           "and MASTER_PORT are not set); to start ranks on this machine use "
+                           "pipesim.launch(fn, world_size)")
     torch.set_num_threads(opts.threads)
     keep_freed_memory()
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     dist.init_process_group(opts.backend, init_method="env://", rank=rank, world_size=world,
                             timeout=timedelta(seconds=opts.timeout))
     rows = private_rows(rank + 1)
+    _set_monitor(Monitor(rows, rank))
     threading.Thread(target=_own_watchdog, args=(rows, rank, opts.stall_timeout),
                      daemon=True).start()
+    return rank, world
+
+
+def run_torchrun(worker: Worker, opts: LaunchOptions | None = None) -> Any:
+    """This process is one rank of a torchrun job; returns its worker result."""
+    rank, world = init_torchrun(opts)
     try:
-        return worker(rank, world, Monitor(rows, rank))
+        return worker(rank, world)
     finally:
         dist.destroy_process_group()
 

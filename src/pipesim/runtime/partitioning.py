@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from pipesim.layercosts import LayerCosts
+from pipesim.models.spec import split_layers
 from pipesim.partition import check_balance, partition_balanced, partition_uniform
-from pipesim.runtime.models import split_layers
 
 METHODS = ("uniform", "params", "time")
 

@@ -23,13 +23,13 @@ import functools
 import math
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional
 
-from pipesim.runtime.models import Batch, LossFn, ModelSpec, register_model
+from pipesim.config import RunConfig
+from pipesim.models.spec import Batch, LossFn, ModelSpec, torch_dtype
 
 DEFAULT_SEQ_LEN = 64  # tokens per sequence
 DEFAULT_LAYERS = 6  # embedding + 4 blocks + head: the nanoGPT-sized default
@@ -55,7 +55,7 @@ class GPTShape:
     seq_len: int
 
 
-def gpt_shape(cfg: Any) -> GPTShape:
+def gpt_shape(cfg: RunConfig) -> GPTShape:
     """Sizes from a run config; ValueError names the flag that is wrong."""
     layers = cfg.num_layers
     if layers < 3:
@@ -98,7 +98,7 @@ def decode(ids: torch.Tensor) -> str:
     return "".join(vocabulary()[int(i)] for i in ids.reshape(-1))
 
 
-def gpt_batch(cfg: Any, step: int) -> Batch:
+def gpt_batch(cfg: RunConfig, step: int) -> Batch:
     """m microbatches (every data-parallel replica's) of b windows of T tokens: inputs ids
     [b, T], targets the next ids [b, T]."""
     shape = gpt_shape(cfg)
@@ -200,8 +200,8 @@ def _init(layer: nn.Module, blocks: int) -> None:
             nn.init.zeros_(module.bias)
 
 
-def _gpt_layers(cfg: Any) -> list[nn.Module]:
-    return build_gpt(gpt_shape(cfg), cfg.seed, cfg.torch_dtype)
+def _gpt_layers(cfg: RunConfig) -> list[nn.Module]:
+    return build_gpt(gpt_shape(cfg), cfg.seed, torch_dtype(cfg))
 
 
 def gpt_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -209,9 +209,12 @@ def gpt_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
-def _gpt_loss(cfg: Any) -> LossFn:
+def _gpt_loss(cfg: RunConfig) -> LossFn:
     return gpt_loss
 
 
-register_model(ModelSpec("gpt", _gpt_layers, gpt_batch, _gpt_loss,
-                         "a small character-level GPT on a shipped text; --layers = blocks + 2"))
+GPT = ModelSpec("gpt", _gpt_layers, gpt_batch, _gpt_loss,
+                "a small character-level GPT on a shipped text; --layers = blocks + 2")
+
+__all__ = ["DEFAULT_LAYERS", "DEFAULT_SEQ_LEN", "GPT", "GPTShape", "build_gpt", "gpt_batch",
+           "gpt_heads", "gpt_loss", "gpt_shape"]

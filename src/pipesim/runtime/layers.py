@@ -1,0 +1,84 @@
+"""A user's model as layers: their names, the balance that cuts them, and this rank's share.
+
+Stage modules are ``nn.Sequential``s keyed by the layers' own names, so a stage's
+``named_parameters`` and ``state_dict`` read exactly as the whole model's (``"3.weight"``).
+A layer built on the meta device is materialised only on the rank that keeps it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from pipesim.partition import blocks_to_bounds, check_balance
+from pipesim.runtime.agree import PipelineError
+from pipesim.runtime.partitioning import METHODS, balance_of
+
+
+def layer_list(model: nn.Module | Sequence[nn.Module]) -> tuple[list[str], list[nn.Module]]:
+    """(names, layers) of an nn.Sequential / nn.ModuleList (its own names) or a list (0..n-1)."""
+    if isinstance(model, nn.Sequential | nn.ModuleList):
+        named = list(model.named_children())
+        return [n for n, _ in named], [m for _, m in named]
+    if isinstance(model, nn.Module):
+        raise PipelineError(f"the model must be an nn.Sequential or a list of layers; got "
+                            f"{type(model).__name__} (put its layers in an nn.Sequential)")
+    if not isinstance(model, Sequence) or not all(isinstance(x, nn.Module) for x in model):
+        raise PipelineError("the model must be an nn.Sequential or a list of nn.Module layers")
+    return [str(i) for i in range(len(model))], list(model)
+
+
+def choose_balance(layers: Sequence[nn.Module], stages: int, balance: Sequence[int] | None,
+                   method: str, example: torch.Tensor | None) -> tuple[int, ...]:
+    """Layers per stage: ``balance`` as given, else the partition ``method``'s."""
+    if len(layers) < stages:
+        raise PipelineError(f"{len(layers)} layers cannot fill {stages} stages (each stage "
+                            f"needs at least one layer)")
+    try:
+        if balance is not None:
+            cut = check_balance(list(balance), len(layers))
+            if len(cut) != stages:
+                raise ValueError(f"the balance has {len(cut)} entries; the schedule has "
+                                 f"{stages} stages")
+            return tuple(cut)
+        if method not in METHODS:
+            raise ValueError(f"unknown partition {method!r}; valid: {', '.join(METHODS)}")
+        return tuple(balance_of(layers, stages, method, example))
+    except ValueError as err:
+        raise PipelineError(str(err)) from None
+
+
+def stage_modules(names: Sequence[str], layers: Sequence[nn.Module], balance: Sequence[int],
+                  stages: Sequence[int]) -> dict[int, nn.Sequential]:
+    """The modules of ``stages``, each an nn.Sequential of its layers under their own names."""
+    bounds = blocks_to_bounds(list(balance))
+    return {s: nn.Sequential(OrderedDict((names[i], layers[i]) for i in range(*bounds[s])))
+            for s in stages}
+
+
+def materialize(module: nn.Module, device: torch.device,
+                init_fn: Callable[[nn.Module], None] | None) -> nn.Module:
+    """``module`` on ``device``; layers on the meta device get storage and initial values
+    (``init_fn(layer)``, else every submodule's own ``reset_parameters``)."""
+    for layer in module.children():
+        if any(t.is_meta for t in (*layer.parameters(), *layer.buffers())):
+            layer.to_empty(device=device)
+            if init_fn is not None:
+                init_fn(layer)
+            else:
+                _reset(layer)
+    return module.to(device)
+
+
+def _reset(layer: nn.Module) -> None:
+    for sub in layer.modules():
+        reset = getattr(sub, "reset_parameters", None)
+        if callable(reset):
+            with torch.no_grad():
+                reset()
+
+
+__all__ = ["choose_balance", "layer_list", "materialize", "stage_modules"]
