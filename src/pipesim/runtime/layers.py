@@ -1,14 +1,15 @@
 """A user's model as layers: their names, the balance that cuts them, and this rank's share.
 
-Stage modules are ``nn.Sequential``s keyed by the layers' own names, so a stage's
-``named_parameters`` and ``state_dict`` read exactly as the whole model's (``"3.weight"``).
-A layer built on the meta device is materialised only on the rank that keeps it.
+A stage module chains its layers (a layer returning a tuple passes its members to the next as
+positional arguments) and keys them by their own names, so a stage's ``named_parameters`` and
+``state_dict`` read exactly as the whole model's (``"3.weight"``). A layer built on the meta
+device is materialised only on the rank that keeps it.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,6 +17,26 @@ from torch import nn
 from pipesim.partition import blocks_to_bounds, check_balance
 from pipesim.runtime.agree import PipelineError
 from pipesim.runtime.partitioning import METHODS, balance_of
+
+
+class Stage(nn.Module):
+    """Consecutive layers of a model under their own names; ``forward(*inputs)`` chains them."""
+
+    def __init__(self, named: Sequence[tuple[str, nn.Module]]) -> None:
+        super().__init__()
+        for name, layer in named:
+            self.add_module(name, layer)
+
+    def forward(self, *inputs: Any) -> Any:
+        out: Any = inputs
+        for layer in self.children():
+            out = layer(*out) if isinstance(out, tuple) else layer(out)
+        return out
+
+
+def run_layers(layers: Sequence[nn.Module], *inputs: Any) -> Any:
+    """The unpipelined model: ``layers`` chained as a stage chains them (for references)."""
+    return Stage([(str(i), layer) for i, layer in enumerate(layers)])(*inputs)
 
 
 def layer_list(model: nn.Module | Sequence[nn.Module]) -> tuple[list[str], list[nn.Module]]:
@@ -52,11 +73,10 @@ def choose_balance(layers: Sequence[nn.Module], stages: int, balance: Sequence[i
 
 
 def stage_modules(names: Sequence[str], layers: Sequence[nn.Module], balance: Sequence[int],
-                  stages: Sequence[int]) -> dict[int, nn.Sequential]:
-    """The modules of ``stages``, each an nn.Sequential of its layers under their own names."""
+                  stages: Sequence[int]) -> dict[int, Stage]:
+    """The modules of ``stages``, each a Stage of its layers under their own names."""
     bounds = blocks_to_bounds(list(balance))
-    return {s: nn.Sequential(OrderedDict((names[i], layers[i]) for i in range(*bounds[s])))
-            for s in stages}
+    return {s: Stage([(names[i], layers[i]) for i in range(*bounds[s])]) for s in stages}
 
 
 def materialize(module: nn.Module, device: torch.device,
@@ -81,4 +101,4 @@ def _reset(layer: nn.Module) -> None:
                 reset()
 
 
-__all__ = ["choose_balance", "layer_list", "materialize", "stage_modules"]
+__all__ = ["Stage", "choose_balance", "layer_list", "materialize", "run_layers", "stage_modules"]
