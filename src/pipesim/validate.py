@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from itertools import accumulate
 
-from pipesim.ir import STASH_DELTA, Action, Op, Schedule, deps
+from pipesim.ir import Action, Op, Schedule, deps
+from pipesim.timeline import peak_stash
 
 _MAX_REPORTED = 8  # problems listed per kind before "... and N more"
 
@@ -257,12 +257,9 @@ def channel_order_warnings(schedule: Schedule) -> list[str]:
 
 
 def peak_activations(schedule: Schedule) -> tuple[int, ...]:
-    """Per rank, the most forward activations stashed at once.
+    """Per rank, the most forward activations stashed at once (``timeline.peak_stash``).
 
     An F stashes its activations; a B frees them, and when backward is split, its W does (the
     weight gradient still needs the stage's inputs). Forward-only schedules stash nothing.
     """
-    if schedule.forward_only:
-        return tuple(0 for _ in schedule.actions)
-    return tuple(max(accumulate((STASH_DELTA[a.op] for a in row), initial=0))
-                 for row in schedule.actions)
+    return peak_stash(schedule.actions)
