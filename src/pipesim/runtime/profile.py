@@ -351,10 +351,12 @@ class PingPong:
                 t0 = time.perf_counter()
                 work = dist.isend(buf, 1)
                 times.append(time.perf_counter() - t0)
+                assert work is not None  # None only for a rank outside the group
                 work.wait()
                 dist.recv(ack, 1)
             else:
                 work = dist.irecv(buf, 0)
+                assert work is not None
                 for _ in range(20):
                     a @ w
                 work.wait()
