@@ -37,6 +37,7 @@ from torch import nn
 
 from pipesim.layercosts import LayerCost, LayerCosts
 from pipesim.runtime.splitlinear import WeightGradQueue, convert_linears
+from pipesim.runtime.stage import LossFn
 from pipesim.runtime.train import (
     RunConfig,
     build_layers,
@@ -45,7 +46,6 @@ from pipesim.runtime.train import (
     make_optimizer,
 )
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 MakeOptimizer = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 _STATISTICS: dict[str, Callable[[list[float]], float]] = {"median": statistics.median,
                                                           "min": min}
