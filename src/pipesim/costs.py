@@ -205,3 +205,6 @@ def parse_cost_flag(text: str) -> dict[str, float]:
     if "F" not in out:
         raise CostError("--cost needs F (e.g. F=1,B=2)")
     return out
+
+
+__all__ = ["CostError", "CostModel", "load_costs", "parse_cost_flag"]

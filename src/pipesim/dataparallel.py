@@ -305,3 +305,10 @@ def step_lower_bound(costs: CostModel, m: int, ranks: int, dp: DPConfig) -> floa
         ring = min(dp.ring_time(x, True), dp.ring_time(x, False))
         bound = max(bound, head[s] + m * (f + bw[s]) + ring, head[s] + m * (f + bi[s]) + tail[s])
     return (bound + dp.optimizer_time) * (1 - 1e-9)  # below any rounding of the simulator's sums
+
+
+__all__ = [
+    "BUCKET_BYTES", "DPConfig", "DPResult", "GradReady", "MiB", "RankStep", "dp_step",
+    "grad_ready", "last_gradient_index", "microbatch_counts_for", "ring_allreduce_time",
+    "simulate_dp", "step_lower_bound", "world_splits"
+]

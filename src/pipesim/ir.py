@@ -349,3 +349,26 @@ def format_csv(schedule: Schedule) -> str:
     for row in schedule.actions:
         writer.writerow([str(a) for a in row])
     return out.getvalue()
+
+
+__all__ = [
+    "STASH_DELTA",
+    "Action",
+    "ActionKey",
+    "Op",
+    "ParseError",
+    "Schedule",
+    "crosses_ranks",
+    "dep_keys",
+    "deps",
+    "detect_format",
+    "format_action",
+    "format_csv",
+    "format_text",
+    "infer_stage_to_rank",
+    "parse_action",
+    "parse_csv",
+    "parse_schedule",
+    "parse_text",
+    "schedule_from_rows"
+]

@@ -338,3 +338,18 @@ def transformer_layer_costs(blocks: int, hidden: int, heads: int, seq: int, voca
              f"{rate:.4g} FLOP/s achieved, {memory_bandwidth:.3g} B/s memory, fp32 parameters, "
              f"bf16 activations, flash attention; not a measurement")
     return LayerCosts((embed, *block, head), b, model, comm_latency, comm_bandwidth, notes)
+
+
+__all__ = [
+    "FORMAT",
+    "UNITS",
+    "CostFileError",
+    "LayerCost",
+    "LayerCosts",
+    "load_layer_costs",
+    "parse_layer_costs",
+    "stage_costs",
+    "stage_memory",
+    "stage_optimizer",
+    "transformer_layer_costs"
+]

@@ -168,3 +168,8 @@ def parse_balance(text: str) -> list[int]:
             raise ValueError(f"balance {text!r}: {part.strip()!r} is not an integer; "
                              f"expected layer counts such as 2,3,3,2") from None
     return check_balance(out, sum(out))
+
+
+__all__ = [
+    "blocks_to_bounds", "check_balance", "parse_balance", "partition_balanced", "partition_uniform"
+]

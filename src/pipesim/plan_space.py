@@ -141,3 +141,6 @@ def check_partition(partition: str | Sequence[int], n_layers: int) -> str | list
         return check_balance(partition, n_layers)
     except ValueError as err:
         raise PlanError(str(err)) from None
+
+
+__all__ = ["PARTITIONS", "PlanError", "check_partition", "format_bytes", "parse_bytes"]

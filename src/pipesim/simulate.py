@@ -352,3 +352,6 @@ def _deadlock(schedule: Schedule, stuck: dict[int, tuple[Action, Action]]) -> De
     return DeadlockError(
         f"deadlock: {len(stuck)} ranks can never continue; each waits on the next:\n"
         + "\n".join(lines) + "\n" + format_listing(schedule, marked), stuck)
+
+
+__all__ = ["DeadlockError", "SteadyStep", "simulate", "steady_step"]

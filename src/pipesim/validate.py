@@ -264,3 +264,9 @@ def peak_activations(schedule: Schedule) -> tuple[int, ...]:
     weight gradient still needs the stage's inputs). Forward-only schedules stash nothing.
     """
     return peak_stash(schedule.actions)
+
+
+__all__ = [
+    "InvalidScheduleError", "Message", "Report", "channel_order_warnings", "check", "find_cycle",
+    "format_listing", "messages", "peak_activations", "validate"
+]

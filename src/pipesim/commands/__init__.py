@@ -130,3 +130,10 @@ def load_schedule(path: str, fmt: str = "auto") -> Schedule:
         return parse_schedule(text, fmt, name=os.path.basename(path))
     except (ParseError, ValueError) as err:
         raise UserError(f"{path}: {err}") from None
+
+
+__all__ = [
+    "COMMANDS", "UserError", "add_schedule_args", "dump_json", "load_schedule",
+    "non_negative_float", "positive_float", "positive_int", "read_text", "schedule_from_args",
+    "write_atomic"
+]

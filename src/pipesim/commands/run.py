@@ -334,3 +334,6 @@ def run(args: argparse.Namespace) -> int:
     if result is None:  # a torchrun rank other than 0
         return 0
     return report(args, cfg, result, wall, predicted)
+
+
+__all__ = ["build_config", "build_schedule", "register", "run"]

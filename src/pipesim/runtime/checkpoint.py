@@ -92,3 +92,16 @@ def load_rank(root: str, step: int, rank: int) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("step") != step:
         raise CheckpointError(f"checkpoint file {path} is not a pipesim checkpoint of step {step}")
     return state
+
+
+__all__ = [
+    "FORMAT",
+    "KEEP",
+    "CheckpointError",
+    "check_fingerprint",
+    "load_rank",
+    "publish",
+    "read_latest",
+    "save_rank",
+    "step_dir"
+]

@@ -92,3 +92,6 @@ def last_gradient_actions(row: Sequence[Action]) -> dict[Action, int]:
     """Each stage's last backward-type action in ``row`` -> its stage (grads final after it);
     the rule is ``dataparallel.last_gradient_index``'s, as the simulator's all-reduce uses it."""
     return {row[i]: s for s, i in last_gradient_index(row).items()}
+
+
+__all__ = ["GradReducer", "last_gradient_actions"]

@@ -211,3 +211,10 @@ def plot_prediction(predicted: Timeline, measured: Sequence[Timeline], path: str
     render_png([(f"{predicted.name} predicted", predicted),
                 (f"{step.name} measured (median step"
                  + (f"; prediction {error:+.1%})" if error is not None else ")"), step)], path)
+
+
+__all__ = [
+    "median_step", "plot_prediction", "predict", "predict_run", "predicted_step",
+    "prediction_json", "prediction_line", "prediction_report", "step_span", "step_times",
+    "used_steps"
+]

@@ -380,3 +380,17 @@ def measure_comm(message_bytes: int, repeats: int = 30, statistic: str = "median
     extra = big - latency
     bandwidth = (large - small) / extra if extra > 0 else float("inf")
     return CommCosts(latency, bandwidth, send)
+
+
+__all__ = [
+    "STATISTICS",
+    "CommCosts",
+    "MakeOptimizer",
+    "PingPong",
+    "ProfileConfig",
+    "Times",
+    "measure_comm",
+    "one_thread",
+    "profile_layers",
+    "profile_model"
+]

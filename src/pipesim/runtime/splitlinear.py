@@ -100,3 +100,6 @@ def convert_linears(module: nn.Module, queue: WeightGradQueue) -> int:
             cast(SplitLinear, child).queue = queue
             count += 1
     return count
+
+
+__all__ = ["SplitLinear", "WeightGradQueue", "convert_linears"]

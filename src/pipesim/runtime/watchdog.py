@@ -123,3 +123,9 @@ class NullMonitor(Monitor):
 
     def __init__(self) -> None:
         super().__init__(private_rows(1), 0)
+
+
+__all__ = [
+    "Monitor", "NullMonitor", "StallError", "describe", "private_rows", "shared_rows",
+    "stall_report", "stalled"
+]

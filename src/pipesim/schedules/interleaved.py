@@ -83,3 +83,6 @@ def looped_bfs(ranks: int, microbatches: int, virtual_stages: int = 2) -> Schedu
         row += [Action(s, Op.B, mb) for s in reversed(chunks) for mb in range(microbatches)]
         rows.append(row)
     return build("looped-bfs", ranks, microbatches, looped_placement(ranks, v), rows)
+
+
+__all__ = ["interleaved_1f1b", "looped_bfs"]

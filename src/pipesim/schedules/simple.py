@@ -61,3 +61,6 @@ def one_f_one_b(ranks: int, microbatches: int) -> Schedule:
         row += [Action(r, Op.B, mb) for mb in range(microbatches - warmup, microbatches)]
         rows.append(row)
     return build("1f1b", ranks, microbatches, range(ranks), rows)
+
+
+__all__ = ["forward", "gpipe", "one_f_one_b"]

@@ -98,3 +98,6 @@ def zbv(ranks: int, microbatches: int) -> Schedule:
         row += [Action(s0, Op.W, mb) for mb in range(w0, count["B", 0])]
         rows.append([a for a in row if a.microbatch < microbatches])
     return build("zbv", ranks, microbatches, v_placement(ranks), rows)
+
+
+__all__ = ["zb_h1", "zbv"]

@@ -168,3 +168,8 @@ def render_bars_png(rows: Sequence[tuple[str, float, float, int]], title: str,
         return out.getvalue()
     finally:
         plt.close(fig)
+
+
+__all__ = [
+    "OP_COLORS", "OP_LABELS", "PlotUnavailableError", "png_bytes", "render_bars_png", "render_png"
+]
