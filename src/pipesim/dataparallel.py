@@ -42,6 +42,7 @@ from dataclasses import dataclass, replace
 from itertools import accumulate
 from typing import Any, NamedTuple
 
+from pipesim.checks import is_positive_int
 from pipesim.costs import CostModel
 from pipesim.grid import ORDERS, RankGrid
 from pipesim.ir import ActionKey, Op, Schedule
@@ -79,7 +80,7 @@ class DPConfig:
     def __post_init__(self) -> None:
         for name in ("replicas", "ranks_per_node"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_positive_int(value):
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         for name in ("latency", "intra_node_latency", "optimizer_time"):
             value = getattr(self, name)

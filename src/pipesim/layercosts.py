@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any, NamedTuple
 
+from pipesim.checks import is_positive_int
 from pipesim.costs import CostModel
 from pipesim.partition import check_balance
 
@@ -178,7 +179,7 @@ def _from_dict(data: Any) -> LayerCosts:
         raise CostFileError(f"unit: {unit!r} is not one of {', '.join(UNITS)}")
     scale = UNITS[unit]
     mb = data.get("microbatch_size")
-    if isinstance(mb, bool) or not isinstance(mb, int) or mb < 1:
+    if not is_positive_int(mb):
         raise CostFileError(f"microbatch_size: {mb!r} is not an integer >= 1"
                             if "microbatch_size" in data else "missing field 'microbatch_size'")
     layers = data.get("layers")

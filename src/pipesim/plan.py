@@ -45,6 +45,7 @@ from dataclasses import dataclass, field, replace
 from operator import itemgetter
 from typing import Any, NamedTuple
 
+from pipesim.checks import is_positive_int
 from pipesim.costs import CostModel
 from pipesim.dataparallel import (
     DPConfig,
@@ -211,7 +212,7 @@ def plan_world(layer_costs: LayerCosts, world_size: int, batch: int,
     network = network or DPConfig()
     _check_inputs(layer_costs, 1, batch, memory_limit_bytes, optimizer_factor)
     for label, value in (("world size", world_size), ("keep", 1 if keep is None else keep)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_positive_int(value):
             raise PlanError(f"{label} must be an integer >= 1, got {value!r}")
     search = _Search(layer_costs, check_partition(partition, len(layer_costs)),
                      _schedule_virtuals(schedules, virtual), memory_limit_bytes,
