@@ -155,7 +155,7 @@ class Schedule:
 
 # The one memory rule: what each op does to the activations a stage keeps for backward.
 # F stashes them; B frees them; when the backward is split, I keeps them (the weight gradient
-# still needs the stage's inputs) and W frees them. Used by validate, timeline and plan.
+# still needs the stage's inputs) and W frees them. Walked by timeline.peak_stash alone.
 STASH_DELTA: dict[Op, int] = {Op.F: 1, Op.I: 0, Op.W: -1, Op.B: -1}
 
 ActionKey = tuple[int, Op, int]  # a plain (stage, op, microbatch) tuple; equal to its Action
