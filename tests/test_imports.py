@@ -15,6 +15,8 @@ runtime/launch/models/profile):
 - no cycles.
 PENDING lists what the tree still breaks, each with who removes it; an entry that no longer
 happens must be removed too, so the list stays the truth.
+
+Every public module (no ``_`` in its path's names) also declares ``__all__``, of names it binds.
 """
 
 from __future__ import annotations
@@ -201,3 +203,51 @@ def test_the_rules_catch_what_they_are_for() -> None:
         ("core imports the torch side", "pipesim.commands.run", "pipesim.runtime.train"),
         ("core imports the torch side", "pipesim", "pipesim.runtime.launch"),
         ("core imports the torch side", "pipesim", "pipesim.runtime.partitioning")}
+
+
+# Public modules without __all__ yet: the lead's runtime rewrite and bench/ (leaving the package)
+NO_ALL_YET = {f"pipesim.runtime.{m}" for m in (
+    "engine", "stage", "comm", "launch", "models", "collect", "gpt")} | {
+    m for m in MODULES if m.startswith("pipesim.bench")}
+
+
+def _bound_names(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {t.id for t in targets if isinstance(t, ast.Name)}
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    return names
+
+
+def _declared(tree: ast.Module) -> list[str] | None:
+    for node in tree.body:
+        target = (node.targets[0] if isinstance(node, ast.Assign) else
+                  node.target if isinstance(node, ast.AnnAssign) else None)
+        if isinstance(target, ast.Name) and target.id == "__all__":
+            assert isinstance(node, ast.Assign | ast.AnnAssign) and node.value is not None
+            value = ast.literal_eval(node.value)
+            assert isinstance(value, list)
+            return [str(v) for v in value]
+    return None
+
+
+def test_every_public_module_declares_what_it_offers() -> None:
+    public = {m for m in MODULES
+              if not any(part.startswith("_") for part in m.split(".")) or m == "pipesim"}
+    missing, unbound = [], []
+    for m in sorted(public - NO_ALL_YET):
+        tree = ast.parse(MODULES[m].read_text(encoding="utf-8"))
+        declared = _declared(tree)
+        if declared is None:
+            missing.append(m)
+            continue
+        unbound += [f"{m}.{n}" for n in declared if n not in _bound_names(tree)]
+    assert missing == [] and unbound == []
+    done = [m for m in sorted(NO_ALL_YET & set(MODULES))
+            if _declared(ast.parse(MODULES[m].read_text(encoding="utf-8"))) is not None]
+    assert done == [], "these declare __all__ now: remove them from NO_ALL_YET"
