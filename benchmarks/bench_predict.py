@@ -8,8 +8,8 @@ runs first): ``profile_model`` (``--repeats`` whole passes in ``--processes`` fr
 once, as many as the run's ranks; median per layer and op, the optimizer update included) and
 ``measure_comm`` (2-rank gloo ping-pong of the largest activation and the sender's time per
 message, medians of 100), then a real 2-rank run of ``--steps`` steps (one thread per rank,
-Adam) and ``compare``: the step time (one step's end to the next's, the optimizer included) as
-the median of steps 1 onwards, against the simulator's steady step.
+Adam) and ``prediction_report``: the step time (one step's end to the next's, the optimizer
+included) as the median of steps 1 onwards, against the simulator's steady step.
 
 Printed per trial and summarised per configuration (median over trials); the "compute drift"
 column is how much longer the run's actions took than the profile said (the mean over ranks
@@ -30,7 +30,7 @@ import torch
 
 from pipesim.config import RunConfig
 from pipesim.runtime.launch import launch
-from pipesim.runtime.predict import compare, predict
+from pipesim.runtime.predict import predict, prediction_report
 from pipesim.runtime.profile import ProfileConfig, measure_comm, profile_model
 from pipesim.runtime.train import TrainJob
 from pipesim.schedules import get_schedule
@@ -55,7 +55,7 @@ def bench_one(model: str, name: str, args: argparse.Namespace) -> dict[str, Any]
     largest = int(max(c.activation_bytes for c in costs.layers[:-1]))
     comm = measure_comm(largest, repeats=100)
     result = launch(TrainJob(cfg), 2)
-    report = compare(predict(cfg, costs, *comm),
+    report = prediction_report(predict(cfg, costs, *comm),
                      [Timeline.from_dict(t) for t in result.timelines])
     drift = statistics.mean(r["measured_busy"] / r["predicted_busy"] - 1
                             for r in report["per_rank"])

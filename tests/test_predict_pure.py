@@ -1,4 +1,4 @@
-"""predict/compare without torch: the report's fields and signs on hand-made timelines."""
+"""predict/prediction_report without torch: the report's fields and signs on hand-made timelines."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from pipesim.ir import Action, Op, Schedule
 from pipesim.layercosts import LayerCost, LayerCosts
-from pipesim.runtime.predict import compare, median_step, predict, step_times, used_steps
+from pipesim.runtime.predict import median_step, predict, prediction_report, step_times, used_steps
 from pipesim.schedules import get_schedule
 from pipesim.timeline import Event, Timeline
 
@@ -28,10 +28,10 @@ def _step(scale: float) -> Timeline:
                      [("1F0", 1 * scale, 2 * scale), ("1B0", 2 * scale, 3 * scale)])
 
 
-def test_compare_reports_signed_error_per_step_and_rank() -> None:
+def test_prediction_report_has_signed_errors_per_step_and_rank() -> None:
     predicted = _step(1.0)  # makespan 5
     measured = [_step(9.0), _step(1.25), _step(1.0), _step(1.5)]  # step 0 is warm-up
-    report = compare(predicted, measured)
+    report = prediction_report(predicted, measured)
     assert report["steps_used"] == [1, 2, 3]
     assert report["measured_step_seconds"] == pytest.approx(6.25)  # median of 6.25, 5, 7.5
     assert report["predicted_step_seconds"] == 5
@@ -46,11 +46,11 @@ def test_compare_reports_signed_error_per_step_and_rank() -> None:
 
 def test_few_steps_are_all_used_and_a_faster_run_gives_a_positive_error() -> None:
     assert used_steps([_step(1)] * 2) == [0, 1] and used_steps([_step(1)] * 3) == [1, 2]
-    assert compare(_step(2.0), [_step(1.0)])["prediction_error"] == pytest.approx(1.0)
+    assert prediction_report(_step(2.0), [_step(1.0)])["prediction_error"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="no measured steps"):
-        compare(_step(1.0), [])
+        prediction_report(_step(1.0), [])
     with pytest.raises(ValueError, match="2 ranks"):
-        compare(_step(1.0), [_timeline([("0F0", 0, 1)])])
+        prediction_report(_step(1.0), [_timeline([("0F0", 0, 1)])])
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def test_a_rank_that_starts_early_and_waits_does_not_lengthen_the_step() -> None
     # rank 1 began its step at 0 and waited inside F0 for rank 0, which began at 2
     step = _timeline([("0F0", 2, 3), ("0B0", 5, 7)], [("1F0", 0, 4), ("1B0", 4, 5)])
     assert step.makespan == 7 and step_span(step) == 5
-    report = compare(_step(1.0), [step])
+    report = prediction_report(_step(1.0), [step])
     assert report["measured_step_seconds"] == 5 and report["measured_makespan_seconds"] == 7
     assert report["prediction_error"] == 0
 
@@ -118,7 +118,7 @@ def test_a_measured_step_runs_from_the_previous_steps_end_to_its_own() -> None:
     steps = [_on_clock(_step(1.0), 0, 5), _on_clock(_step(1.0), 6, 12),
              _on_clock(_step(1.0), 13, 19), _on_clock(_step(1.0), 20, 26)]
     assert step_times(steps) == [5, 7, 7, 7]
-    report = compare(_step(1.0), steps)
+    report = prediction_report(_step(1.0), steps)
     assert report["measured_step_seconds"] == 7 and report["measured_pipeline_seconds"] == 5
     assert report["prediction_error"] == pytest.approx(5 / 7 - 1)
     assert step_times([_step(2.0)]) == [10]  # no clock record: its span
@@ -134,7 +134,7 @@ def test_predict_puts_each_ranks_optimizer_between_steps() -> None:
     assert timeline.meta["step_seconds"] == 13
     rank1 = [e for e in timeline.events if e.rank == 1]
     assert rank1[0].start == 5.5  # it begins the step 5.5 after rank 0 in the steady state
-    report = compare(timeline, [_on_clock(timeline, 0, 13), _on_clock(timeline, 13, 26)])
+    report = prediction_report(timeline, [_on_clock(timeline, 0, 13), _on_clock(timeline, 13, 26)])
     assert report["prediction_error"] == 0
     forward = get_schedule("forward", 2, 1)
     # no optimizer in a forward-only step: F 2 then F 1, and rank 0 starts the next at 2

@@ -10,10 +10,9 @@ from pipesim.ir import Action, Op, Schedule, deps, parse_action, parse_text
 from pipesim.schedules import SCHEDULES, get_schedule
 from pipesim.validate import (
     InvalidScheduleError,
-    Report,
     check,
     find_cycle,
-    format_grid,
+    format_listing,
     messages,
     peak_activations,
     validate,
@@ -36,10 +35,32 @@ def test_a_correct_schedule_passes() -> None:
     assert check(parse_text(GPIPE_2X2)) == report
 
 
+# Each generator at 3 ranks and 6 microbatches: peak stashed activations per rank (the bounds
+# in its docstring) and the channels whose send and use orders differ (a warning, not an error).
+EVERY_GENERATOR = {
+    "1f1b": ((3, 2, 1), ()),
+    "dualpipev": ((7, 7, 7), ("channel rank 0 -> rank 1",)),
+    "forward": ((0, 0, 0), ()),
+    "gpipe": ((6, 6, 6), ()),
+    "interleaved-1f1b": ((8, 6, 4), ()),
+    "looped-bfs": ((12, 12, 12), ()),
+    "zb-h1": ((3, 3, 3), ()),
+    "zbv": ((6, 6, 6), ("channel rank 0 -> rank 1", "channel rank 1 -> rank 2")),
+}
+
+
+def test_every_generator_has_an_expected_report() -> None:
+    assert sorted(EVERY_GENERATOR) == sorted(SCHEDULES)
+
+
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
 def test_every_generator_passes(name: str) -> None:
     sched = get_schedule(name, 3, 6)
-    assert isinstance(check(sched), Report)
+    report = check(sched)
+    peaks, channels = EVERY_GENERATOR[name]
+    assert report.ok and report.errors == () and report.schedule is sched
+    assert report.peak_activations == peaks
+    assert tuple(w.split(":")[0] for w in report.warnings) == channels
 
 
 # ----------------------------------------------------------------------------- completeness
@@ -150,11 +171,11 @@ def test_find_cycle_returns_a_cycle_each_waiting_on_the_next() -> None:
         assert y in preds[x]
 
 
-def test_a_long_rank_shows_a_window_of_the_grid_around_the_marks() -> None:
+def test_a_long_rank_shows_a_window_of_the_listing_around_the_marks() -> None:
     sched = get_schedule("gpipe", 2, 30)
     marked = {Action(0, Op.B, 20)}
-    grid = format_grid(sched, marked)
-    row0 = grid.splitlines()[0]
+    listing = format_listing(sched, marked)
+    row0 = listing.splitlines()[0]
     assert row0.startswith("  rank 0: ... ") and row0.endswith(" ...")
     assert "[0B20]" in row0 and " 0F0 " not in row0
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pipesim.checks import is_positive_int
 from pipesim.ir import Action, Op
 
 
@@ -151,7 +152,7 @@ class CostModel:
         if n is None:
             fwd = data["forward"]
             n = len(fwd) if isinstance(fwd, list) else 1
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        if not is_positive_int(n):
             raise CostError(f"stages: {n!r} is not an integer >= 1")
         fwd = data["forward"]
         bwd = data.get("backward")
@@ -205,3 +206,6 @@ def parse_cost_flag(text: str) -> dict[str, float]:
     if "F" not in out:
         raise CostError("--cost needs F (e.g. F=1,B=2)")
     return out
+
+
+__all__ = ["CostError", "CostModel", "load_costs", "parse_cost_flag"]

@@ -42,11 +42,12 @@ from dataclasses import dataclass, replace
 from itertools import accumulate
 from typing import Any, NamedTuple
 
+from pipesim.checks import is_positive_int
 from pipesim.costs import CostModel
 from pipesim.grid import ORDERS, RankGrid
-from pipesim.ir import Op, Schedule
+from pipesim.ir import ActionKey, Op, Schedule
 from pipesim.simulate import simulate
-from pipesim.timeline import Event, Span, Timeline
+from pipesim.timeline import Event, Span, Timeline, bubble_fraction
 
 MiB = 2**20
 BUCKET_BYTES = 25 * MiB  # PyTorch DistributedDataParallel's default bucket_cap_mb
@@ -79,7 +80,7 @@ class DPConfig:
     def __post_init__(self) -> None:
         for name in ("replicas", "ranks_per_node"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_positive_int(value):
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         for name in ("latency", "intra_node_latency", "optimizer_time"):
             value = getattr(self, name)
@@ -140,7 +141,7 @@ class DPResult:
 
     step_time: float
     makespan: float  # the pipeline's, without the all-reduce
-    bubble: float  # the pipeline's: 1 - busy / (P x makespan), as timeline.metrics
+    bubble: float  # the pipeline's: timeline.bubble_fraction
     exposed_allreduce: float  # step_time - optimizer_time - makespan
     per_rank: tuple[RankStep, ...]
     timeline: Timeline
@@ -160,6 +161,23 @@ class GradReady(NamedTuple):
     stages: tuple[tuple[int, int, int], ...]  # (rank, stage, index of its last B or W)
 
 
+def last_gradient_index(row: Sequence[ActionKey], held: int = 0) -> dict[int, int]:
+    """The one rule of when gradients are final: each stage in ``row`` (one rank's actions in
+    order) -> the index of its last B or W; its gradients are final once that action ends.
+
+    A valid row runs W(s, mb) after I(s, mb), so no I follows its stage's last W. Walks from the
+    end and stops once ``held`` stages are found (0: walk the whole row).
+    """
+    found: dict[int, int] = {}
+    for i in range(len(row) - 1, -1, -1):
+        s, op, _ = row[i]
+        if (op is Op.B or op is Op.W) and s not in found:
+            found[s] = i
+            if len(found) == held:
+                break
+    return found
+
+
 def grad_ready(schedule: Schedule) -> GradReady:
     """For each rank its last action, and for each stage its last B (or W) in rank order.
 
@@ -174,15 +192,8 @@ def grad_ready(schedule: Schedule) -> GradReady:
     offset = 0
     for rank, row in enumerate(schedule.actions):
         last.append(offset + len(row) - 1 if row else -1)
-        found: set[int] = set()
-        held = holds[rank]
-        for i in range(len(row) - 1, -1, -1):  # from the end: stops once each stage is found
-            s, op, _ = row[i]
-            if (op is Op.B or op is Op.W) and s not in found:
-                found.add(s)
-                stages.append((rank, s, offset + i))
-                if len(found) == held:
-                    break
+        found = last_gradient_index(row, holds[rank])
+        stages.extend((rank, s, offset + i) for s, i in found.items())
         offset += len(row)
     return GradReady(tuple(last), tuple(stages))
 
@@ -226,7 +237,7 @@ def simulate_dp(schedule: Schedule, costs: CostModel, dp: DPConfig) -> DPResult:
                            schedule.ranks)
     start, makespan = timeline.start, timeline.makespan
     busy = math.fsum(e.end - e.start for e in timeline.events)
-    bubble = 1 - busy / (schedule.ranks * makespan) if makespan > 0 else 0.0
+    bubble = bubble_fraction(busy, schedule.ranks, makespan)
     step_time = max((r.step_end for r in steps), default=0.0) - start
     exposed = max(0.0, step_time - dp.optimizer_time - makespan)
     meta = {**timeline.meta, "dp": dp.replicas, "step_time": step_time,
@@ -295,3 +306,10 @@ def step_lower_bound(costs: CostModel, m: int, ranks: int, dp: DPConfig) -> floa
         ring = min(dp.ring_time(x, True), dp.ring_time(x, False))
         bound = max(bound, head[s] + m * (f + bw[s]) + ring, head[s] + m * (f + bi[s]) + tail[s])
     return (bound + dp.optimizer_time) * (1 - 1e-9)  # below any rounding of the simulator's sums
+
+
+__all__ = [
+    "BUCKET_BYTES", "DPConfig", "DPResult", "GradReady", "MiB", "RankStep", "dp_step",
+    "grad_ready", "last_gradient_index", "microbatch_counts_for", "ring_allreduce_time",
+    "simulate_dp", "step_lower_bound", "world_splits"
+]

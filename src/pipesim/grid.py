@@ -46,3 +46,6 @@ class RankGrid:
     def stage_group(self, pipe_rank: int) -> list[int]:
         """Global ranks holding the same stages in every replica (the all-reduce group)."""
         return [self.rank(d, pipe_rank) for d in range(self.dp)]
+
+
+__all__ = ["ORDERS", "RankGrid"]

@@ -155,7 +155,7 @@ class Schedule:
 
 # The one memory rule: what each op does to the activations a stage keeps for backward.
 # F stashes them; B frees them; when the backward is split, I keeps them (the weight gradient
-# still needs the stage's inputs) and W frees them. Used by validate, timeline and plan.
+# still needs the stage's inputs) and W frees them. Walked by timeline.peak_stash alone.
 STASH_DELTA: dict[Op, int] = {Op.F: 1, Op.I: 0, Op.W: -1, Op.B: -1}
 
 ActionKey = tuple[int, Op, int]  # a plain (stage, op, microbatch) tuple; equal to its Action
@@ -349,3 +349,26 @@ def format_csv(schedule: Schedule) -> str:
     for row in schedule.actions:
         writer.writerow([str(a) for a in row])
     return out.getvalue()
+
+
+__all__ = [
+    "STASH_DELTA",
+    "Action",
+    "ActionKey",
+    "Op",
+    "ParseError",
+    "Schedule",
+    "crosses_ranks",
+    "dep_keys",
+    "deps",
+    "detect_format",
+    "format_action",
+    "format_csv",
+    "format_text",
+    "infer_stage_to_rank",
+    "parse_action",
+    "parse_csv",
+    "parse_schedule",
+    "parse_text",
+    "schedule_from_rows"
+]

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any, NamedTuple
 
+from pipesim.checks import is_positive_int
 from pipesim.costs import CostModel
 from pipesim.partition import check_balance
 
@@ -178,7 +179,7 @@ def _from_dict(data: Any) -> LayerCosts:
         raise CostFileError(f"unit: {unit!r} is not one of {', '.join(UNITS)}")
     scale = UNITS[unit]
     mb = data.get("microbatch_size")
-    if isinstance(mb, bool) or not isinstance(mb, int) or mb < 1:
+    if not is_positive_int(mb):
         raise CostFileError(f"microbatch_size: {mb!r} is not an integer >= 1"
                             if "microbatch_size" in data else "missing field 'microbatch_size'")
     layers = data.get("layers")
@@ -338,3 +339,18 @@ def transformer_layer_costs(blocks: int, hidden: int, heads: int, seq: int, voca
              f"{rate:.4g} FLOP/s achieved, {memory_bandwidth:.3g} B/s memory, fp32 parameters, "
              f"bf16 activations, flash attention; not a measurement")
     return LayerCosts((embed, *block, head), b, model, comm_latency, comm_bandwidth, notes)
+
+
+__all__ = [
+    "FORMAT",
+    "UNITS",
+    "CostFileError",
+    "LayerCost",
+    "LayerCosts",
+    "load_layer_costs",
+    "parse_layer_costs",
+    "stage_costs",
+    "stage_memory",
+    "stage_optimizer",
+    "transformer_layer_costs"
+]

@@ -19,9 +19,11 @@ import math
 from collections.abc import Sequence
 from itertools import accumulate, pairwise
 
+from pipesim.checks import is_positive_int
+
 
 def _check_parts(n_layers: int, parts: int) -> None:
-    if isinstance(parts, bool) or not isinstance(parts, int) or parts < 1:
+    if not is_positive_int(parts):
         raise ValueError(f"the number of parts must be an integer >= 1, got {parts!r}")
     if parts > n_layers:
         raise ValueError(
@@ -146,7 +148,7 @@ def check_balance(balance: Sequence[int], n_layers: int) -> list[int]:
     """Validate an explicit balance: positive integers adding up to ``n_layers``; returns a copy."""
     out = []
     for i, b in enumerate(balance):
-        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+        if not is_positive_int(b):
             raise ValueError(f"balance entry {i} is {b!r}; every stage needs an integer >= 1 "
                              f"layers")
         out.append(b)
@@ -168,3 +170,8 @@ def parse_balance(text: str) -> list[int]:
             raise ValueError(f"balance {text!r}: {part.strip()!r} is not an integer; "
                              f"expected layer counts such as 2,3,3,2") from None
     return check_balance(out, sum(out))
+
+
+__all__ = [
+    "blocks_to_bounds", "check_balance", "parse_balance", "partition_balanced", "partition_uniform"
+]

@@ -42,10 +42,10 @@ import math
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from itertools import accumulate
 from operator import itemgetter
 from typing import Any, NamedTuple
 
+from pipesim.checks import is_positive_int
 from pipesim.costs import CostModel
 from pipesim.dataparallel import (
     DPConfig,
@@ -56,7 +56,7 @@ from pipesim.dataparallel import (
     step_lower_bound,
     world_splits,
 )
-from pipesim.ir import STASH_DELTA, Schedule
+from pipesim.ir import STASH_DELTA, ActionKey, Schedule
 from pipesim.layercosts import LayerCosts, stage_costs, stage_memory
 from pipesim.plan_space import (
     PARTITIONS,
@@ -72,6 +72,7 @@ from pipesim.plan_space import (
 )
 from pipesim.schedules import SCHEDULES, ConfigError, get_schedule
 from pipesim.simulate import simulate
+from pipesim.timeline import bubble_fraction, peak_stash
 
 DEFAULT_STEPS = 10  # --steps in the suggested `pipesim run` command
 
@@ -101,7 +102,7 @@ class Candidate:
 
     config: Config
     predicted_step_seconds: float
-    bubble_fraction: float  # the pipeline's (1 - busy / (P x makespan))
+    bubble_fraction: float  # the pipeline's (timeline.bubble_fraction)
     peak_memory_bytes: tuple[float, ...]  # per pipeline rank
     command: str
     exposed_allreduce_seconds: float = 0.0  # gradient all-reduce not hidden behind compute
@@ -211,7 +212,7 @@ def plan_world(layer_costs: LayerCosts, world_size: int, batch: int,
     network = network or DPConfig()
     _check_inputs(layer_costs, 1, batch, memory_limit_bytes, optimizer_factor)
     for label, value in (("world size", world_size), ("keep", 1 if keep is None else keep)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_positive_int(value):
             raise PlanError(f"{label} must be an integer >= 1, got {value!r}")
     search = _Search(layer_costs, check_partition(partition, len(layer_costs)),
                      _schedule_virtuals(schedules, virtual), memory_limit_bytes,
@@ -366,20 +367,19 @@ class _StageData:
 class _Digest(NamedTuple):
     """What the memory walk, busy time and all-reduce need from a schedule, computed once."""
 
-    codes: tuple[list[int], ...]  # per rank, in order: 2s for F(s), 2s+1 for B(s) or W(s)
+    stashing: tuple[Sequence[ActionKey], ...]  # per rank, in order: its F's, B's and W's
     stages_of: tuple[tuple[int, ...], ...]  # per rank
     split: tuple[int, ...]  # per stage: microbatches whose backward is split into I and W
     ready: GradReady  # where each stage's gradients become final
 
 
 def _digest(schedule: Schedule) -> _Digest:
-    # STASH_DELTA +1 -> code 2s (adds stage s's stash), -1 -> 2s+1 (frees it), 0 -> no code
-    codes = tuple([2 * s + (STASH_DELTA[op] < 0) for s, op, _ in row if STASH_DELTA[op]]
-                  for row in schedule.actions)
+    # what timeline.peak_stash walks, less the actions that leave the stash as it is (I)
+    stashing = tuple([a for a in row if STASH_DELTA[a[1]]] for row in schedule.actions)
     split = [0] * schedule.stages
     for stage, _ in schedule.split_backward:
         split[stage] += 1
-    return _Digest(codes, tuple(schedule.stages_of(r) for r in range(schedule.ranks)),
+    return _Digest(stashing, tuple(schedule.stages_of(r) for r in range(schedule.ranks)),
                    tuple(split), grad_ready(schedule))
 
 
@@ -401,7 +401,7 @@ def _evaluate(schedule: Schedule, digest: _Digest, config: Config, data: _StageD
     busy = math.fsum(m * f + k * (i + w) + (m - k) * b for f, i, w, b, k in zip(
         costs.forward, costs.backward_input, costs.backward_weight, costs.backward,
         digest.split, strict=True))  # every stage runs m F's and m backwards (B, or I and W)
-    bubble = 1 - busy / (schedule.ranks * span) if span > 0 else 0.0
+    bubble = bubble_fraction(busy, schedule.ranks, span)
     steps, _ = dp_step(digest.ready, events, costs.param_bytes, dp, schedule.ranks)
     step = max(r.step_end for r in steps) - start
     return Candidate(config, step, bubble, peaks,
@@ -421,10 +421,9 @@ def peak_memory(schedule: Schedule, stash_bytes: Sequence[float],
 
 def _peaks(digest: _Digest, stash_bytes: Sequence[float], param_bytes: Sequence[float],
            optimizer_factor: float) -> list[float]:
-    signed = [x for s in stash_bytes for x in (s, -s)]  # indexed by the digest's codes
-    return [optimizer_factor * math.fsum(param_bytes[s] for s in stages)
-            + max(accumulate(map(signed.__getitem__, codes), initial=0.0))
-            for codes, stages in zip(digest.codes, digest.stages_of, strict=True)]
+    return [optimizer_factor * math.fsum(param_bytes[s] for s in stages) + peak
+            for peak, stages in zip(peak_stash(digest.stashing, stash_bytes), digest.stages_of,
+                                    strict=True)]
 
 
 def run_command(config: Config, ranks: int, model: str = "") -> str:

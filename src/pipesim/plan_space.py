@@ -9,6 +9,7 @@ import math
 import re
 from collections.abc import Sequence
 
+from pipesim.checks import is_positive_int
 from pipesim.layercosts import LayerCosts
 from pipesim.partition import check_balance, partition_balanced, partition_uniform
 from pipesim.schedules import SCHEDULES
@@ -52,7 +53,7 @@ def format_bytes(n: float) -> str:
 def _check_inputs(layer_costs: LayerCosts, ranks: int, batch: int, limit: float | None,
                   factor: float) -> None:
     for label, value in (("ranks", ranks), ("batch", batch)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_positive_int(value):
             raise PlanError(f"{label} must be an integer >= 1, got {value!r}")
     if ranks > len(layer_costs):
         raise PlanError(f"cannot place {len(layer_costs)} layers on {ranks} ranks: every rank "
@@ -77,7 +78,7 @@ def _microbatch_counts(batch: int, ranks: int, counts: Sequence[int] | None) -> 
 
 def _check_counts(counts: Sequence[int], what: str = "microbatch counts") -> Sequence[int]:
     for m in counts:
-        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+        if not is_positive_int(m):
             raise PlanError(f"{what} must be integers >= 1, got {m!r}")
     return counts
 
@@ -86,7 +87,7 @@ def _schedule_virtuals(names: Sequence[str] | None,
                        virtual: Sequence[int]) -> list[tuple[str, int]]:
     """(schedule, stages per rank) pairs to try, in registry order."""
     for v in virtual:
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        if not is_positive_int(v):
             raise PlanError(f"virtual stages must be integers >= 1, got {v!r}")
     training = [n for n, spec in SCHEDULES.items() if spec.training]
     chosen = training if names is None else list(dict.fromkeys(names))
@@ -141,3 +142,6 @@ def check_partition(partition: str | Sequence[int], n_layers: int) -> str | list
         return check_balance(partition, n_layers)
     except ValueError as err:
         raise PlanError(str(err)) from None
+
+
+__all__ = ["PARTITIONS", "PlanError", "check_partition", "format_bytes", "parse_bytes"]

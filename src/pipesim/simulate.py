@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 from pipesim.costs import CostModel
 from pipesim.ir import Action, Op, Schedule, dep_keys, deps
 from pipesim.timeline import Event, MessageEvent, Timeline
-from pipesim.validate import format_grid
+from pipesim.validate import format_listing
 
 _F, _I, _W, _B = Op.F, Op.I, Op.W, Op.B  # Enum attribute lookups are slow in a loop
 _new = tuple.__new__  # builds NamedTuple records without their Python-level __new__
@@ -351,4 +351,7 @@ def _deadlock(schedule: Schedule, stuck: dict[int, tuple[Action, Action]]) -> De
     marked = {a for a, _ in stuck.values()}
     return DeadlockError(
         f"deadlock: {len(stuck)} ranks can never continue; each waits on the next:\n"
-        + "\n".join(lines) + "\n" + format_grid(schedule, marked), stuck)
+        + "\n".join(lines) + "\n" + format_listing(schedule, marked), stuck)
+
+
+__all__ = ["DeadlockError", "SteadyStep", "simulate", "steady_step"]

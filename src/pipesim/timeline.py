@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
 from operator import itemgetter
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, overload
 
-from pipesim.ir import STASH_DELTA, Action, Op, parse_action
+from pipesim.ir import STASH_DELTA, Action, ActionKey, Op, parse_action
 
 
 class Event(NamedTuple):
@@ -149,30 +149,54 @@ class Metrics:
         }
 
 
-def _peak_stash(events: Sequence[Event], stash_bytes: Sequence[float] | None,
-                forward_only: bool) -> tuple[int, float | None]:
-    """Most activations alive at once on one rank (F stashes; B, or W when split, frees)."""
-    if forward_only:
-        return 0, (0.0 if stash_bytes else None)
-    deltas = [STASH_DELTA[e[1][1]] for e in events]
-    peak = max(accumulate(deltas, initial=0))
-    if not stash_bytes:
-        return peak, None
-    sizes = [d * stash_bytes[e[1][0]] for d, e in zip(deltas, events, strict=True)]
-    return peak, max(accumulate(sizes, initial=0.0))
+def bubble_fraction(busy: float, ranks: int, makespan: float) -> float:
+    """The one bubble rule: 1 - busy / (ranks x makespan); 0 for an empty timeline.
+
+    ``busy`` sums the action time of all ``ranks`` (1 and one rank's busy time give that rank's).
+    """
+    return 1 - busy / (ranks * makespan) if makespan > 0 else 0.0
+
+
+@overload
+def peak_stash(rows: Sequence[Sequence[ActionKey]], stash_bytes: None = None
+               ) -> tuple[int, ...]: ...
+@overload
+def peak_stash(rows: Sequence[Sequence[ActionKey]], stash_bytes: Sequence[float]
+               ) -> tuple[float, ...]: ...
+def peak_stash(rows: Sequence[Sequence[ActionKey]], stash_bytes: Sequence[float] | None = None
+               ) -> tuple[int, ...] | tuple[float, ...]:
+    """The one peak-stash walk: per rank, the most activations alive at once.
+
+    ``rows`` holds each rank's actions (or ``(stage, op, microbatch)`` tuples) in the order they
+    run; ``ir.STASH_DELTA`` says what each does: F(s) stashes, B(s) or W(s) (split backward)
+    frees, I keeps. Counts, or bytes when ``stash_bytes[s]`` gives stage s's stash. A rank's
+    actions that do not change the stash may be left out. Forward-only work stashes nothing.
+    """
+    if all(a[1] is Op.F for row in rows for a in row):
+        return tuple(0 if stash_bytes is None else 0.0 for _ in rows)
+    if stash_bytes is None:
+        return tuple(max(accumulate((STASH_DELTA[a[1]] for a in row), initial=0))
+                     for row in rows)
+    return tuple(max(accumulate((STASH_DELTA[op] * stash_bytes[s] for s, op, _ in row),
+                                initial=0.0)) for row in rows)
 
 
 def metrics(timeline: Timeline, stash_bytes: Sequence[float] | None = None) -> Metrics:
     """Makespan, busy/idle/bubble per rank and in total, peak stashed activations."""
     span = timeline.makespan
-    forward = Op.F
-    forward_only = all(e[1][1] is forward for e in timeline.events)
+    rows = timeline.by_rank()
+    actions = [[e[1] for e in row] for row in rows]
+    peaks = peak_stash(actions)
+    peak_bytes: Sequence[float | None] = (
+        peak_stash(actions, stash_bytes) if stash_bytes else [None] * len(rows))
     per_rank = []
-    for row in timeline.by_rank():
+    for row, peak, peak_b in zip(rows, peaks, peak_bytes, strict=True):
         busy = sum(e[3] - e[2] for e in row)
-        peak, peak_b = _peak_stash(row, stash_bytes, forward_only)
-        per_rank.append(RankMetrics(busy, span - busy, 1 - busy / span if span else 0.0,
+        per_rank.append(RankMetrics(busy, span - busy, bubble_fraction(busy, 1, span),
                                     peak, peak_b))
     total_busy = sum(r.busy for r in per_rank)
-    bubble = 1 - total_busy / (timeline.ranks * span) if span else 0.0
-    return Metrics(span, bubble, tuple(per_rank))
+    return Metrics(span, bubble_fraction(total_busy, timeline.ranks, span), tuple(per_rank))
+
+
+__all__ = ["Event", "MessageEvent", "Metrics", "RankMetrics", "Span", "Timeline",
+           "bubble_fraction", "metrics", "peak_stash"]

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from itertools import accumulate
 
-from pipesim.ir import STASH_DELTA, Action, Op, Schedule, deps
+from pipesim.ir import Action, Op, Schedule, deps
+from pipesim.timeline import peak_stash
 
 _MAX_REPORTED = 8  # problems listed per kind before "... and N more"
 
@@ -142,7 +142,7 @@ def _check_same_rank_order(schedule: Schedule) -> list[str]:
             if d in pos and pos[d][0] == rank and pos[d][1] > step:
                 problems.append(
                     f"{a} runs before its own dependency {d} on rank {rank} "
-                    f"(step {step} < step {pos[d][1]})\n" + format_grid(schedule, {a, d})
+                    f"(step {step} < step {pos[d][1]})\n" + format_listing(schedule, {a, d})
                 )
     return _capped(problems)
 
@@ -181,7 +181,7 @@ def _check_cycles(schedule: Schedule) -> list[str]:
     chain = " -> ".join(f"{a} (rank {pos[a][0]})" for a in cycle)
     return [f"deadlock: {len(stuck)} actions can never start; in the cycle {chain} -> "
             f"{cycle[0]}, each action waits on the next (a dependency, or the action before it "
-            f"on its rank)\n" + format_grid(schedule, set(cycle))]
+            f"on its rank)\n" + format_listing(schedule, set(cycle))]
 
 
 def find_cycle(stuck: set[Action], preds: dict[Action, list[Action]]) -> list[Action]:
@@ -200,8 +200,9 @@ def find_cycle(stuck: set[Action], preds: dict[Action, list[Action]]) -> list[Ac
     return path[seen[node]:]
 
 
-def format_grid(schedule: Schedule, marked: set[Action], width: int = 14) -> str:
-    """Per rank, its actions in order with ``[marked]`` ones bracketed, near the first mark."""
+def format_listing(schedule: Schedule, marked: set[Action], width: int = 14) -> str:
+    """Per rank, its actions in schedule order (the listing; ``views.grid`` draws the timed step
+    grid) with ``[marked]`` ones bracketed, around the marks."""
     pos = _positions(schedule)
     steps = [pos[a][1] for a in marked if a in pos] or [0]
     lo = max(0, min(steps) - width // 2)
@@ -257,12 +258,15 @@ def channel_order_warnings(schedule: Schedule) -> list[str]:
 
 
 def peak_activations(schedule: Schedule) -> tuple[int, ...]:
-    """Per rank, the most forward activations stashed at once.
+    """Per rank, the most forward activations stashed at once (``timeline.peak_stash``).
 
     An F stashes its activations; a B frees them, and when backward is split, its W does (the
     weight gradient still needs the stage's inputs). Forward-only schedules stash nothing.
     """
-    if schedule.forward_only:
-        return tuple(0 for _ in schedule.actions)
-    return tuple(max(accumulate((STASH_DELTA[a.op] for a in row), initial=0))
-                 for row in schedule.actions)
+    return peak_stash(schedule.actions)
+
+
+__all__ = [
+    "InvalidScheduleError", "Message", "Report", "channel_order_warnings", "check", "find_cycle",
+    "format_listing", "messages", "peak_activations", "validate"
+]

@@ -6,9 +6,9 @@ import argparse
 import json
 import os
 import pkgutil
-import tempfile
 from typing import Any
 
+from pipesim import fileio
 from pipesim.ir import ParseError, Schedule, parse_schedule
 from pipesim.schedules import ConfigError, UnknownScheduleError, get_schedule
 
@@ -60,24 +60,13 @@ def non_negative_float(text: str) -> float:
 
 
 def write_atomic(path: str, data: str | bytes) -> None:
-    """Write to a temporary file beside ``path``, then rename: never a half-written file."""
+    """``fileio.write_atomic``, its failures as one clear line (UserError)."""
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise UserError(f"cannot write {path}: directory {directory} does not exist")
-    mode = "wb" if isinstance(data, bytes) else "w"
-    fd, tmp = tempfile.mkstemp(prefix=".pipesim-", dir=directory)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; a normal file is wanted
-        with os.fdopen(fd, mode) as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        fileio.write_atomic(path, data)
     except OSError as err:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         raise UserError(f"cannot write {path}: {err.strerror}") from None
 
 
@@ -141,3 +130,10 @@ def load_schedule(path: str, fmt: str = "auto") -> Schedule:
         return parse_schedule(text, fmt, name=os.path.basename(path))
     except (ParseError, ValueError) as err:
         raise UserError(f"{path}: {err}") from None
+
+
+__all__ = [
+    "COMMANDS", "UserError", "add_schedule_args", "dump_json", "load_schedule",
+    "non_negative_float", "positive_float", "positive_int", "read_text", "schedule_from_args",
+    "write_atomic"
+]

@@ -116,9 +116,9 @@ def report(args: argparse.Namespace, cfg: Any, result: Any, wall: float,
     timeline = Timeline.from_dict(result.timeline)
     prediction = None
     if predicted is not None:  # pipesim run --predict
-        from pipesim.runtime.predict import compare, prediction_json, prediction_line
+        from pipesim.runtime.predict import prediction_json, prediction_line, prediction_report
         measured = [Timeline.from_dict(t) for t in result.timelines]
-        comparison = compare(predicted, measured)
+        comparison = prediction_report(predicted, measured)
         data.update(prediction_json(comparison))
         prediction = (predicted, measured, prediction_line(comparison))
     _write_views(args, timeline, data, prediction)

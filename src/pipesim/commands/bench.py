@@ -47,3 +47,6 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         print(f"\n{len(log.rows)} rows appended to {args.out}")
     return 0
+
+
+__all__ = ["register", "run"]

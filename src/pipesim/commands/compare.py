@@ -166,3 +166,15 @@ OUTPUTS: dict[str, tuple[str, str, Callable[[Comparison], str | bytes]]] = {
     "plot": ("OUT.png", "write a bar chart of makespans (matplotlib)", _plot),
     "html": ("OUT.html", "write an offline HTML page with every timeline", _html),
 }
+
+
+__all__ = [
+    "OUTPUTS",
+    "Comparison",
+    "Entry",
+    "compare",
+    "compare_json",
+    "format_table",
+    "register",
+    "run"
+]

@@ -304,3 +304,9 @@ def _table(result: PlanResult, top: int, world: bool = False,
     if len(candidates) > top:
         rows.append(f"     ... {len(candidates) - top} more (--top N, or --json)")
     return rows
+
+
+__all__ = [
+    "add_network_args", "format_plan", "network_from_args", "plan_from_layer_costs", "register",
+    "run"
+]

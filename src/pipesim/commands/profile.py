@@ -148,3 +148,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {args.output}" + (f" and {args.stage_costs} (stages of "
                                     f"{','.join(map(str, balance))} layers)" if balance else ""))
     return 0
+
+
+__all__ = ["DEFAULT_BATCH", "DEFAULT_LAYERS", "register", "run"]

@@ -22,6 +22,7 @@ from pipesim.commands import (
 from pipesim.commands._runreport import LineHook, Progress, print_header, report
 from pipesim.costs import CostError
 from pipesim.ir import Op, Schedule
+from pipesim.partition import parse_balance
 from pipesim.validate import validate
 
 _MAX_RANKS = 64  # forked processes on one machine beyond this are a typo, not a plan
@@ -107,12 +108,9 @@ def _parse_balance(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
     try:
-        values = tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise UserError(f"--balance takes layer counts like 2,3,3,2; got {text!r}") from None
-    if any(v < 1 for v in values):
-        raise UserError(f"--balance: every stage needs at least one layer; got {text}")
-    return values
+        return tuple(parse_balance(text))
+    except ValueError as err:
+        raise UserError(f"--balance: {err}") from None
 
 
 def _parse_synthetic(text: str | None) -> dict[Op, float]:
@@ -336,3 +334,6 @@ def run(args: argparse.Namespace) -> int:
     if result is None:  # a torchrun rank other than 0
         return 0
     return report(args, cfg, result, wall, predicted)
+
+
+__all__ = ["build_config", "build_schedule", "register", "run"]

@@ -70,3 +70,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(text, end="")
     return 0
+
+
+__all__ = ["register", "run", "schedule_json"]

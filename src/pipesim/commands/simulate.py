@@ -195,3 +195,9 @@ def _bytes(n: float) -> str:
             return f"{n:.4g} {unit}"
         n /= 1024
     return f"{n:.4g} GB"
+
+
+__all__ = [
+    "chart_width", "dp_summary", "register", "run", "simulate_json", "stash_bytes", "summary",
+    "with_param_bytes", "write_views"
+]

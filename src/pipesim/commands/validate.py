@@ -41,3 +41,6 @@ def run(args: argparse.Namespace) -> int:
     for warning in report.warnings:
         print(f"warning: {warning}")
     return 0
+
+
+__all__ = ["register", "run"]

@@ -2,3 +2,6 @@
 
 Depends on the core (ir, schedules, validate, timeline); the core never imports it.
 """
+
+
+__all__: list[str] = []  # everything lives in the submodules

@@ -15,11 +15,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import torch
+
+from pipesim.fileio import write_atomic
 
 FORMAT = 1
 KEEP = 2  # checkpoints kept; older step directories are removed
@@ -27,20 +28,6 @@ KEEP = 2  # checkpoints kept; older step directories are removed
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message says why (a user's mistake: exit 2)."""
-
-
-def _atomic_write(path: str, write: Any) -> None:
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def step_dir(root: str, step: int) -> str:
@@ -51,15 +38,15 @@ def save_rank(root: str, step: int, rank: int, state: Mapping[str, Any]) -> None
     """Write this rank's state for ``step`` (atomically)."""
     directory = step_dir(root, step)
     os.makedirs(directory, exist_ok=True)
-    _atomic_write(os.path.join(directory, f"rank-{rank}.pt"),
-                  lambda fh: torch.save({"format": FORMAT, **state}, fh))
+    write_atomic(os.path.join(directory, f"rank-{rank}.pt"),
+                 lambda fh: torch.save({"format": FORMAT, **state}, fh))
 
 
 def publish(root: str, step: int, ranks: int, fingerprint: Mapping[str, Any]) -> None:
     """Point latest.json at ``step`` (after every rank saved), then prune old steps."""
     body = json.dumps({"format": FORMAT, "step": step, "ranks": ranks,
                        "fingerprint": dict(fingerprint)}, indent=2).encode()
-    _atomic_write(os.path.join(root, "latest.json"), lambda fh: fh.write(body))
+    write_atomic(os.path.join(root, "latest.json"), body)
     steps = sorted(d for d in os.listdir(root) if d.startswith("step-"))
     for old in steps[:-KEEP]:
         shutil.rmtree(os.path.join(root, old), ignore_errors=True)
@@ -105,3 +92,16 @@ def load_rank(root: str, step: int, rank: int) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("step") != step:
         raise CheckpointError(f"checkpoint file {path} is not a pipesim checkpoint of step {step}")
     return state
+
+
+__all__ = [
+    "FORMAT",
+    "KEEP",
+    "CheckpointError",
+    "check_fingerprint",
+    "load_rank",
+    "publish",
+    "read_latest",
+    "save_rank",
+    "step_dir"
+]

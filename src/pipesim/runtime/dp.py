@@ -1,9 +1,10 @@
 """Data parallelism across pipeline replicas: average each stage's gradients with all-reduce.
 
-A stage's gradients are final after its last backward-type action (B, or its last I/W) of the
-step. Right then they are flattened into buckets and all-reduced asynchronously over the
-stage's replica group, overlapping whatever the rank still has to compute; the optimizer
-steps after ``finish`` has waited for every bucket and written the averages back.
+A stage's gradients are final after its last B (or W, when split) of the step
+(``dataparallel.last_gradient_index``). Right then they are flattened into buckets and
+all-reduced asynchronously over the stage's replica group, overlapping whatever the rank
+still has to compute; the optimizer steps after ``finish`` has waited for every bucket and
+written the averages back.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from pipesim.ir import Action, Op
+from pipesim.dataparallel import BUCKET_BYTES, last_gradient_index
+from pipesim.ir import Action
 from pipesim.runtime.stage import StageRunner
-
-BUCKET_BYTES = 25 * 2**20  # as DistributedDataParallel's default
 
 
 @dataclass
@@ -89,9 +89,9 @@ class GradReducer:
 
 
 def last_gradient_actions(row: Sequence[Action]) -> dict[Action, int]:
-    """Each stage's last backward-type action in ``row`` -> its stage (grads final after it)."""
-    last: dict[int, Action] = {}
-    for a in row:
-        if a.op is not Op.F:
-            last[a.stage] = a
-    return {a: s for s, a in last.items()}
+    """Each stage's last backward-type action in ``row`` -> its stage (grads final after it);
+    the rule is ``dataparallel.last_gradient_index``'s, as the simulator's all-reduce uses it."""
+    return {row[i]: s for s, i in last_gradient_index(row).items()}
+
+
+__all__ = ["GradReducer", "last_gradient_actions"]

@@ -51,3 +51,6 @@ def fault_from_env(env: dict[str, str] | None = None) -> Fault | None:
                          f"in {', '.join(KINDS)}")
     return Fault(int(parts[0]), parse_action(parts[1]), parts[2],
                  int(parts[3]) if len(parts) == 4 else 0)
+
+
+__all__ = ["KINDS", "Fault", "InjectedFault", "fault_from_env"]

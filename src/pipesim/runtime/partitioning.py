@@ -105,3 +105,6 @@ def balance_for(cfg: Any, method: str, layer_costs: LayerCosts | None = None
         return tuple(balance_of(layers, stages, method, inputs[0], targets[0],
                                 loss_function(cfg)))
     return tuple(balance_of(layers, stages, method, layer_costs=layer_costs))
+
+
+__all__ = ["METHODS", "balance_for", "balance_of", "param_counts", "partition"]

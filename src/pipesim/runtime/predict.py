@@ -3,7 +3,8 @@
     predict(cfg, layer_costs)        simulate cfg's schedule with the layers summed into its
                                      stages (cfg's balance, scaled to cfg.batch_size), step
                                      after step until the step repeats
-    compare(predicted, measured)     predicted vs measured step time, per step and per rank
+    prediction_report(predicted, measured)
+                                     predicted vs measured step time, per step and per rank
 
 A step's time is what a training loop pays per step: from one step's end to the next one's
 (the last rank's), so it includes each rank's optimizer update between steps, during which the
@@ -14,8 +15,8 @@ its sender ``comm_send_overhead`` (from the cost file; ``pipesim profile`` measu
 nothing of the engine's own Python work per action or of two ranks sharing CPU cores; see
 benchmarks/RESULTS_predict.md.
 
-This module imports neither torch nor numpy (``cfg`` is read by attribute), so ``compare``
-works on saved timelines anywhere.
+This module imports neither torch nor numpy (``cfg`` is read by attribute), so
+``prediction_report`` works on saved timelines anywhere.
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ def used_steps(measured: Sequence[Timeline]) -> list[int]:
     return list(range(1 if len(measured) >= 3 else 0, len(measured)))
 
 
-def compare(predicted: Timeline, measured: Sequence[Timeline]) -> dict[str, Any]:
+def prediction_report(predicted: Timeline, measured: Sequence[Timeline]) -> dict[str, Any]:
     """Predicted vs measured step time (``predicted_step``, ``step_times``), in total and per rank.
 
     ``measured_step_seconds`` is the median step time of the used steps (``used_steps``);
@@ -204,9 +205,16 @@ def median_step(measured: Sequence[Timeline]) -> Timeline:
 def plot_prediction(predicted: Timeline, measured: Sequence[Timeline], path: str) -> None:
     """A PNG with the predicted step above the median measured step (same time axis unit)."""
     from pipesim.views.png import render_png  # matplotlib, imported only here
-    report = compare(predicted, measured)
+    report = prediction_report(predicted, measured)
     step = median_step(measured)
     error = report["prediction_error"]
     render_png([(f"{predicted.name} predicted", predicted),
                 (f"{step.name} measured (median step"
                  + (f"; prediction {error:+.1%})" if error is not None else ")"), step)], path)
+
+
+__all__ = [
+    "median_step", "plot_prediction", "predict", "predict_run", "predicted_step",
+    "prediction_json", "prediction_line", "prediction_report", "step_span", "step_times",
+    "used_steps"
+]

@@ -37,6 +37,7 @@ from torch import nn
 
 from pipesim.layercosts import LayerCost, LayerCosts
 from pipesim.runtime.splitlinear import WeightGradQueue, convert_linears
+from pipesim.runtime.stage import LossFn
 from pipesim.runtime.train import (
     RunConfig,
     build_layers,
@@ -45,7 +46,6 @@ from pipesim.runtime.train import (
     make_optimizer,
 )
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 MakeOptimizer = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 _STATISTICS: dict[str, Callable[[list[float]], float]] = {"median": statistics.median,
                                                           "min": min}
@@ -351,10 +351,12 @@ class PingPong:
                 t0 = time.perf_counter()
                 work = dist.isend(buf, 1)
                 times.append(time.perf_counter() - t0)
+                assert work is not None  # None only for a rank outside the group
                 work.wait()
                 dist.recv(ack, 1)
             else:
                 work = dist.irecv(buf, 0)
+                assert work is not None
                 for _ in range(20):
                     a @ w
                 work.wait()
@@ -378,3 +380,17 @@ def measure_comm(message_bytes: int, repeats: int = 30, statistic: str = "median
     extra = big - latency
     bandwidth = (large - small) / extra if extra > 0 else float("inf")
     return CommCosts(latency, bandwidth, send)
+
+
+__all__ = [
+    "STATISTICS",
+    "CommCosts",
+    "MakeOptimizer",
+    "PingPong",
+    "ProfileConfig",
+    "Times",
+    "measure_comm",
+    "one_thread",
+    "profile_layers",
+    "profile_model"
+]

@@ -9,7 +9,7 @@ Other modules keep plain autograd.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -35,7 +35,7 @@ class WeightGradQueue:
             work()
 
 
-def _accumulate(weight: nn.Parameter, bias: nn.Parameter | None, x2d: torch.Tensor,
+def _accumulate(weight: torch.Tensor, bias: torch.Tensor | None, x2d: torch.Tensor,
                 g2d: torch.Tensor) -> None:
     """weight.grad += g^T x; bias.grad += sum(g) - in place, as autograd would accumulate."""
     with torch.no_grad():
@@ -86,7 +86,8 @@ class SplitLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.is_grad_enabled() or not self.weight.requires_grad:
             return functional.linear(x, self.weight, self.bias)
-        out: torch.Tensor = _SplitLinearFn.apply(x, self.weight, self.bias, self)
+        out: torch.Tensor = _SplitLinearFn.apply(  # type: ignore[no-untyped-call]
+            x, self.weight, self.bias, self)
         return out
 
 
@@ -96,6 +97,9 @@ def convert_linears(module: nn.Module, queue: WeightGradQueue) -> int:
     for child in module.modules():
         if type(child) is nn.Linear:
             child.__class__ = SplitLinear
-            child.queue = queue  # type: ignore[attr-defined]
+            cast(SplitLinear, child).queue = queue
             count += 1
     return count
+
+
+__all__ = ["SplitLinear", "WeightGradQueue", "convert_linears"]

@@ -55,3 +55,6 @@ def to_timeline(schedule: Schedule, per_rank: list[tuple[list[Timed], list[Stage
                   for r, (_, sps) in enumerate(per_rank) for stage, s, e in sps)
     return Timeline(schedule.ranks, events, (), "s", schedule.name, schedule.stage_to_rank,
                     schedule.microbatches, spans)
+
+
+__all__ = ["StageSpan", "Timed", "gather_events", "to_timeline"]

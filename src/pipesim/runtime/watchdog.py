@@ -30,7 +30,8 @@ def shared_rows(ctx: Any, world: int) -> Any:
 
 def private_rows(world: int) -> list[float]:
     """Rows in this process only (torchrun: each rank watches itself)."""
-    return _init_rows([0.0] * (world * _WIDTH), world)
+    rows: list[float] = _init_rows([0.0] * (world * _WIDTH), world)
+    return rows
 
 
 def _init_rows(rows: Any, world: int) -> Any:
@@ -122,3 +123,9 @@ class NullMonitor(Monitor):
 
     def __init__(self) -> None:
         super().__init__(private_rows(1), 0)
+
+
+__all__ = [
+    "Monitor", "NullMonitor", "StallError", "describe", "private_rows", "shared_rows",
+    "stall_report", "stalled"
+]

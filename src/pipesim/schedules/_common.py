@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from pipesim.checks import is_positive_int
 from pipesim.ir import Action, Schedule
 
 
@@ -14,7 +15,7 @@ class ConfigError(ValueError):
 def check_sizes(ranks: int, microbatches: int, virtual_stages: int = 1) -> None:
     for label, value in (("ranks", ranks), ("microbatches", microbatches),
                          ("virtual stages", virtual_stages)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_positive_int(value):
             raise ConfigError(f"{label} must be an integer >= 1, got {value!r}")
 
 

@@ -91,3 +91,6 @@ def dualpipe_v(ranks: int, microbatches: int) -> Schedule:
             k.weight()
         rows.append(k.row)
     return build("dualpipev", ranks, microbatches, v_placement(ranks), rows)
+
+
+__all__ = ["dualpipe_v"]

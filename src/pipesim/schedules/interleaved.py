@@ -31,7 +31,8 @@ def interleaved_1f1b(ranks: int, microbatches: int, virtual_stages: int = 2) -> 
     chunk 1, ...; warm-up is (v-1)*g + 2*(ranks-1-rank) forwards, then one F one B, so rank r
     stashes at most min((v-1)*g + 2*(ranks-1-r) + 1, microbatches*v) chunk activations.
     Equal to torch's ScheduleInterleaved1F1B for v >= 2. With v = 1 it is 1F1B (torch keeps
-    its interleaved warm-up there). ranks=4, microbatches=4, v=2 (unit steps)::
+    its interleaved warm-up there). Below (g=4): warm-up 10 > 8 forwards on rank 0 (all of them),
+    8, 6 and 4 on rank 3, then one F one B. ranks=4, microbatches=4, v=2 (unit steps)::
 
         rank 0: 0F0 0F1 0F2 0F3 4F0 4F1 4F2 4F3  .   .   .  4B0  .  4B1  .  4B2  .  4B3 0B0 0B1 0B2 0B3
         rank 1:  .  1F0 1F1 1F2 1F3 5F0 5F1 5F2 5F3  .  5B0  .  5B1  .  5B2  .  5B3 1B0 1B1 1B2 1B3  .
@@ -83,3 +84,6 @@ def looped_bfs(ranks: int, microbatches: int, virtual_stages: int = 2) -> Schedu
         row += [Action(s, Op.B, mb) for s in reversed(chunks) for mb in range(microbatches)]
         rows.append(row)
     return build("looped-bfs", ranks, microbatches, looped_placement(ranks, v), rows)
+
+
+__all__ = ["interleaved_1f1b", "looped_bfs"]

@@ -9,7 +9,8 @@ from pipesim.schedules._common import build, check_sizes
 def forward(ranks: int, microbatches: int) -> Schedule:
     """The tutorial's inference pipeline: every rank runs F for each microbatch in order.
 
-    ranks=4, microbatches=4 (one column per unit step)::
+    Each rank runs one step behind the one before it. ranks=4, microbatches=4 (one column per
+    unit step)::
 
         rank 0: 0F0 0F1 0F2 0F3  .   .   .
         rank 1:  .  1F0 1F1 1F2 1F3  .   .
@@ -24,6 +25,7 @@ def forward(ranks: int, microbatches: int) -> Schedule:
 def gpipe(ranks: int, microbatches: int) -> Schedule:
     """GPipe (fill-drain): all forwards, then all backwards; every rank stashes m activations.
 
+    Fill, then drain: the last rank turns round at step 7, rank r starts its B's 3-r later.
     ranks=4, microbatches=4 (unit steps; B drawn one step wide)::
 
         rank 0: 0F0 0F1 0F2 0F3  .   .   .   .   .   .  0B0 0B1 0B2 0B3
@@ -43,7 +45,8 @@ def gpipe(ranks: int, microbatches: int) -> Schedule:
 def one_f_one_b(ranks: int, microbatches: int) -> Schedule:
     """1F1B (PipeDream-Flush): ranks-rank-1 warm-up forwards, then alternate F and B.
 
-    Rank r stashes at most min(ranks - r, microbatches) activations.
+    Rank r stashes at most min(ranks - r, microbatches) activations. Below, rank r has
+    3-r warm-up F's, then F B alternating, then the cool-down B's.
     ranks=4, microbatches=4 (unit steps)::
 
         rank 0: 0F0 0F1 0F2 0F3  .   .   .  0B0  .  0B1  .  0B2  .  0B3
@@ -61,3 +64,6 @@ def one_f_one_b(ranks: int, microbatches: int) -> Schedule:
         row += [Action(r, Op.B, mb) for mb in range(microbatches - warmup, microbatches)]
         rows.append(row)
     return build("1f1b", ranks, microbatches, range(ranks), rows)
+
+
+__all__ = ["forward", "gpipe", "one_f_one_b"]

@@ -15,7 +15,8 @@ def zb_h1(ranks: int, microbatches: int) -> Schedule:
 
     Rank r: ranks-1-r warm-up F's, then F I (W) repeated, W lagging r I's behind, remaining W's
     last. Every rank stashes at most `ranks` activations (an activation lives until its W), 1F1B's
-    peak; with F = I = W the bubble is (ranks-1)(F+I-W), a third of 1F1B's.
+    peak; with F = I = W the bubble is (ranks-1)(F+I-W), a third of 1F1B's. Below, the I's (on
+    the critical path) move up from 1F1B's B's and the W's fill the drain.
     ranks=4, microbatches=4 (unit steps)::
 
         rank 0: 0F0 0F1 0F2 0F3  .   .   .  0I0 0W0 0I1 0W1 0I2 0W2 0I3 0W3
@@ -47,8 +48,10 @@ def zbv(ranks: int, microbatches: int) -> Schedule:
     The ordering follows the paper's handcrafted V schedule as torch.distributed.pipelining's
     ScheduleZBVZeroBubble lays it out: microbatches are padded to 2*ranks-1 to fill the pipeline,
     then the padding is dropped. Rank r stashes at most min(2*ranks, 2*m, m+r+1) activations
-    of its half-size stages: 2*ranks (1F1B's memory) once m >= 2*ranks-1.
-    ranks=4, microbatches=4 (unit steps)::
+    of its half-size stages: 2*ranks (1F1B's memory) once m >= 2*ranks-1. Below, rank 0 runs
+    the first and the last stage; rank r starts with 2*(4-r)-1 F's of its first stage (only 4
+    exist), pairs of F's, then F I W on its second stage; the turn of the V (3F -> 4F on rank 3)
+    sends no message. ranks=4, microbatches=4 (unit steps)::
 
         rank 0: 0F0 0F1 0F2 0F3  .   .   .  7F0 7I0 7W0 7F1 7I1 7W1 7F2 7I2 7W2 7F3 7I3 7W3 0I0 0W0  .  0I1 0W1  .  0I2 0W2  .  0I3 0W3
         rank 1:  .  1F0 1F1 1F2 1F3  .  6F0  .  6F1 6I0 6W0 6F2 6I1 6W1 6F3 6I2 6W2 1I0 1W0 6I3 6W3 1I1 1W1  .  1I2 1W2  .  1I3 1W3  .
@@ -98,3 +101,6 @@ def zbv(ranks: int, microbatches: int) -> Schedule:
         row += [Action(s0, Op.W, mb) for mb in range(w0, count["B", 0])]
         rows.append([a for a in row if a.microbatch < microbatches])
     return build("zbv", ranks, microbatches, v_placement(ranks), rows)
+
+
+__all__ = ["zb_h1", "zbv"]

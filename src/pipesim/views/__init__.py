@@ -2,3 +2,6 @@
 
 Each takes a Schedule or a Timeline and returns text/bytes; none prints and none imports torch.
 """
+
+
+__all__: list[str] = []  # everything lives in the submodules

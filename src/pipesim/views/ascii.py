@@ -132,3 +132,6 @@ def _draw_spans(spans: Sequence[Span], origin: float, scale: float, columns: int
         for c in range(max(0, int(a)), min(columns, math.ceil(b))):
             cover[c] += min(b, c + 1) - max(a, c)
     return "".join("=" if share >= 0.5 else " " for share in cover)
+
+
+__all__ = ["LEGEND", "render_ascii"]

@@ -75,3 +75,6 @@ def _flows(timeline: Timeline, us: Any) -> list[dict[str, Any]]:
         out.append({"ph": "f", "bp": "e", "id": k, "name": kind, "cat": "message",
                     "pid": m.dst, "tid": _COMPUTE_TID, "ts": us(cons.start)})
     return out
+
+
+__all__ = ["US_PER_UNIT", "chrome_trace_json", "render_chrome_trace"]

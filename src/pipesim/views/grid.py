@@ -36,3 +36,6 @@ def format_step_grid(schedule: Schedule, indent: str = "") -> str:
         cells = " ".join(c.center(width) for c in row).rstrip()
         lines.append(f"{indent}{f'rank {rank}':<{label}}: {cells}")
     return "\n".join(lines)
+
+
+__all__ = ["format_step_grid", "step_grid"]

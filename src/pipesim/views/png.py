@@ -9,11 +9,10 @@ makespan and bubble fraction in each title. ``render_bars_png`` draws compare's 
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
+from pipesim.fileio import write_atomic
 from pipesim.ir import Op
 from pipesim.timeline import Timeline, metrics
 
@@ -40,19 +39,7 @@ def _pyplot() -> Any:
 
 def render_png(timelines: Sequence[tuple[str, Timeline]], path: str) -> None:
     """Write ``png_bytes(timelines)`` to ``path`` (whole or not at all)."""
-    data = png_bytes(timelines)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".pipesim-", suffix=".png", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes it private; a picture is not
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(path, png_bytes(timelines))
 
 
 def png_bytes(timelines: Sequence[tuple[str, Timeline]], dpi: int = 110) -> bytes:
@@ -181,3 +168,8 @@ def render_bars_png(rows: Sequence[tuple[str, float, float, int]], title: str,
         return out.getvalue()
     finally:
         plt.close(fig)
+
+
+__all__ = [
+    "OP_COLORS", "OP_LABELS", "PlotUnavailableError", "png_bytes", "render_bars_png", "render_png"
+]

@@ -111,3 +111,6 @@ def _insight(schedule: Schedule, grid: list[list[Action | None]], steps: int) ->
         lines.append("Key insight: no step has every rank busy;")
         lines.append("more microbatches would fill the pipeline.")
     return lines
+
+
+__all__ = ["render_tutorial_diagram"]
