@@ -10,18 +10,11 @@ Files are written atomically (a temporary file, then a rename). No torch here.
 
 from __future__ import annotations
 
+from pipesim.fileio import write_atomic as _write
 from pipesim.timeline import Timeline
 from pipesim.views.ascii import render_ascii
 from pipesim.views.chrome_trace import chrome_trace_json
 from pipesim.views.html import render_timeline_html
-
-
-def _write(path: str, data: str | bytes) -> None:
-    from pipesim.commands import UserError, write_atomic
-    try:
-        write_atomic(path, data)
-    except UserError as err:
-        raise OSError(str(err)) from None
 
 
 def ascii(timeline: Timeline, width: int = 100) -> str:

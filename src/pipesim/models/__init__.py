@@ -8,6 +8,9 @@ Your own model needs no registration: pass it to ``pipesim.Pipeline``.
 
 from __future__ import annotations
 
+from torch import nn
+
+from pipesim.config import RunConfig
 from pipesim.models.gpt import GPT
 from pipesim.models.mlp import MLP
 from pipesim.models.spec import Batch, LossFn, ModelSpec, split_layers, torch_dtype
@@ -22,4 +25,22 @@ def get_model(name: str) -> ModelSpec:
         raise ValueError(f"unknown model {name!r}; valid: {', '.join(MODELS)}") from None
 
 
-__all__ = ["MODELS", "Batch", "LossFn", "ModelSpec", "get_model", "split_layers", "torch_dtype"]
+def build_layers(cfg: RunConfig) -> list[nn.Module]:
+    return get_model(cfg.model).build(cfg)
+
+
+def make_batch(cfg: RunConfig, step: int) -> Batch:
+    """All dp x m microbatches of inputs and targets for ``step``, the same on every rank."""
+    inputs, targets = get_model(cfg.model).batch(cfg, step)
+    if len(inputs) != cfg.global_microbatches:
+        raise RuntimeError(f"model {cfg.model!r} made {len(inputs)} microbatches; "
+                           f"expected {cfg.global_microbatches}")
+    return inputs, targets
+
+
+def loss_function(cfg: RunConfig) -> LossFn:
+    return get_model(cfg.model).loss(cfg)
+
+
+__all__ = ["MODELS", "Batch", "LossFn", "ModelSpec", "build_layers", "get_model",
+           "loss_function", "make_batch", "split_layers", "torch_dtype"]

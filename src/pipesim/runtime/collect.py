@@ -13,12 +13,12 @@ from torch import nn
 from pipesim.config import RunConfig
 from pipesim.grid import RankGrid
 from pipesim.models import get_model, split_layers, torch_dtype
+from pipesim.runtime.optim import make_optimizer
 from pipesim.runtime.stage import Payload, StageRunner
 
 
 def reference_train(cfg: RunConfig) -> list[nn.Module]:
     """The same model trained in one process on the same full batches (the ground truth)."""
-    from pipesim.runtime.train import make_optimizer
     spec = get_model(cfg.model)
     layers = spec.build(cfg)
     model = nn.Sequential(*layers)
@@ -104,3 +104,6 @@ def max_weight_difference(cfg: RunConfig, params: list[list[torch.Tensor]]) -> f
         for g, want in zip(got, module.parameters(), strict=True):
             worst = max(worst, float((g - want.detach()).abs().max()))
     return worst
+
+
+__all__ = ["gather_outputs", "gather_stage_tensors", "max_weight_difference", "reference_train"]

@@ -322,3 +322,7 @@ def _own_watchdog(rows: list[float], rank: int, timeout: float) -> None:
                              f"(--stall-timeout): {describe(rows, rank, time.monotonic())}\n")
             sys.stderr.flush()
             os._exit(3)
+
+
+__all__ = ["LaunchOptions", "RankFailedError", "Worker", "current_monitor", "init_torchrun",
+           "launch", "launch_all", "run_torchrun", "under_torchrun"]

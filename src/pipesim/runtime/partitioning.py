@@ -95,7 +95,7 @@ def partition(model: nn.Module | Sequence[nn.Module], ranks: int, virtual_stages
 def balance_for(cfg: Any, method: str, layer_costs: LayerCosts | None = None
                 ) -> tuple[int, ...]:
     """The balance of a run (a RunConfig) under ``method`` ("uniform", "params", "time")."""
-    from pipesim.runtime.train import build_layers, loss_function, make_batch
+    from pipesim.models import build_layers, loss_function, make_batch
     stages = cfg.schedule.stages
     if method == "uniform":
         return tuple(partition_uniform(cfg.num_layers, stages))

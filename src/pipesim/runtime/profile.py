@@ -35,16 +35,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from pipesim.config import RunConfig
 from pipesim.layercosts import LayerCost, LayerCosts
+from pipesim.models import build_layers, loss_function, make_batch
+from pipesim.runtime.optim import make_optimizer
 from pipesim.runtime.splitlinear import WeightGradQueue, convert_linears
 from pipesim.runtime.stage import LossFn
-from pipesim.runtime.train import (
-    RunConfig,
-    build_layers,
-    loss_function,
-    make_batch,
-    make_optimizer,
-)
 
 MakeOptimizer = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 _STATISTICS: dict[str, Callable[[list[float]], float]] = {"median": statistics.median,

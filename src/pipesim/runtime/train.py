@@ -16,12 +16,10 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from pipesim.config import RunConfig
 from pipesim.ir import Action
-from pipesim.models import get_model
-from pipesim.models.spec import LossFn
+from pipesim.models import build_layers, loss_function, make_batch
 from pipesim.runtime import checkpoint
 from pipesim.runtime.collect import (
     gather_outputs,
@@ -31,6 +29,7 @@ from pipesim.runtime.collect import (
 )
 from pipesim.runtime.engine import Observer, StepRecord
 from pipesim.runtime.faults import Fault, fault_from_env
+from pipesim.runtime.optim import make_optimizer
 from pipesim.runtime.pipeline import Pipeline
 from pipesim.runtime.stage import StageRunner
 from pipesim.runtime.synthetic import slow_down
@@ -41,33 +40,6 @@ from pipesim.timeline import Timeline
 ActionHook = Callable[[int, Action, dict[str, Any]], None]
 # progress(step, steps, mean loss, seconds) after each step, on the last stage's rank
 ProgressHook = Callable[[int, int, float, float], None]
-
-
-def build_layers(cfg: RunConfig) -> list[nn.Module]:
-    return get_model(cfg.model).build(cfg)
-
-
-def make_batch(cfg: RunConfig, step: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """All dp x m microbatches of inputs and targets for ``step``, the same on every rank."""
-    inputs, targets = get_model(cfg.model).batch(cfg, step)
-    if len(inputs) != cfg.global_microbatches:
-        raise RuntimeError(f"model {cfg.model!r} made {len(inputs)} microbatches; "
-                           f"expected {cfg.global_microbatches}")
-    return inputs, targets
-
-
-def loss_function(cfg: RunConfig) -> LossFn:
-    return get_model(cfg.model).loss(cfg)
-
-
-def make_optimizer(name: str, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    """SGD, or Adam with its fused kernel (CPU and CUDA): one pass over each tensor instead of
-    a chain of element-wise ops with temporaries; on one CPU thread it updates four 512x512
-    Linears in 1.6-2.1 ms against 5.5-6.4 ms (freed memory kept) or 12 ms (glibc's defaults)
-    for the for-loop Adam (benchmarks/RESULTS_predict.md)."""
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    return torch.optim.SGD(params, lr=lr)
 
 
 class _Hook(Observer):
@@ -257,4 +229,4 @@ def timeline_of(result: RankResult) -> Timeline:
 
 
 __all__ = ["ActionHook", "ProgressHook", "RankResult", "RunConfig", "TrainJob", "build_layers",
-           "loss_function", "make_batch", "make_optimizer", "reference_train"]
+           "loss_function", "make_batch", "make_optimizer", "reference_train"]  # old paths kept
