@@ -1,7 +1,8 @@
 """Is a schedule runnable? Completeness, dependency order, deadlock, channel order, memory.
 
 A schedule that passes ``validate`` can run on the runtime without deadlock: every action's
-dependencies (``ir.deps``) can finish before it, given each rank's order.
+dependencies (``ir.deps``) can finish before it, given each rank's order. A part of an overlapped
+pair waits for the dependencies of both parts (``ir.start_deps``): the pair starts as one unit.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import accumulate
 
-from pipesim.ir import STASH_DELTA, Action, Op, Schedule, deps
+from pipesim.ir import STASH_DELTA, Action, Op, Schedule, deps, start_deps
 
 _MAX_REPORTED = 8  # problems listed per kind before "... and N more"
 
@@ -55,6 +56,8 @@ class InvalidScheduleError(ValueError):
 def validate(schedule: Schedule) -> Report:
     """Every check; returns a Report (never raises for a bad schedule)."""
     errors = _check_complete(schedule)
+    if not errors:
+        errors = _check_pairs(schedule)
     if not errors:
         errors = _check_same_rank_order(schedule) or _check_cycles(schedule)
     warnings = channel_order_warnings(schedule) if not errors else []
@@ -127,6 +130,34 @@ def _missing(schedule: Schedule, present: Iterable[Action]) -> list[str]:
     return problems
 
 
+# ----------------------------------------------------------------------------- overlapped pairs
+
+
+def _check_pairs(schedule: Schedule) -> list[str]:
+    """Each pair: a forward then a backward (B or I), next to each other on one rank, neither
+    needing the other's output (a pair's outputs leave only when both parts have run)."""
+    pos = _positions(schedule)
+    problems = []
+    seen: set[Action] = set()
+    for first, second in sorted(schedule.pairs):
+        shown = f"({first};{second})OVERLAP_F_B"
+        if first.op is not Op.F or second.op not in (Op.B, Op.I):
+            problems.append(f"pair {shown}: a pair overlaps a forward with a backward, "
+                            "(F;B) or (F;I) in that order")
+        elif first in seen or second in seen:
+            problems.append(f"pair {shown}: an action belongs to at most one pair")
+        elif first not in pos or second not in pos or pos[first][0] != pos[second][0] \
+                or pos[second][1] != pos[first][1] + 1:
+            problems.append(f"pair {shown}: its two actions must be next to each other on one "
+                            "rank, the forward first\n" + format_grid(schedule, {first, second}))
+        elif first in deps(second, schedule):
+            problems.append(f"pair {shown}: {second} needs {first}'s output, but a pair's "
+                            "outputs leave only when the pair ends; pair it with another "
+                            "microbatch\n" + format_grid(schedule, {first, second}))
+        seen.update((first, second))
+    return _capped(problems)
+
+
 # ----------------------------------------------------------------------------- order and cycles
 
 
@@ -138,11 +169,14 @@ def _check_same_rank_order(schedule: Schedule) -> list[str]:
     pos = _positions(schedule)
     problems = []
     for a, (rank, step) in pos.items():
-        for d in deps(a, schedule):
+        for d in start_deps(a, schedule):
             if d in pos and pos[d][0] == rank and pos[d][1] > step:
+                paired = (f" (it is paired with {schedule.partner[a]}, whose dependency that is)"
+                          if d not in deps(a, schedule) else "")
                 problems.append(
                     f"{a} runs before its own dependency {d} on rank {rank} "
-                    f"(step {step} < step {pos[d][1]})\n" + format_grid(schedule, {a, d})
+                    f"(step {step} < step {pos[d][1]}){paired}\n"
+                    + format_grid(schedule, {a, d})
                 )
     return _capped(problems)
 
@@ -150,7 +184,7 @@ def _check_same_rank_order(schedule: Schedule) -> list[str]:
 def _predecessors(a: Action, schedule: Schedule,
                   pos: dict[Action, tuple[int, int]]) -> list[Action]:
     rank, step = pos[a]
-    preds = [d for d in deps(a, schedule) if d in pos]
+    preds = [d for d in start_deps(a, schedule) if d in pos]
     if step > 0:
         preds.append(schedule.actions[rank][step - 1])
     return preds
@@ -180,8 +214,8 @@ def _check_cycles(schedule: Schedule) -> list[str]:
     cycle = find_cycle(stuck, preds)
     chain = " -> ".join(f"{a} (rank {pos[a][0]})" for a in cycle)
     return [f"deadlock: {len(stuck)} actions can never start; in the cycle {chain} -> "
-            f"{cycle[0]}, each action waits on the next (a dependency, or the action before it "
-            f"on its rank)\n" + format_grid(schedule, set(cycle))]
+            f"{cycle[0]}, each action waits on the next (a dependency, one of its overlapped "
+            f"pair's, or the action before it on its rank)\n" + format_grid(schedule, set(cycle))]
 
 
 def find_cycle(stuck: set[Action], preds: dict[Action, list[Action]]) -> list[Action]:
