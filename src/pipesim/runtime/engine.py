@@ -6,6 +6,8 @@
     W  the deferred weight gradients
 Receives for upcoming actions are posted ahead (``lookahead``); sends start right after the
 producing action and never block. Each action's start and end are recorded on ``clock``.
+An overlapped pair (``Schedule.pairs``) runs as torch runs OVERLAP_F_B: its F, then its B, and
+only then both sends (``_run``).
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ class Engine:
         self._paused: Action | None = None  # the action whose synthetic sleep already ran
         self._posted = 0.0  # when the current action began (before waiting for inputs)
         self._computed: float | None = None  # when its output existed (before sending it)
+        self._held: list[tuple[Action, torch.Tensor]] | None = None  # a pair's sends, until it ends
 
     def clock(self) -> float:
         return time.perf_counter() - self.origin
@@ -88,7 +91,7 @@ class Engine:
                 self.before(action)
             self._ready = self._computed = None
             self._posted = self.clock()
-            detail = self.handlers[action.op](action)
+            detail = self._run(action)
             self._pause(action)  # no-op unless it already ran before this action's send
             end = self._computed if self._computed is not None else self.clock()
             # an action runs from when its inputs are in hand (waiting for a message is idle
@@ -111,6 +114,22 @@ class Engine:
         return record
 
     # ------------------------------------------------------------------ handlers
+    def _run(self, action: Action) -> dict[str, Any]:
+        """The action's handler; a part of an overlapped pair holds its outgoing messages until
+        the pair's second part has run, then both leave in order (torch's OVERLAP_F_B)."""
+        partner = self.schedule.partner.get(action) if self.schedule.pairs else None
+        if partner is None:
+            return self.handlers[action.op](action)
+        first = (action, partner) in self.schedule.pairs
+        if first:
+            self._held = []
+        detail = self.handlers[action.op](action)
+        if not first:
+            held, self._held = self._held or [], None
+            for producer, tensor in held:
+                self.comm.send(producer, tensor)
+        return detail
+
     def _take(self, consumer: Action, producer: Action) -> tuple[torch.Tensor, str]:
         """The input of ``consumer`` produced by ``producer``: local hand-off or a message."""
         src = self.schedule.stage_to_rank[producer.stage]
@@ -142,6 +161,9 @@ class Engine:
         if self.schedule.stage_to_rank[consumer.stage] == self.rank:
             self._local[(producer, consumer)] = tensor
             return "local"
+        if self._held is not None:  # part of an overlapped pair: sent when the pair ends
+            self._held.append((producer, tensor))
+            return "send"
         self.comm.send(producer, tensor)
         return "send"
 
