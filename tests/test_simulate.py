@@ -311,6 +311,23 @@ def test_dualpipe_readme_rows(f: float, i: float, w: float) -> None:
                 round((p - 1) * (f + b - 2 * w), 9)}, (p, m)
 
 
+def test_zb_h1_bubble_formula_needs_w_at_most_min_f_i() -> None:
+    # (p-1)(F+I-W) holds exactly when a deferred W fits where an F or an I would be
+    vals = (0.5, 1.0, 2.0)
+    for f in vals:
+        for i in vals:
+            for w in vals:
+                for p, m in ((2, 2), (2, 5), (4, 4), (4, 8)):
+                    tl = simulate(get_schedule("zb-h1", p, m), CostModel.uniform(p, F=f, I=i, W=w))
+                    holds = {round(r.idle, 9) for r in metrics(tl).per_rank} == {
+                        round((p - 1) * (f + i - w), 9)}
+                    assert holds == (w <= min(f, i)), (f, i, w, p, m)
+    # the counterexample in README: the formula's makespan, 8 x 3 = 24, is below the least
+    # possible, (p-1)F before the last rank's first input plus its 24 of work
+    tl = simulate(get_schedule("zb-h1", 4, 8), CostModel.uniform(4, F=1, I=0.5, W=1.5))
+    assert tl.makespan == 27 == 3 * 1 + 8 * 3
+
+
 # DeepSeek DualPipe README: DualPipe idles (PP/2 - 1)(F&B + B - 3W) per rank, F&B the time of an
 # overlapped forward-and-backward pair. DualPipeV on p ranks has PP = 2p stages; F, B and W are
 # one stage's times. With F = I = W and no overlap gain (F&B = F + B) the simulated step is exact:
