@@ -231,6 +231,7 @@ def test_csv_reads_torch_bookkeeping_and_overlapped_pairs() -> None:
             "1RECV_F0,1F0,2F0,,2B0,1F1,1B0,1REDUCE_GRAD\n")
     sched = parse_csv(text)
     assert [str(a) for a in sched.actions[0]] == ["0F0", "3F0", "0F1", "3B0", "0B1"]
+    assert sched.pairs == {(Action(0, F, 1), Action(3, B, 0))}  # the overlapped pair, kept
     assert [str(a) for a in sched.actions[1]] == ["1F0", "2F0", "2B0", "1F1", "1B0"]
     assert sched.stage_to_rank == (0, 1, 1, 0)
     assert (sched.stages, sched.microbatches) == (4, 2)

@@ -400,6 +400,19 @@ def test_overlap_shortens_dualpipev_and_only_its_pairs() -> None:
     assert one == simulate(get_schedule("zbv", 4, 8), CostModel.uniform(8))  # no pairs
 
 
+def test_a_pair_that_needs_its_own_output_deadlocks_as_the_reference_says() -> None:
+    # as two actions this runs; as a pair, 0F1's output leaves only after 0B0, which needs 1B0,
+    # which rank 1 runs after 1F1, which needs 0F1's output
+    sched = parse_text("0F0 (0F1;0B0)OVERLAP_F_B 0B1\n1F0 1F1 1B0 1B1\n")
+    costs = CostModel.uniform(2)
+    with pytest.raises(DeadlockError) as want:
+        reference_simulate(sched, costs)
+    with pytest.raises(DeadlockError) as got:
+        simulate(sched, costs)
+    assert got.value.stuck == want.value.stuck == {
+        0: (Action(0, Op.F, 1), Action(1, Op.B, 0)), 1: (Action(1, Op.F, 1), Action(0, Op.F, 1))}
+
+
 def test_pair_parts_apart_are_a_value_error() -> None:
     sched = get_schedule("1f1b", 2, 2)
     apart = Schedule(2, 2, 2, (0, 1), sched.actions,

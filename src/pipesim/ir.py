@@ -138,6 +138,8 @@ class Schedule:
             )
         if len(self.actions) != self.ranks:
             raise ValueError(f"actions has {len(self.actions)} rows for {self.ranks} ranks")
+        if not isinstance(self.pairs, frozenset):  # any iterable of pairs; stored hashable
+            object.__setattr__(self, "pairs", frozenset(self.pairs))
 
     def stages_of(self, rank: int) -> tuple[int, ...]:
         """The stages held by ``rank``, in stage order."""
