@@ -242,10 +242,22 @@ def format_grid(schedule: Schedule, marked: set[Action], width: int = 14) -> str
     hi = max(max(steps) + 2, lo + width)
     lines = []
     for rank, row in enumerate(schedule.actions):
-        cells = [f"[{a}]" if a in marked else f" {a} " for a in row[lo:hi]]
+        cells = _grid_cells(schedule, row[lo:hi], marked)
         more = " ..." if hi < len(row) else ""
         lines.append(f"  rank {rank}: {'... ' if lo else ''}{''.join(cells)}{more}".rstrip())
     return "\n".join(lines)
+
+
+def _grid_cells(schedule: Schedule, row: tuple[Action, ...], marked: set[Action]) -> list[str]:
+    """One cell per action; an overlapped pair is one cell in its text form, ``(F;B)``."""
+    cells, i = [], 0
+    while i < len(row):
+        a = row[i]
+        pair = i + 1 < len(row) and (a, row[i + 1]) in schedule.pairs
+        text, parts = (f"({a};{row[i + 1]})", (a, row[i + 1])) if pair else (str(a), (a,))
+        cells.append(f"[{text}]" if marked.intersection(parts) else f" {text} ")
+        i += len(parts)
+    return cells
 
 
 # ----------------------------------------------------------------------------- messages
