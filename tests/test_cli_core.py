@@ -79,6 +79,14 @@ def test_schedule_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert data["peak_activations"] == [4, 4]
 
 
+def test_schedule_json_lists_overlapped_pairs(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "schedule", "dualpipev", "-p", "2", "-m", "4", "--json")
+    assert code == 0
+    pairs = json.loads(out)["pairs"]
+    assert pairs == [[str(f), str(b)] for f, b in sorted(get_schedule("dualpipev", 2, 4).pairs)]
+    assert ["0F3", "3B1"] in pairs
+
+
 def test_schedule_writes_a_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     out_path = tmp_path / "s.txt"
     code, out, _ = run(capsys, "schedule", "gpipe", "-p", "2", "-m", "2", "--as", "text",

@@ -114,3 +114,22 @@ def test_cost_file_is_used_as_written_and_flags_override(
         costs_from_args(cost_args("--costs", path), get_schedule("1f1b", 2, 4))
     with pytest.raises(UserError, match="not both"):
         costs_from_args(cost_args("--costs", path, "--cost", "F=1"), sched)
+
+
+def test_overlap_factor_from_flag_file_and_dict(write_file: Callable[[str, str], str]) -> None:
+    assert parse_cost_flag("F=1,overlap=0.8", overlap=True) == {"F": 1.0, "overlap": 0.8}
+    with pytest.raises(CostError, match="OP=NUMBER"):
+        parse_cost_flag("F=1,overlap=0.8")  # only where a cost model is built (not --synthetic)
+    for bad in ("0", "1.5", "nan", "x"):
+        with pytest.raises(CostError, match="overlap"):
+            parse_cost_flag(f"F=1,overlap={bad}", overlap=True)
+    sched = get_schedule("dualpipev", 2, 4)
+    c = costs_from_args(cost_args("--cost", "F=1,I=1,W=1,overlap=0.8"), sched)
+    assert c.overlap == 0.8 and c.forward == (0.5,) * 4
+    assert costs_from_args(cost_args(), sched).overlap == 1.0
+    again = CostModel.from_dict(c.to_dict())
+    assert again == c and again.overlap == 0.8
+    path = write_file("c.json", json.dumps({**c.to_dict(), "overlap": 0.6}))
+    assert costs_from_args(cost_args("--costs", path), sched).overlap == 0.6
+    with pytest.raises(CostError, match="overlap"):
+        CostModel.uniform(2, overlap=0)

@@ -216,6 +216,13 @@ def test_lower_bound_never_beats_the_simulation(name: str) -> None:
         assert 0 < bound <= simulate_dp(sched, costs, dp).step_time
 
 
+def test_lower_bound_holds_for_overlapped_pairs() -> None:
+    sched = get_schedule("dualpipev", 4, 8)
+    for overlap in (1.0, 0.8, 0.5):
+        costs = CostModel.uniform(8, F=0.5, I=0.5, W=0.5, overlap=overlap)
+        assert 0 < step_lower_bound(costs, 8, 4, DPConfig(1)) <= simulate(sched, costs).makespan
+
+
 def test_lower_bound_is_tight_for_1f1b_without_w() -> None:
     # with W = 0 (nothing to gain by splitting B) the last stage's bound - microbatch 0's way
     # up, its m F's and B's, the last gradient's way back down - is 1F1B's (m + P - 1)(F + B)

@@ -231,6 +231,7 @@ def test_csv_reads_torch_bookkeeping_and_overlapped_pairs() -> None:
             "1RECV_F0,1F0,2F0,,2B0,1F1,1B0,1REDUCE_GRAD\n")
     sched = parse_csv(text)
     assert [str(a) for a in sched.actions[0]] == ["0F0", "3F0", "0F1", "3B0", "0B1"]
+    assert sched.pairs == {(Action(0, F, 1), Action(3, B, 0))}  # the overlapped pair, kept
     assert [str(a) for a in sched.actions[1]] == ["1F0", "2F0", "2B0", "1F1", "1B0"]
     assert sched.stage_to_rank == (0, 1, 1, 0)
     assert (sched.stages, sched.microbatches) == (4, 2)
@@ -326,3 +327,45 @@ def test_inferred_placement_prefers_the_rank_running_forwards() -> None:
     assert parse_text("0F0 0B0\n1B0\n").stage_to_rank == (0, 1)  # no 1F: any action decides
     with pytest.raises(ParseError, match="stage 1 has no action"):
         parse_text("0F0\n2F0\n")
+
+
+# ----------------------------------------------------------------------------- overlapped pairs
+
+PAIRED = """\
+0F0 0F1 3F0 (0F2;3B0)OVERLAP_F_B 3F1 (3F2;0B0)OVERLAP_F_B 3B1 0B1 3B2 0B2
+1F0 2F0 1F1 2B0 (2F1;1B0)OVERLAP_F_B 1F2 2B1 1B1 2F2 2B2 1B2
+"""
+
+
+def test_overlapped_pairs_are_read_as_their_parts_plus_the_pair() -> None:
+    sched = parse_text(PAIRED)
+    assert [str(a) for a in sched.actions[0][:5]] == ["0F0", "0F1", "3F0", "0F2", "3B0"]
+    assert sched.pairs == {(Action(0, F, 2), Action(3, B, 0)), (Action(3, F, 2), Action(0, B, 0)),
+                           (Action(2, F, 1), Action(1, B, 0))}
+    assert sched.partner[Action(3, B, 0)] == Action(0, F, 2)
+    assert sched.partner[Action(0, F, 2)] == Action(3, B, 0)
+
+
+def test_overlapped_pairs_round_trip_as_text_and_csv() -> None:
+    sched = parse_text(PAIRED)
+    assert format_text(sched).splitlines()[1:] == PAIRED.splitlines()
+    assert parse_text(format_text(sched)) == sched
+    assert format_csv(sched).splitlines()[0].split(",")[3] == "(0F2;3B0)OVERLAP_F_B"
+    assert parse_csv(format_csv(sched)) == sched
+    assert parse_text(PAIRED) != parse_text(PAIRED.replace("(0F2;3B0)OVERLAP_F_B", "0F2 3B0"))
+
+
+@pytest.mark.parametrize("token", ["(0F1)OVERLAP_F_B", "(0F1;1B0;0B0)OVERLAP_F_B"])
+def test_an_overlapped_group_holds_two_actions(token: str) -> None:
+    with pytest.raises(ParseError, match="holds two actions") as err:
+        parse_text(f"0F0 {token}\n")
+    assert (err.value.line, err.value.column) == (1, 5)
+
+
+def test_start_deps_of_a_pair_are_the_union_of_its_parts() -> None:
+    from pipesim.ir import start_deps
+    sched = parse_text(PAIRED)
+    f, b = Action(0, F, 2), Action(3, B, 0)
+    union = set(deps(f, sched)) | set(deps(b, sched))
+    assert set(start_deps(f, sched)) == union == set(start_deps(b, sched))
+    assert start_deps(Action(0, F, 1), sched) == deps(Action(0, F, 1), sched)

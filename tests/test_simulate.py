@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from pipesim.costs import CostModel
-from pipesim.ir import Action, Op, Schedule, deps
+from pipesim.ir import Action, Op, Schedule, deps, parse_text
 from pipesim.schedules import SCHEDULES, ConfigError, get_schedule
 from pipesim.simulate import DeadlockError, simulate, steady_step
 from pipesim.timeline import Event, MessageEvent, Timeline, metrics
@@ -23,41 +23,59 @@ from pipesim.timeline import Event, MessageEvent, Timeline, metrics
 def reference_simulate(schedule: Schedule, costs: CostModel) -> Timeline:
     """The simulator's semantics written plainly: sweep the ranks until none can move.
 
-    Returns events and messages in the fast simulator's order (rank by rank, each rank's in its
-    order); raises DeadlockError with the same ``stuck`` when some rank can never finish.
+    An overlapped pair is one unit: it starts when both parts' dependencies are met, lasts
+    overlap x (F + B), and both outputs leave at its end. Returns events and messages in the
+    fast simulator's order (rank by rank, each rank's in its order); raises DeadlockError with
+    the same ``stuck`` when some rank can never finish.
     """
     ranks = schedule.ranks
     finish: dict[Action, float] = {}
     nxt, free = [0] * ranks, [0.0] * ranks
     events: list[list[Event]] = [[] for _ in range(ranks)]
     messages: list[list[MessageEvent]] = [[] for _ in range(ranks)]
+
+    def unit(row: tuple[Action, ...], i: int) -> tuple[Action, ...]:
+        return row[i:i + 2] if tuple(row[i:i + 2]) in schedule.pairs else row[i:i + 1]
+
+    def needs(parts: tuple[Action, ...]) -> list[Action]:
+        return [d for part in parts for d in deps(part, schedule)]
+
     moved = True
     while moved:
         moved = False
         for r, row in enumerate(schedule.actions):
-            while nxt[r] < len(row) and all(d in finish for d in deps(row[nxt[r]], schedule)):
-                a = row[nxt[r]]
+            while nxt[r] < len(row) and all(d in finish for d in needs(unit(row, nxt[r]))):
+                parts = unit(row, nxt[r])
                 start = free[r]
-                for d in deps(a, schedule):
-                    ready = finish[d]
-                    src = schedule.stage_to_rank[d.stage]
-                    if src != r:
-                        arrive = ready + costs.message_time(d, a)
-                        messages[r].append(MessageEvent(src, r, d, a, ready, arrive))
-                        ready = arrive
-                    start = max(start, ready)
-                end = start + costs.duration(a)
-                events[r].append(Event(r, a, start, end))
-                finish[a] = free[r] = end
-                nxt[r] += 1
+                for a in parts:
+                    for d in deps(a, schedule):
+                        ready = finish[d]
+                        src = schedule.stage_to_rank[d.stage]
+                        if src != r:
+                            arrive = ready + costs.message_time(d, a)
+                            messages[r].append(MessageEvent(src, r, d, a, ready, arrive))
+                            ready = arrive
+                        start = max(start, ready)
+                if len(parts) == 2:  # overlapped: F for overlap x F, then B to the pair's end
+                    first, second = parts
+                    mid = start + costs.overlap * costs.duration(first)
+                    end = start + costs.overlap * (costs.duration(first) + costs.duration(second))
+                    events[r] += [Event(r, first, start, mid), Event(r, second, mid, end)]
+                else:
+                    end = start + costs.duration(parts[0])
+                    events[r].append(Event(r, parts[0], start, end))
+                for a in parts:
+                    finish[a] = end
+                free[r] = end
+                nxt[r] += len(parts)
                 moved = True
-    stuck = {r: (row[nxt[r]], next(d for d in deps(row[nxt[r]], schedule) if d not in finish))
+    stuck = {r: (row[nxt[r]], next(d for d in needs(unit(row, nxt[r])) if d not in finish))
              for r, row in enumerate(schedule.actions) if nxt[r] < len(row)}
     if stuck:
         raise DeadlockError("deadlock", stuck)
     return Timeline(ranks, tuple(e for row in events for e in row),
                     tuple(m for row in messages for m in row), costs.unit, schedule.name,
-                    schedule.stage_to_rank, schedule.microbatches)
+                    schedule.stage_to_rank, schedule.microbatches, pairs=schedule.pairs)
 
 
 def random_costs(schedule: Schedule, seed: int) -> CostModel:
@@ -70,7 +88,7 @@ def random_costs(schedule: Schedule, seed: int) -> CostModel:
 
     return CostModel.from_lists(n, draw(0.5, 2), draw(0.5, 2), draw(0.2, 1), draw(1, 3),
                                 activation_bytes=draw(100, 1000), comm_latency=0.05,
-                                comm_bandwidth=2000.0)
+                                comm_bandwidth=2000.0, overlap=round(rnd.uniform(0.5, 1), 3))
 
 
 def configurations() -> Iterator[Schedule]:
@@ -291,6 +309,116 @@ def test_dualpipe_readme_rows(f: float, i: float, w: float) -> None:
             assert {round(r.idle, 9) for r in one.per_rank} == {round((p - 1) * (f + b), 9)}
             assert {round(r.idle, 9) for r in zb1p.per_rank} == {
                 round((p - 1) * (f + b - 2 * w), 9)}, (p, m)
+
+
+def test_zb_h1_bubble_formula_needs_w_at_most_min_f_i() -> None:
+    # (p-1)(F+I-W) holds exactly when a deferred W fits where an F or an I would be
+    vals = (0.5, 1.0, 2.0)
+    for f in vals:
+        for i in vals:
+            for w in vals:
+                for p, m in ((2, 2), (2, 5), (4, 4), (4, 8)):
+                    tl = simulate(get_schedule("zb-h1", p, m), CostModel.uniform(p, F=f, I=i, W=w))
+                    holds = {round(r.idle, 9) for r in metrics(tl).per_rank} == {
+                        round((p - 1) * (f + i - w), 9)}
+                    assert holds == (w <= min(f, i)), (f, i, w, p, m)
+    # the counterexample in README: the formula's makespan, 8 x 3 = 24, is below the least
+    # possible, (p-1)F before the last rank's first input plus its 24 of work
+    tl = simulate(get_schedule("zb-h1", 4, 8), CostModel.uniform(4, F=1, I=0.5, W=1.5))
+    assert tl.makespan == 27 == 3 * 1 + 8 * 3
+
+
+# DeepSeek DualPipe README: DualPipe idles (PP/2 - 1)(F&B + B - 3W) per rank, F&B the time of an
+# overlapped forward-and-backward pair. DualPipeV on p ranks has PP = 2p stages; F, B and W are
+# one stage's times. With F = I = W and no overlap gain (F&B = F + B) the simulated step is exact:
+# every rank works 2m(F + B) and idles (p - 1)(F&B + B - 3W). The issue's numbers, at one rank's
+# share F=I=W=1 (a stage 0.5): p=4, m=8 -> 27; p=16, m=32 -> 111.
+@pytest.mark.parametrize("f", [0.5, 1.0, 1.5])
+def test_dualpipev_meets_the_dualpipe_readme_formula(f: float) -> None:
+    for p in (1, 2, 3, 4, 5, 8):
+        for m in sorted({2 * p, 2 * p + 1, 3 * p, 4 * p + 3, 16}):
+            if m < 2 * p:
+                continue
+            sched = get_schedule("dualpipev", p, m)
+            tl = simulate(sched, CostModel.uniform(sched.stages, F=f, I=f, W=f))
+            fb, b, w = 3 * f, 2 * f, f
+            bubble = (p - 1) * (fb + b - 3 * w)
+            assert {round(r.idle, 9) for r in metrics(tl).per_rank} == {round(bubble, 9)}, (p, m)
+            assert tl.makespan == pytest.approx(2 * m * (f + b) + bubble), (p, m)
+
+
+@pytest.mark.parametrize(("p", "m", "makespan"), [(4, 8, 27), (16, 32, 111)])
+def test_dualpipev_numbers_of_the_issue(p: int, m: int, makespan: float) -> None:
+    sched = get_schedule("dualpipev", p, m)
+    assert simulate(sched, CostModel.uniform(2 * p, F=0.5, I=0.5, W=0.5)).makespan == makespan
+
+
+def test_a_pair_starts_when_both_inputs_are_in_and_sends_both_at_its_end() -> None:
+    # a V on 2 ranks; rank 0's pair (0F1;3B0) needs no input for 0F1 (stage 0) but 3F0 for 3B0
+    sched = parse_text("# pipesim schedule t: ranks=2 stages=4 microbatches=2 "
+                       "stage_to_rank=0,1,1,0\n"
+                       "0F0 3F0 (0F1;3B0)OVERLAP_F_B 3F1 3B1 0B0 0B1\n"
+                       "1F0 2F0 2B0 1F1 1B0 2F1 2B1 1B1\n")
+    costs = CostModel.uniform(4, F=1, B=2, overlap=0.5)
+    times = {str(e.action): (e.start, e.end) for e in simulate(sched, costs).events}
+    # 3F0 needs 2F0 (ends 3); the pair needs 3F0 (ends 4) for 3B0, so starts at 4, not at 2;
+    # it lasts 0.5 x (1 + 2): 0F1 from 4 to 4.5, 3B0 from 4.5 to 5.5
+    assert times["3F0"] == (3, 4)
+    assert times["0F1"] == (4, 4.5) and times["3B0"] == (4.5, 5.5)
+    # 0F1's output leaves with the pair's end: 1F1 (after 2B0 at 5.5 -> 7.5) starts at 7.5
+    assert times["2B0"] == (5.5, 7.5) and times["1F1"] == (7.5, 8.5)
+    sent = {str(m.producer): m.send for m in simulate(sched, costs).messages}
+    assert sent["0F1"] == sent["3B0"] == 5.5
+
+
+def test_a_pair_pays_both_sends_at_its_end() -> None:
+    sched = get_schedule("dualpipev", 2, 4)
+    base = simulate(sched, CostModel.uniform(4, F=1, B=2))
+    paid = simulate(sched, CostModel.uniform(4, F=1, B=2, send_overhead=0.25))
+    first, second = sorted(sched.pairs)[0]
+    dur = {str(e.action): e.end - e.start for e in base.events}
+    got = {str(e.action): e.end - e.start for e in paid.events}
+    extra = sum(0.25 for a in (first, second)
+                if (a.op is Op.F and a.stage + 1 < 4 and sched.stage_to_rank[a.stage + 1]
+                    != sched.stage_to_rank[a.stage])
+                or (a.op is Op.B and a.stage > 0 and sched.stage_to_rank[a.stage - 1]
+                    != sched.stage_to_rank[a.stage]))
+    assert got[str(first)] == dur[str(first)]  # the F part's own time is unchanged
+    assert got[str(second)] == pytest.approx(dur[str(second)] + extra)
+
+
+def test_overlap_shortens_dualpipev_and_only_its_pairs() -> None:
+    sched = get_schedule("dualpipev", 4, 8)
+    full = simulate(sched, CostModel.uniform(8, F=0.5, I=0.5, W=0.5))
+    gain = simulate(sched, CostModel.uniform(8, F=0.5, I=0.5, W=0.5, overlap=0.8))
+    assert gain.makespan < full.makespan
+    paired = {a for pair in sched.pairs for a in pair}
+    for a, b in zip(full.events, gain.events, strict=True):
+        if a.action not in paired:
+            assert a.duration == b.duration
+    one = simulate(get_schedule("zbv", 4, 8), CostModel.uniform(8, overlap=0.5))
+    assert one == simulate(get_schedule("zbv", 4, 8), CostModel.uniform(8))  # no pairs
+
+
+def test_a_pair_that_needs_its_own_output_deadlocks_as_the_reference_says() -> None:
+    # as two actions this runs; as a pair, 0F1's output leaves only after 0B0, which needs 1B0,
+    # which rank 1 runs after 1F1, which needs 0F1's output
+    sched = parse_text("0F0 (0F1;0B0)OVERLAP_F_B 0B1\n1F0 1F1 1B0 1B1\n")
+    costs = CostModel.uniform(2)
+    with pytest.raises(DeadlockError) as want:
+        reference_simulate(sched, costs)
+    with pytest.raises(DeadlockError) as got:
+        simulate(sched, costs)
+    assert got.value.stuck == want.value.stuck == {
+        0: (Action(0, Op.F, 1), Action(1, Op.B, 0)), 1: (Action(1, Op.F, 1), Action(0, Op.F, 1))}
+
+
+def test_pair_parts_apart_are_a_value_error() -> None:
+    sched = get_schedule("1f1b", 2, 2)
+    apart = Schedule(2, 2, 2, (0, 1), sched.actions,
+                     pairs=frozenset({(Action(0, Op.F, 1), Action(0, Op.B, 1))}))
+    with pytest.raises(ValueError, match="next to each other"):
+        simulate(apart)
 
 
 # ----------------------------------------------------------------------------- metrics

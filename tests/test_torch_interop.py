@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,11 @@ pytest.importorskip("torch")
 from torch.distributed.pipelining import schedules as torch_schedules
 from torch.distributed.pipelining._schedule_visualizer import get_schedule_ops
 
-from pipesim.ir import format_csv, parse_csv, schedule_from_rows
+from pipesim.cli import main
+from pipesim.costs import CostModel
+from pipesim.ir import format_csv, parse_csv, row_tokens, schedule_from_rows
 from pipesim.schedules import ConfigError, get_schedule
+from pipesim.simulate import simulate
 from pipesim.validate import validate
 
 
@@ -114,6 +118,24 @@ def test_dualpipev_equals_torch(p: int, m: int) -> None:
     theirs, ours = parse_csv(text), get_schedule("dualpipev", p, m)
     assert theirs.actions == ours.actions
     assert theirs.stage_to_rank == ours.stage_to_rank
+    assert theirs.pairs == ours.pairs  # the same actions overlapped
+    assert format_csv(ours) == text.replace("\r\n", "\n")  # written as torch writes it
+
+
+@pytest.mark.parametrize(("p", "m"), [(2, 4), (3, 7), (4, 8)])
+def test_simulate_file_on_torch_dualpipev_listing_keeps_its_pairs(
+        p: int, m: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # torch runs a pair as one unit: F then B, both outputs sent after it. Read from torch's own
+    # listing, the simulation is ours, and at F=I=W=1 (one rank's share) the DualPipe formula:
+    # 2m(F+B) of work per rank plus (p-1)(F&B+B-3W) at one stage's times (F=I=W=0.5)
+    path = tmp_path / "dualpipev.csv"
+    path.write_text(torch_csv(torch_rows("DualPipeV", p, m)))
+    costs = CostModel.uniform(2 * p, F=0.5, I=0.5, W=0.5)
+    theirs = simulate(parse_csv(path.read_text()), costs)
+    ours = simulate(get_schedule("dualpipev", p, m), costs)
+    assert (theirs.events, tuple(theirs.messages)) == (ours.events, tuple(ours.messages))
+    assert main(["simulate", "--file", str(path), "--cost", "F=1,I=1,W=1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["makespan"] == 2 * m * 1.5 + (p - 1) * 1.0
 
 
 def test_dualpipev_rejects_what_torch_rejects() -> None:
@@ -257,7 +279,7 @@ def test_torch_load_csv_reads_our_csv(name: str, v: int | None, cls_name: str,
     theirs = cls(mock_stages(4, ours.stages // 4), 8)
     theirs._load_csv(str(path))  # runs torch's validator; the runtime also adds send/recv
     assert [[str(a) for a in theirs.pipeline_order[r]] for r in range(4)] == \
-        [[str(a) for a in row] for row in ours.actions]
+        [row_tokens(ours, row) for row in ours.actions]  # pairs as torch's OVERLAP_F_B
     assert theirs.stage_index_to_group_rank == dict(enumerate(ours.stage_to_rank))
     if cls_name == "_PipelineScheduleRuntime":
         lowered = [theirs.pipeline_order_with_comms[r] for r in range(4)]

@@ -233,3 +233,40 @@ def test_peak_activations(row: str, peak: int) -> None:
 
 def test_forward_only_stashes_nothing() -> None:
     assert peak_activations(get_schedule("forward", 3, 5)) == (0, 0, 0)
+
+
+# ----------------------------------------------------------------------------- overlapped pairs
+
+
+def test_a_pair_starts_as_one_unit_so_its_forward_waits_for_the_backwards_input() -> None:
+    # run one after the other this is valid; as a pair 0F1's output leaves only after 0B0,
+    # which needs 1B0, which rank 1 runs after 1F1, which needs 0F1's output: a deadlock
+    plain = parse_text("0F0 0F1 0B0 0B1\n1F0 1F1 1B0 1B1\n")
+    assert validate(plain).ok
+    paired = parse_text("0F0 (0F1;0B0)OVERLAP_F_B 0B1\n1F0 1F1 1B0 1B1\n")
+    report = validate(paired)
+    assert not report.ok
+    assert "deadlock" in report.errors[0] and "0F1 (rank 0)" in report.errors[0]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("0F0 (0B0;0F1)OVERLAP_F_B 0B1\n", "overlaps a forward with a backward"),
+    ("0F0 (0F1;0B1)OVERLAP_F_B 0B0\n", "0B1 needs 0F1's output"),
+])
+def test_bad_pairs(text: str, message: str) -> None:
+    report = validate(parse_text(text))
+    assert not report.ok and message in report.errors[0]
+
+
+def test_pair_parts_must_be_next_to_each_other() -> None:
+    sched = parse_text("0F0 0F1 0B0 0B1\n1F0 1B0 1F1 1B1\n")
+    apart = Schedule(sched.ranks, sched.stages, sched.microbatches, sched.stage_to_rank,
+                     sched.actions, pairs=frozenset({(Action(0, Op.F, 1), Action(0, Op.B, 1))}))
+    report = validate(apart)
+    assert "next to each other on one rank" in report.errors[0]
+    assert "[0F1]" in report.errors[0]
+
+
+def test_dualpipev_pairs_validate_as_torch_writes_them() -> None:
+    sched = get_schedule("dualpipev", 4, 8)
+    assert len(sched.pairs) == 25 and validate(sched).ok

@@ -155,3 +155,24 @@ def test_tutorial_diagram_follows_the_real_schedule() -> None:
     assert framed.count("▼") == 2  # each of rank 1's forwards gets its input from above
     many = render_tutorial_diagram(get_schedule("1f1b", 4, 16), max_width=100)
     assert "(first" in many and all(len(x) <= 100 for x in many.splitlines())
+
+
+# ----------------------------------------------------------------------------- overlapped pairs
+
+
+def test_every_view_draws_a_pair_as_its_two_adjacent_events(tmp_path: pytest.TempPathFactory
+                                                            ) -> None:
+    from pipesim.views.html import render_timeline_html
+    from pipesim.views.png import render_png
+    sched = get_schedule("dualpipev", 2, 4)
+    tl = simulate(sched, CostModel.uniform(4, overlap=0.8))
+    assert tl.pairs == sched.pairs and Timeline.from_json(tl.to_json()) == tl
+    ends = {e.action: e for e in tl.events}
+    for first, second in tl.pairs:
+        assert ends[first].end == ends[second].start  # side by side, F then B
+    assert "rank 1 |" in render_ascii(tl)
+    names = [e["name"] for e in render_chrome_trace(tl)["traceEvents"] if e.get("ph") == "X"]
+    assert len(names) == sched.num_actions
+    assert render_timeline_html(tl).startswith("<!doctype html>")
+    pytest.importorskip("matplotlib")
+    render_png([("dualpipev", tl)], str(tmp_path / "pairs.png"))  # type: ignore[operator]

@@ -53,6 +53,9 @@ class CostModel:
     # the sending rank's own time to hand a message to the transport: its action ends, and
     # the message leaves, that much later (0: sends cost the sender nothing)
     send_overhead: float = 0.0
+    # an overlapped pair (F;B) takes overlap x (F + B): 1 runs its parts one after the other
+    # (CPU, torch's runtime); DualPipe's F&B on a GPU is below 1
+    overlap: float = 1.0
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -94,6 +97,7 @@ class CostModel:
         comm_bandwidth: float = math.inf,
         unit: str = "units",
         send_overhead: float = 0.0,
+        overlap: float = 1.0,
     ) -> CostModel:
         if stages < 1:
             raise CostError("stages must be >= 1")
@@ -109,9 +113,10 @@ class CostModel:
                 raise CostError(f"{name}: {value!r} is not a number >= 0")
         if comm_bandwidth == 0:
             raise CostError("comm_bandwidth must be > 0")
+        _check_overlap(overlap)
         return cls(f, i, w, b, _per_stage("activation_bytes", activation_bytes, stages),
                    _per_stage("param_bytes", param_bytes, stages), float(comm_latency),
-                   float(comm_bandwidth), unit, float(send_overhead))
+                   float(comm_bandwidth), unit, float(send_overhead), float(overlap))
 
     def duration(self, action: Action) -> float:
         table = {Op.F: self.forward, Op.I: self.backward_input, Op.W: self.backward_weight,
@@ -141,8 +146,8 @@ class CostModel:
         if not isinstance(data, Mapping):
             raise CostError("a cost file holds a JSON object")
         known = {"forward", "backward_input", "backward_weight", "backward", "activation_bytes",
-                 "param_bytes", "comm_latency", "comm_bandwidth", "send_overhead", "unit",
-                 "stages", "layers", "model", "microbatch_size", "source"}
+                 "param_bytes", "comm_latency", "comm_bandwidth", "send_overhead", "overlap",
+                 "unit", "stages", "layers", "model", "microbatch_size", "source"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise CostError(f"unknown field {unknown[0]!r}; valid: {', '.join(sorted(known))}")
@@ -172,8 +177,15 @@ class CostModel:
         return cls.from_lists(
             n, fwd, bi, bw, bwd, data.get("activation_bytes", 0.0), data.get("param_bytes", 0.0),
             data.get("comm_latency", 0.0), math.inf if bandwidth is None else bandwidth, unit,
-            data.get("send_overhead", 0.0),
+            data.get("send_overhead", 0.0), data.get("overlap", 1.0),
         )
+
+
+def _check_overlap(value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not math.isfinite(value) or not 0 < value <= 1:
+        raise CostError(f"overlap: {value!r} is not a number in (0, 1] (an overlapped pair "
+                        "takes overlap x (F + B); 1 runs F then B)")
 
 
 def load_costs(path: str, stages: int | None = None) -> CostModel:
@@ -188,14 +200,26 @@ def load_costs(path: str, stages: int | None = None) -> CostModel:
     return CostModel.from_dict(data, stages)
 
 
-def parse_cost_flag(text: str) -> dict[str, float]:
-    """``"F=1,B=2"`` or ``"F=1,I=1,W=1"`` -> {"F": 1.0, ...}."""
+def parse_cost_flag(text: str, overlap: bool = False) -> dict[str, float]:
+    """``"F=1,B=2"`` or ``"F=1,I=1,W=1"`` -> {"F": 1.0, ...}; with ``overlap``, also
+    ``overlap=0.8`` -> {"overlap": 0.8} (the cost model's factor for overlapped pairs)."""
     out: dict[str, float] = {}
+    keys = ("F", "B", "I", "W", "OVERLAP") if overlap else ("F", "B", "I", "W")
     for part in text.split(","):
         key, sep, value = part.partition("=")
         key = key.strip().upper()
-        if not sep or key not in ("F", "B", "I", "W"):
-            raise CostError(f"--cost takes OP=NUMBER pairs with OP in F, B, I, W; got {part!r}")
+        if not sep or key not in keys:
+            extra = " (and overlap=FRACTION)" if overlap else ""
+            raise CostError(f"--cost takes OP=NUMBER pairs with OP in F, B, I, W{extra}; "
+                            f"got {part!r}")
+        if key == "OVERLAP":
+            try:
+                factor = float(value)
+            except ValueError:
+                raise CostError(f"--cost overlap: {value!r} is not a number") from None
+            _check_overlap(factor)
+            out["overlap"] = factor
+            continue
         try:
             number = float(value)
         except ValueError:

@@ -294,14 +294,18 @@ def step_lower_bound(costs: CostModel, m: int, ranks: int, dp: DPConfig) -> floa
     runs its m F's and m backwards one after another on its rank, no sooner than head(s); its
     all-reduce follows its last backward; after its last B (or I) that microbatch's input
     gradient still crosses every stage below; and the busiest rank has at least the mean work.
+    Overlapped pairs may run their F and B in ``costs.overlap`` of their time: every compute
+    term is scaled by it (when below 1).
     """
-    bw = [min(b, i + w) for b, i, w in zip(costs.backward, costs.backward_input,
-                                           costs.backward_weight, strict=True)]
-    bi = [min(b, i) for b, i in zip(costs.backward, costs.backward_input, strict=True)]
-    head = list(accumulate(costs.forward, initial=0.0))
+    k = min(1.0, costs.overlap)
+    bw = [k * min(b, i + w) for b, i, w in zip(costs.backward, costs.backward_input,
+                                               costs.backward_weight, strict=True)]
+    bi = [k * min(b, i) for b, i in zip(costs.backward, costs.backward_input, strict=True)]
+    forward = [k * f for f in costs.forward]
+    head = list(accumulate(forward, initial=0.0))
     tail = list(accumulate(bi, initial=0.0))
-    bound = m * math.fsum(f + b for f, b in zip(costs.forward, bw, strict=True)) / ranks
-    for s, (f, x) in enumerate(zip(costs.forward, costs.param_bytes or [0.0] * len(bw),
+    bound = m * math.fsum(f + b for f, b in zip(forward, bw, strict=True)) / ranks
+    for s, (f, x) in enumerate(zip(forward, costs.param_bytes or [0.0] * len(bw),
                                    strict=True)):
         ring = min(dp.ring_time(x, True), dp.ring_time(x, False))
         bound = max(bound, head[s] + m * (f + bw[s]) + ring, head[s] + m * (f + bi[s]) + tail[s])

@@ -9,6 +9,16 @@ Legend used throughout pipesim:
 
 Text form of an action is the one torch.distributed.pipelining prints: ``2F0`` is stage 2, forward,
 microbatch 0. A schedule as text has one rank per line, its actions separated by spaces.
+
+Overlapped pairs (DualPipe's F&B). ``Schedule.pairs`` names pairs ``(first, second)`` of actions
+that sit next to each other in one rank's row and run as one unit: a forward, then a backward
+(B or I) of another stage or microbatch. Rows stay flat lists of plain Actions, so whatever walks
+a row (stash accounting, channel order, views) keeps working and sees the pair as its two parts,
+F before B. What changes is when the parts may start and when their outputs leave, torch 2.13's
+``OVERLAP_F_B`` semantics: the pair starts once the inputs of *both* parts are in hand
+(``start_deps``: the union of the two parts' ``deps``), runs F then B (or both overlapped in
+``overlap x (F + B)`` in the simulator), and both outputs leave when the pair ends. A part may not
+need the other's output. In text and CSV a pair is one token, torch's ``(2F3;5B1)OVERLAP_F_B``.
 """
 
 from __future__ import annotations
@@ -116,6 +126,8 @@ class Schedule:
     stage_to_rank: tuple[int, ...]
     actions: tuple[tuple[Action, ...], ...]
     name: str = field(default="", compare=False)
+    # overlapped pairs (first, second): adjacent on one rank, run as one unit (module docstring)
+    pairs: frozenset[tuple[Action, Action]] = frozenset()
 
     def __post_init__(self) -> None:
         if self.ranks < 1 or self.stages < 1 or self.microbatches < 1:
@@ -126,6 +138,8 @@ class Schedule:
             )
         if len(self.actions) != self.ranks:
             raise ValueError(f"actions has {len(self.actions)} rows for {self.ranks} ranks")
+        if not isinstance(self.pairs, frozenset):  # any iterable of pairs; stored hashable
+            object.__setattr__(self, "pairs", frozenset(self.pairs))
 
     def stages_of(self, rank: int) -> tuple[int, ...]:
         """The stages held by ``rank``, in stage order."""
@@ -146,6 +160,14 @@ class Schedule:
     def forward_only(self) -> bool:
         """True for inference schedules: no backward action at all."""
         return all(a.op is Op.F for row in self.actions for a in row)
+
+    @cached_property
+    def partner(self) -> dict[Action, Action]:
+        """Each part of an overlapped pair -> the other part (empty without pairs)."""
+        out: dict[Action, Action] = {}
+        for first, second in self.pairs:
+            out[first], out[second] = second, first
+        return out
 
     def input_grad_action(self, stage: int, microbatch: int) -> Action:
         """The action that produces stage's input gradient: its I if split, else its B."""
@@ -186,6 +208,18 @@ def deps(action: Action, schedule: Schedule) -> tuple[Action, ...]:
     return tuple(Action(*k) for k in dep_keys(*action, schedule))
 
 
+def start_deps(action: Action, schedule: Schedule) -> tuple[Action, ...]:
+    """What must finish before ``action`` may start: its ``deps``, and for a part of an
+    overlapped pair the union of both parts' deps (the pair starts as one unit). The pair's own
+    parts are left out (a part that needs the other is an invalid pair; ``validate`` says so)."""
+    other = schedule.partner.get(action) if schedule.pairs else None
+    if other is None:
+        return deps(action, schedule)
+    both = (*deps(action, schedule), *(d for d in deps(other, schedule)
+                                      if d not in deps(action, schedule)))
+    return tuple(d for d in both if d != action and d != other)
+
+
 def crosses_ranks(producer: Action, consumer: Action, schedule: Schedule) -> bool:
     """True when a dependency edge is a message between two ranks (not the turn of a V)."""
     return schedule.stage_to_rank[producer.stage] != schedule.stage_to_rank[consumer.stage]
@@ -214,6 +248,7 @@ def schedule_from_rows(
     stages: int | None = None,
     microbatches: int | None = None,
     stage_to_rank: Sequence[int] | None = None,
+    pairs: Iterable[tuple[Action, Action]] = (),
 ) -> Schedule:
     """Build a Schedule from per-rank action lists, inferring what is not given."""
     if not rows:
@@ -228,12 +263,15 @@ def schedule_from_rows(
         else infer_stage_to_rank(rows, n_stages)
     )
     try:
-        return Schedule(len(rows), n_stages, n_mb, placement, tuple(tuple(r) for r in rows), name)
+        return Schedule(len(rows), n_stages, n_mb, placement, tuple(tuple(r) for r in rows), name,
+                        frozenset(pairs))
     except ValueError as err:
         raise ParseError(str(err)) from None
 
 
-def _parse_cells(cells: Iterable[tuple[str, int]], line: int) -> list[Action]:
+def _parse_cells(cells: Iterable[tuple[str, int]], line: int,
+                 pairs: list[tuple[Action, Action]]) -> list[Action]:
+    """One rank's actions; each overlapped pair ``(F;B)OVERLAP_F_B`` also goes to ``pairs``."""
     row: list[Action] = []
     for cell, column in cells:
         token = cell.strip()
@@ -242,9 +280,15 @@ def _parse_cells(cells: Iterable[tuple[str, int]], line: int) -> list[Action]:
         overlap = _OVERLAP_RE.match(token)
         parts = overlap.group(1).split(";") if overlap else [token]
         try:
-            row.extend(parse_action(part) for part in parts)
+            if overlap and len(parts) != 2:
+                raise ParseError(f"{_shown(token)}: an overlapped pair holds two actions, "
+                                 "e.g. (2F3;5B1)OVERLAP_F_B")
+            actions = [parse_action(part) for part in parts]
         except ParseError as err:
             raise ParseError(str(err), line, column) from None
+        if overlap:
+            pairs.append((actions[0], actions[1]))
+        row.extend(actions)
     return row
 
 
@@ -256,6 +300,7 @@ def parse_text(text: str, name: str = "") -> Schedule:
     header (``format_text`` writes one) fixes the sizes and the placement.
     """
     rows: list[list[Action]] = []
+    pairs: list[tuple[Action, Action]] = []
     for line_no, raw in enumerate(text.splitlines(), start=1):
         content = raw.split("#", 1)[0]
         if not content.strip():
@@ -268,10 +313,10 @@ def parse_text(text: str, name: str = "") -> Schedule:
                              line_no, prefix.start(1) + 1)
         cells = [(m.group(0), m.start() + 1) for m in re.finditer(r"[^\s,]+", content)
                  if m.start() >= offset]
-        rows.append(_parse_cells(cells, line_no))
+        rows.append(_parse_cells(cells, line_no, pairs))
     header = _HEADER_RE.search(text)
     if header is None:
-        return schedule_from_rows(rows, name)
+        return schedule_from_rows(rows, name, pairs=pairs)
     header_line = text.count("\n", 0, header.start()) + 1
     placement = tuple(int(r) for r in header.group("placement").split(",") if r)
     if len(rows) != int(header.group("ranks")) or len(placement) != int(header.group("stages")):
@@ -282,7 +327,7 @@ def parse_text(text: str, name: str = "") -> Schedule:
     header_name = header.group("name").strip()
     return schedule_from_rows(
         rows, name or ("" if header_name == _UNNAMED else header_name),
-        int(header.group("stages")), int(header.group("mb")), placement,
+        int(header.group("stages")), int(header.group("mb")), placement, pairs,
     )
 
 
@@ -293,18 +338,19 @@ def parse_csv(text: str, name: str = "") -> Schedule:
     rows after the last rank are dropped, and rows whose first cell starts with ``#`` skipped.
     """
     rows: list[list[Action]] = []
+    pairs: list[tuple[Action, Action]] = []
     reader = csv.reader(io.StringIO(text))
     try:
         for line_no, record in enumerate(reader, start=1):
             if record and record[0].lstrip().startswith("#"):
                 continue
             columns = [sum(len(c) + 1 for c in record[:i]) + 1 for i in range(len(record))]
-            rows.append(_parse_cells(zip(record, columns, strict=True), line_no))
+            rows.append(_parse_cells(zip(record, columns, strict=True), line_no, pairs))
     except csv.Error as err:
         raise ParseError(f"not CSV: {err}", reader.line_num, 1) from None
     while rows and not rows[-1]:
         rows.pop()
-    return schedule_from_rows(rows, name)
+    return schedule_from_rows(rows, name, pairs=pairs)
 
 
 def detect_format(text: str) -> str:
@@ -338,7 +384,7 @@ def format_text(schedule: Schedule) -> str:
         f"stages={schedule.stages} microbatches={schedule.microbatches} "
         f"stage_to_rank={','.join(map(str, schedule.stage_to_rank))}"
     )
-    lines = [" ".join(map(str, row)) or "." for row in schedule.actions]
+    lines = [" ".join(row_tokens(schedule, row)) or "." for row in schedule.actions]
     return "\n".join([header, *lines]) + "\n"
 
 
@@ -347,8 +393,25 @@ def format_csv(schedule: Schedule) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     for row in schedule.actions:
-        writer.writerow([str(a) for a in row])
+        writer.writerow(row_tokens(schedule, row))
     return out.getvalue()
+
+
+def row_tokens(schedule: Schedule, row: Sequence[Action]) -> list[str]:
+    """A row's text cells: one per action, one per overlapped pair (torch's form)."""
+    if not schedule.pairs:
+        return [str(a) for a in row]
+    out: list[str] = []
+    i = 0
+    while i < len(row):
+        a = row[i]
+        if i + 1 < len(row) and (a, row[i + 1]) in schedule.pairs:
+            out.append(f"({a};{row[i + 1]})OVERLAP_F_B")
+            i += 2
+        else:
+            out.append(str(a))
+            i += 1
+    return out
 
 
 __all__ = [
@@ -370,5 +433,7 @@ __all__ = [
     "parse_csv",
     "parse_schedule",
     "parse_text",
-    "schedule_from_rows"
+    "row_tokens",
+    "schedule_from_rows",
+    "start_deps",
 ]

@@ -16,11 +16,18 @@ x 2 stages per rank is 262,144 actions), so it is written for CPython's speed:
   against ``ir.deps`` for every action of every registered schedule; the deadlock report
   uses ``ir.deps`` itself;
 - the cyclic GC is paused while it runs (the loop allocates a few tuples per action).
+
+An overlapped pair (``Schedule.pairs``, torch's ``OVERLAP_F_B``) runs as one unit: it starts once
+the dependencies of both parts are met, lasts ``costs.overlap x (F + B)`` (plus the send overhead
+of each part's outgoing message), and both outputs leave when it ends. Its two events lie side by
+side: the F for ``overlap x F``, then the B to the pair's end. The hot loop only compares an
+index per action; the pair itself is timed by ``_pair``, which reads ``ir.dep_keys``.
 """
 
 from __future__ import annotations
 
 import gc
+from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from itertools import chain
 from typing import Any, NamedTuple
@@ -79,7 +86,7 @@ def simulate(schedule: Schedule, costs: CostModel | None = None,
             gc.enable()
     sim.raise_if_stuck()
     return Timeline(schedule.ranks, events, messages, costs.unit, schedule.name,
-                    schedule.stage_to_rank, schedule.microbatches)
+                    schedule.stage_to_rank, schedule.microbatches, pairs=schedule.pairs)
 
 
 class SteadyStep(NamedTuple):
@@ -191,6 +198,8 @@ class _Run:
         self.dur = {op: [float(x) for x in table] for op, table in (
             (_F, costs.forward), (_I, costs.backward_input), (_W, costs.backward_weight),
             (_B, costs.backward))}
+        self.raw = {op: list(times) for op, times in self.dur.items()}  # without send overhead
+        self.overlap = costs.overlap
         # handing an output to another rank keeps the sender busy: its action lasts longer
         if costs.send_overhead:
             place, last = schedule.stage_to_rank, stages - 1
@@ -207,6 +216,7 @@ class _Run:
         self.next_index = [0] * schedule.ranks
         self.starts = [[0.0] * len(row) for row in schedule.actions]
         self.ends = [[0.0] * len(row) for row in schedule.actions]
+        self.pair_at = _pair_positions(schedule)  # per rank, where each pair's first part sits
 
     def run(self) -> None:
         """Advance ranks until each ends or parks; a finishing action wakes its waiters."""
@@ -214,7 +224,7 @@ class _Run:
                   *(self.act[op] for op in (_F, _I, _W, _B)),
                   *(self.dur[op] for op in (_F, _I, _W, _B)),
                   self.split, self.hop, self.schedule.stage_to_rank, self.schedule.stages - 1,
-                  self.begin)
+                  self.begin, self.pair_at, self)
         rows, next_index, starts, ends = (self.schedule.actions, self.next_index, self.starts,
                                           self.ends)
         todo = list(range(self.schedule.ranks - 1, -1, -1))
@@ -247,8 +257,10 @@ class _Run:
         for rank, row in enumerate(self.schedule.actions):
             if self.next_index[rank] < len(row):
                 action = row[self.next_index[rank]]
-                missing = next(d for d in deps(action, self.schedule)
-                               if self._slot(d).__class__ is not float)
+                other = self.schedule.partner.get(action) if self.schedule.pairs else None
+                wanted = (*deps(action, self.schedule),
+                          *(deps(other, self.schedule) if other is not None else ()))
+                missing = next(d for d in wanted if self._slot(d).__class__ is not float)
                 stuck[rank] = (action, missing)
         if stuck:
             raise _deadlock(self.schedule, stuck)
@@ -265,11 +277,23 @@ def _advance(  # the hot loop, kept flat
     Actions that end append the ranks parked on them to ``todo``.
     """
     (fin_f, fin_i, fin_w, fin_b, act_f, act_i, act_w, act_b, dur_f, dur_i, dur_w, dur_b,
-     split, hop, place, last, begin) = tables
+     split, hop, place, last, begin, pair_at, sim) = tables
     F, I, W, B = _F, _I, _W, _B  # noqa: E741
     n = len(row)
     t = ends[i - 1] if i else begin[rank]
+    firsts = pair_at[rank]
+    k = bisect_left(firsts, i) if firsts else 0
+    pair_i = firsts[k] if k < len(firsts) else n  # where the next overlapped pair starts
     while i < n:
+        if i == pair_i:
+            e = _pair(sim, rank, row, i, t, todo)
+            if e is None:
+                return i
+            t = e
+            i += 2
+            k += 1
+            pair_i = firsts[k] if k < len(firsts) else n
+            continue
         a = row[i]
         s, op, mb = a
         if op is F:
@@ -333,6 +357,59 @@ def _advance(  # the hot loop, kept flat
             todo += waiting
         i += 1
     return i
+
+
+def _pair_positions(schedule: Schedule) -> list[list[int]]:
+    """Per rank, the row index of each overlapped pair's first part; ValueError if a pair's
+    parts are not next to each other on one rank."""
+    at: list[list[int]] = [[] for _ in schedule.actions]
+    if not schedule.pairs:
+        return at
+    found = 0
+    for rank, row in enumerate(schedule.actions):
+        for i in range(len(row) - 1):
+            if (row[i], row[i + 1]) in schedule.pairs:
+                at[rank].append(i)
+                found += 1
+    if found != len(schedule.pairs):
+        raise ValueError("an overlapped pair's actions are not next to each other on one rank; "
+                         "validate the schedule first")
+    return at
+
+
+def _pair(sim: _Run, rank: int, row: tuple[Action, ...], i: int, t: float,
+          todo: list[int]) -> float | None:
+    """Time the overlapped pair row[i], row[i+1] as one unit; its end, or None if it parked."""
+    first, second = row[i], row[i + 1]
+    fin, place, hop = sim.fin, sim.schedule.stage_to_rank, sim.hop
+    for part in (first, second):
+        for s, op, mb in dep_keys(part[0], part[1], part[2], sim.schedule):
+            d = fin[op][s][mb]
+            if d.__class__ is not float:
+                _park(fin[op][s], mb, d, rank)
+                return None
+            if place[s] != rank:
+                d += hop[min(s, part[0])]
+            if d > t:
+                t = d
+    raw, dur, overlap = sim.raw, sim.dur, sim.overlap
+    s1, op1, s2, op2 = first[0], first[1], second[0], second[1]
+    mid = t + overlap * raw[op1][s1]
+    end = (t + overlap * (raw[op1][s1] + raw[op2][s2])
+           + (dur[op1][s1] - raw[op1][s1]) + (dur[op2][s2] - raw[op2][s2]))
+    sim.starts[rank][i], sim.ends[rank][i] = t, mid
+    sim.starts[rank][i + 1], sim.ends[rank][i + 1] = mid, end
+    for a in (first, second):  # both outputs leave when the pair ends
+        s, op, mb = a
+        waiting = fin[op][s][mb]
+        if waiting.__class__ is float:
+            raise ValueError(f"{a} appears more than once on rank {rank}; "
+                             "validate the schedule first")
+        fin[op][s][mb] = end
+        sim.act[op][s][mb] = a
+        if waiting is not None:
+            todo += waiting
+    return end
 
 
 def _park(table_row: list[Any], mb: int, slot: Any, rank: int) -> None:

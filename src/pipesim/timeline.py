@@ -61,6 +61,8 @@ class Timeline:
     microbatches: int = 0
     spans: tuple[Span, ...] = ()
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
+    # the schedule's overlapped pairs (``Schedule.pairs``): each drawn as its two adjacent events
+    pairs: frozenset[tuple[Action, Action]] = frozenset()
 
     @property
     def start(self) -> float:
@@ -93,6 +95,7 @@ class Timeline:
                          for m in self.messages],
             "spans": [[s.rank, s.name, s.start, s.end] for s in self.spans],
             "meta": self.meta,
+            **({"pairs": sorted([str(f), str(b)] for f, b in self.pairs)} if self.pairs else {}),
         }
 
     @classmethod
@@ -110,6 +113,7 @@ class Timeline:
             spans=tuple(Span(int(r), str(n), float(s), float(e))
                         for r, n, s, e in d.get("spans", [])),
             meta=dict(d.get("meta", {})),
+            pairs=frozenset((parse_action(f), parse_action(b)) for f, b in d.get("pairs", [])),
         )
 
     def to_json(self) -> str:

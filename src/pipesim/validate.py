@@ -1,7 +1,8 @@
 """Is a schedule runnable? Completeness, dependency order, deadlock, channel order, memory.
 
 A schedule that passes ``validate`` can run on the runtime without deadlock: every action's
-dependencies (``ir.deps``) can finish before it, given each rank's order.
+dependencies (``ir.deps``) can finish before it, given each rank's order. A part of an overlapped
+pair waits for the dependencies of both parts (``ir.start_deps``): the pair starts as one unit.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from pipesim.ir import Action, Op, Schedule, deps
+from pipesim.ir import Action, Op, Schedule, deps, start_deps
 from pipesim.timeline import peak_stash
 
 _MAX_REPORTED = 8  # problems listed per kind before "... and N more"
@@ -55,6 +56,8 @@ class InvalidScheduleError(ValueError):
 def validate(schedule: Schedule) -> Report:
     """Every check; returns a Report (never raises for a bad schedule)."""
     errors = _check_complete(schedule)
+    if not errors:
+        errors = _check_pairs(schedule)
     if not errors:
         errors = _check_same_rank_order(schedule) or _check_cycles(schedule)
     warnings = channel_order_warnings(schedule) if not errors else []
@@ -127,6 +130,34 @@ def _missing(schedule: Schedule, present: Iterable[Action]) -> list[str]:
     return problems
 
 
+# ----------------------------------------------------------------------------- overlapped pairs
+
+
+def _check_pairs(schedule: Schedule) -> list[str]:
+    """Each pair: a forward then a backward (B or I), next to each other on one rank, neither
+    needing the other's output (a pair's outputs leave only when both parts have run)."""
+    pos = _positions(schedule)
+    problems = []
+    seen: set[Action] = set()
+    for first, second in sorted(schedule.pairs):
+        shown = f"({first};{second})OVERLAP_F_B"
+        if first.op is not Op.F or second.op not in (Op.B, Op.I):
+            problems.append(f"pair {shown}: a pair overlaps a forward with a backward, "
+                            "(F;B) or (F;I) in that order")
+        elif first in seen or second in seen:
+            problems.append(f"pair {shown}: an action belongs to at most one pair")
+        elif first not in pos or second not in pos or pos[first][0] != pos[second][0] \
+                or pos[second][1] != pos[first][1] + 1:
+            problems.append(f"pair {shown}: its two actions must be next to each other on one "
+                            "rank, the forward first\n" + format_listing(schedule, {first, second}))
+        elif first in deps(second, schedule):
+            problems.append(f"pair {shown}: {second} needs {first}'s output, but a pair's "
+                            "outputs leave only when the pair ends; pair it with another "
+                            "microbatch\n" + format_listing(schedule, {first, second}))
+        seen.update((first, second))
+    return _capped(problems)
+
+
 # ----------------------------------------------------------------------------- order and cycles
 
 
@@ -138,11 +169,14 @@ def _check_same_rank_order(schedule: Schedule) -> list[str]:
     pos = _positions(schedule)
     problems = []
     for a, (rank, step) in pos.items():
-        for d in deps(a, schedule):
+        for d in start_deps(a, schedule):
             if d in pos and pos[d][0] == rank and pos[d][1] > step:
+                paired = (f" (it is paired with {schedule.partner[a]}, whose dependency that is)"
+                          if d not in deps(a, schedule) else "")
                 problems.append(
                     f"{a} runs before its own dependency {d} on rank {rank} "
-                    f"(step {step} < step {pos[d][1]})\n" + format_listing(schedule, {a, d})
+                    f"(step {step} < step {pos[d][1]}){paired}\n"
+                    + format_listing(schedule, {a, d})
                 )
     return _capped(problems)
 
@@ -150,7 +184,7 @@ def _check_same_rank_order(schedule: Schedule) -> list[str]:
 def _predecessors(a: Action, schedule: Schedule,
                   pos: dict[Action, tuple[int, int]]) -> list[Action]:
     rank, step = pos[a]
-    preds = [d for d in deps(a, schedule) if d in pos]
+    preds = [d for d in start_deps(a, schedule) if d in pos]
     if step > 0:
         preds.append(schedule.actions[rank][step - 1])
     return preds
@@ -180,8 +214,8 @@ def _check_cycles(schedule: Schedule) -> list[str]:
     cycle = find_cycle(stuck, preds)
     chain = " -> ".join(f"{a} (rank {pos[a][0]})" for a in cycle)
     return [f"deadlock: {len(stuck)} actions can never start; in the cycle {chain} -> "
-            f"{cycle[0]}, each action waits on the next (a dependency, or the action before it "
-            f"on its rank)\n" + format_listing(schedule, set(cycle))]
+            f"{cycle[0]}, each action waits on the next (a dependency, one of its overlapped "
+            f"pair's, or the action before it on its rank)\n" + format_listing(schedule, set(cycle))]
 
 
 def find_cycle(stuck: set[Action], preds: dict[Action, list[Action]]) -> list[Action]:
@@ -209,10 +243,22 @@ def format_listing(schedule: Schedule, marked: set[Action], width: int = 14) -> 
     hi = max(max(steps) + 2, lo + width)
     lines = []
     for rank, row in enumerate(schedule.actions):
-        cells = [f"[{a}]" if a in marked else f" {a} " for a in row[lo:hi]]
+        cells = _grid_cells(schedule, row[lo:hi], marked)
         more = " ..." if hi < len(row) else ""
         lines.append(f"  rank {rank}: {'... ' if lo else ''}{''.join(cells)}{more}".rstrip())
     return "\n".join(lines)
+
+
+def _grid_cells(schedule: Schedule, row: tuple[Action, ...], marked: set[Action]) -> list[str]:
+    """One cell per action; an overlapped pair is one cell in its text form, ``(F;B)``."""
+    cells, i = [], 0
+    while i < len(row):
+        a = row[i]
+        pair = i + 1 < len(row) and (a, row[i + 1]) in schedule.pairs
+        text, parts = (f"({a};{row[i + 1]})", (a, row[i + 1])) if pair else (str(a), (a,))
+        cells.append(f"[{text}]" if marked.intersection(parts) else f" {text} ")
+        i += len(parts)
+    return cells
 
 
 # ----------------------------------------------------------------------------- messages

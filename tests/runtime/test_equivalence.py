@@ -108,3 +108,27 @@ def test_measured_timeline_respects_every_dependency(name: str) -> None:
         assert e.duration >= cfg.synthetic[e.action.op]
         for d in deps(e.action, cfg.schedule):
             assert e.start >= ends[d], f"{e.action} started before {d} ended"
+
+
+def test_dualpipev_pairs_run_as_one_unit_with_gradients_equal() -> None:
+    """DualPipeV's overlapped (F;B) pairs run as torch runs OVERLAP_F_B: F, then B, then both
+    sends. Every gradient equals one process's, and no rank gets a pair's forward output before
+    the pair's backward has run (one clock on one machine: an order, not a duration)."""
+    from pipesim.ir import Action
+    from pipesim.timeline import Timeline
+    cfg = _config("dualpipev", 2, 4, None)
+    assert cfg.schedule.pairs
+    result = run_job(cfg)
+    assert_step_matches(cfg, result=result)
+    timeline = Timeline.from_dict(result.timeline)
+    assert timeline.pairs == cfg.schedule.pairs
+    start = {e.action: e.start for e in timeline.events}
+    end = {e.action: e.end for e in timeline.events}
+    place = cfg.schedule.stage_to_rank
+    checked = 0
+    for first, second in cfg.schedule.pairs:
+        consumer = Action(first.stage + 1, Op.F, first.microbatch)
+        if consumer.stage < cfg.schedule.stages and place[consumer.stage] != place[first.stage]:
+            assert start[consumer] >= end[second], f"{consumer} began before {second} ended"
+            checked += 1
+    assert checked > 0

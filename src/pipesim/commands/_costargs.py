@@ -2,6 +2,7 @@
 
     --cost F=1,B=2            F and B (B split evenly into I and W), or
     --cost F=1,I=1,W=1        F, I and W (B = I + W); the default is F=1,I=1,W=1,B=2
+    --cost ...,overlap=0.8    an overlapped pair (F;B) takes 0.8 x (F + B) (default 1)
     --comm-latency 0.1        time per message between two ranks
     --comm-bandwidth 1e9      bytes per time unit (default: infinite)
     --activation-bytes 4e6    bytes of each stage's output (what a message carries)
@@ -33,7 +34,8 @@ def add_cost_args(parser: argparse.ArgumentParser) -> None:
         "costs", "time of each op on one rank's share of the model (a stage of a schedule with "
                  "v stages per rank takes 1/v of it) and of messages between ranks")
     group.add_argument("--cost", metavar="F=1,B=2",
-                       help="op times: F and B, or F, I and W (default F=1,I=1,W=1, B=I+W)")
+                       help="op times: F and B, or F, I and W (default F=1,I=1,W=1, B=I+W); "
+                            "overlap=X: an overlapped pair (F;B) takes X x (F+B) (default 1)")
     group.add_argument("--costs", dest="costs_file", metavar="FILE.json",
                        help="per-stage times from a JSON file (the format of "
                             "CostModel.to_dict), used as written")
@@ -71,8 +73,11 @@ def _build(args: argparse.Namespace, schedule: Schedule) -> CostModel:
                                           base.backward_weight, base.backward)
         act, params = base.activation_bytes, base.param_bytes or (0.0,) * stages
         latency, bandwidth, unit = base.comm_latency, base.comm_bandwidth, base.unit
+        overlap = base.overlap
     else:
         op = op_times(args.cost)
+        overlap = parse_cost_flag(args.cost, overlap=True).get("overlap", 1.0) \
+            if args.cost else 1.0
         share = stages / schedule.ranks  # stages per rank: each takes 1/share of a rank's work
         forward, inp, weight, backward = (op[k] / share for k in ("F", "I", "W", "B"))
         act, latency, bandwidth, unit = 0.0, 0.0, math.inf, "units"
@@ -86,12 +91,12 @@ def _build(args: argparse.Namespace, schedule: Schedule) -> CostModel:
     if args.unit is not None:
         unit = args.unit
     return CostModel.from_lists(stages, forward, inp, weight, backward, act, params, latency,
-                                bandwidth, unit)
+                                bandwidth, unit, overlap=overlap)
 
 
 def op_times(flag: str | None) -> dict[str, float]:
     """``--cost`` text -> F, I, W and B; the defaults fill what is not given (B = I + W)."""
-    given = parse_cost_flag(flag) if flag else {"F": 1.0}
+    given = parse_cost_flag(flag, overlap=True) if flag else {"F": 1.0}
     f = given["F"]
     if "I" in given or "W" in given:
         i = given.get("I", given.get("W", f))
@@ -110,6 +115,9 @@ def describe_args(args: argparse.Namespace) -> str:
     op = op_times(args.cost)
     text = (f"costs F={op['F']:g} I={op['I']:g} W={op['W']:g} B={op['B']:g} for one rank's "
             "share of the model (v stages per rank: each stage 1/v of it)")
+    overlap = parse_cost_flag(args.cost, overlap=True).get("overlap") if args.cost else None
+    if overlap is not None:
+        text += f"; overlapped pairs {overlap:g} x (F+B)"
     if args.comm_latency or args.activation_bytes:
         text += f"; message latency {args.comm_latency or 0:g}"
         if args.activation_bytes:
@@ -125,6 +133,8 @@ def describe(costs: CostModel) -> str:
 
     parts = [f"F={one(costs.forward)} I={one(costs.backward_input)} "
              f"W={one(costs.backward_weight)} B={one(costs.backward)} per stage"]
+    if costs.overlap != 1:
+        parts.append(f"overlapped pairs {costs.overlap:g} x (F+B)")
     if costs.comm_latency or any(costs.activation_bytes):
         bw = "unlimited" if math.isinf(costs.comm_bandwidth) else f"{costs.comm_bandwidth:g}"
         parts.append(f"messages: latency {costs.comm_latency:g}, bandwidth {bw} B/{costs.unit}")

@@ -36,6 +36,7 @@ def schedule_json(args: argparse.Namespace) -> dict[str, Any]:
         "schedule": sched.name, "ranks": sched.ranks, "stages": sched.stages,
         "microbatches": sched.microbatches, "stage_to_rank": list(sched.stage_to_rank),
         "actions": [[str(a) for a in row] for row in sched.actions],
+        **({"pairs": [[str(f), str(b)] for f, b in sorted(sched.pairs)]} if sched.pairs else {}),
         "peak_activations": list(validate(sched).peak_activations),
     }
 

@@ -64,7 +64,7 @@ def resolve_schedule(schedule: str | Schedule, ranks: int, microbatches: int | N
 def forward_schedule(schedule: Schedule) -> Schedule:
     """Inference with a training schedule's placement: each rank's forwards, in its order."""
     rows = tuple(tuple(a for a in row if a.op is Op.F) for row in schedule.actions)
-    return replace(schedule, actions=rows, name=f"{schedule.name} (forward)")
+    return replace(schedule, actions=rows, name=f"{schedule.name} (forward)", pairs=frozenset())
 
 
 def _payload(value: Any) -> Payload | None:

@@ -9,7 +9,8 @@ producer of its input (the same rule the validator and the simulator use). Recei
 upcoming actions are posted ahead (``lookahead``); sends start right after the producing action
 and never block. Each handler returns when its inputs were in hand and when its output existed;
 an action's event spans the two (waiting for a message is idle time, sending is the consumer's
-business). Observers see every action (progress lines, the stall watchdog, fault injection,
+business). An overlapped pair (``Schedule.pairs``) runs as torch runs OVERLAP_F_B: its F,
+then its B, and only then both sends (``_run``). Observers see every action (progress lines, the stall watchdog, fault injection,
 data-parallel all-reduce) through one interface.
 """
 
@@ -98,6 +99,7 @@ class Engine:
         self._inputs: Sequence[Payload] = ()
         self._targets: Sequence[Any] = ()
         self._record = StepRecord()
+        self._held: list[tuple[Action, Payload]] | None = None  # a pair's sends, until it ends
 
     def step(self, inputs: Sequence[Payload], targets: Sequence[Any]) -> StepRecord:
         """Run every action of this rank once; inputs/targets per microbatch (where needed)."""
@@ -109,7 +111,7 @@ class Engine:
                 self.comm.prefetch(ahead)
             for o in self.observers:
                 o.started(self.rank, action)
-            done = self.handlers[action.op](action)
+            done = self._run(action)
             record.events.append((action, done.ready, done.made))
             for o in self.observers:
                 o.done(self.rank, action, done.detail)
@@ -123,6 +125,22 @@ class Engine:
         if self._local:
             raise RuntimeError(f"local hand-offs never consumed: {list(self._local)}")
         return record
+
+    def _run(self, action: Action) -> _Done:
+        """The action's handler; a part of an overlapped pair holds its outgoing messages until
+        the pair's second part has run, then both leave in order (torch's OVERLAP_F_B)."""
+        partner = self.schedule.partner.get(action) if self.schedule.pairs else None
+        if partner is None:
+            return self.handlers[action.op](action)
+        first = (action, partner) in self.schedule.pairs
+        if first:
+            self._held = []
+        done = self.handlers[action.op](action)
+        if not first:
+            held, self._held = self._held or [], None
+            for producer, payload in held:
+                self.comm.send(producer, payload)
+        return done
 
     # ------------------------------------------------------------------ data in and out
     def _producer(self, a: Action) -> Action | None:
@@ -147,6 +165,9 @@ class Engine:
         if self.schedule.stage_to_rank[consumer.stage] == self.rank:
             self._local[(producer, consumer)] = payload
             return "local"
+        if self._held is not None:  # part of an overlapped pair: sent when the pair ends
+            self._held.append((producer, payload))
+            return "send"
         self.comm.send(producer, payload)
         return "send"
 

@@ -54,7 +54,7 @@ def to_timeline(schedule: Schedule, per_rank: list[tuple[list[Timed], list[Stage
     spans = tuple(Span(r, f"allreduce stage {stage}", s - origin, e - origin)
                   for r, (_, sps) in enumerate(per_rank) for stage, s, e in sps)
     return Timeline(schedule.ranks, events, (), "s", schedule.name, schedule.stage_to_rank,
-                    schedule.microbatches, spans)
+                    schedule.microbatches, spans, pairs=schedule.pairs)
 
 
 __all__ = ["StageSpan", "Timed", "gather_events", "to_timeline"]

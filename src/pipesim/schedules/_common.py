@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from pipesim.checks import is_positive_int
 from pipesim.ir import Action, Schedule
@@ -35,6 +35,7 @@ def build(
     microbatches: int,
     placement: Sequence[int],
     rows: Sequence[Sequence[Action]],
+    pairs: Iterable[tuple[Action, Action]] = (),
 ) -> Schedule:
     return Schedule(
         ranks=ranks,
@@ -43,4 +44,5 @@ def build(
         stage_to_rank=tuple(placement),
         actions=tuple(tuple(r) for r in rows),
         name=name,
+        pairs=frozenset(pairs),
     )

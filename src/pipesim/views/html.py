@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from pipesim.ir import Action, Schedule, dep_keys, schedule_from_rows
+from pipesim.ir import Action, Schedule, dep_keys, schedule_from_rows, start_deps
 from pipesim.timeline import Event, Metrics, Timeline, metrics
 
 __all__ = ["HtmlSection", "render_html", "render_timeline_html"]
@@ -127,7 +127,7 @@ def _as_schedule(tl: Timeline, events: Sequence[Event]) -> Schedule | None:
         rows[e.rank].append(e.action)
     try:
         return schedule_from_rows(rows, tl.name, len(tl.stage_to_rank) or None, None,
-                                  tl.stage_to_rank or None)
+                                  tl.stage_to_rank or None, tl.pairs)
     except (ValueError, IndexError):
         return None
 
@@ -140,12 +140,16 @@ def _dependencies(tl: Timeline, events: Sequence[Event]) -> list[list[tuple[int,
     index = {e.action: i for i, e in enumerate(events)}
     arrive = {(m.producer, m.consumer): m.arrive for m in tl.messages}
     out: list[list[tuple[int, float]]] = []
+    # an overlapped pair waits for both parts' inputs, and its outputs are ready at its end
+    last = {f: b for f, b in schedule.pairs}
     for e in events:
         found = []
-        for key in dep_keys(*e.action, schedule):
-            j = index.get(Action(*key))
+        for d in start_deps(e.action, schedule) if schedule.pairs else dep_keys(*e.action,
+                                                                                 schedule):
+            producer = Action(*d)
+            j = index.get(last.get(producer, producer))
             if j is not None:
-                found.append((j, arrive.get((events[j].action, e.action), events[j].end)))
+                found.append((j, arrive.get((producer, e.action), events[j].end)))
         out.append(found)
     return out
 
