@@ -215,7 +215,8 @@ def _check_cycles(schedule: Schedule) -> list[str]:
     chain = " -> ".join(f"{a} (rank {pos[a][0]})" for a in cycle)
     return [f"deadlock: {len(stuck)} actions can never start; in the cycle {chain} -> "
             f"{cycle[0]}, each action waits on the next (a dependency, one of its overlapped "
-            f"pair's, or the action before it on its rank)\n" + format_listing(schedule, set(cycle))]
+            f"pair's, or the action before it on its rank)\n"
+            + format_listing(schedule, set(cycle))]
 
 
 def find_cycle(stuck: set[Action], preds: dict[Action, list[Action]]) -> list[Action]:

@@ -10,8 +10,8 @@ upcoming actions are posted ahead (``lookahead``); sends start right after the p
 and never block. Each handler returns when its inputs were in hand and when its output existed;
 an action's event spans the two (waiting for a message is idle time, sending is the consumer's
 business). An overlapped pair (``Schedule.pairs``) runs as torch runs OVERLAP_F_B: its F,
-then its B, and only then both sends (``_run``). Observers see every action (progress lines, the stall watchdog, fault injection,
-data-parallel all-reduce) through one interface.
+then its B, and only then both sends (``_run``). Observers see every action (progress lines,
+the stall watchdog, fault injection, data-parallel all-reduce) through one interface.
 """
 
 from __future__ import annotations
