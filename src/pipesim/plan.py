@@ -38,6 +38,7 @@ and the best of each D are exactly a full search's.
 from __future__ import annotations
 
 import heapq
+import json
 import math
 import shlex
 from collections.abc import Sequence
@@ -57,7 +58,7 @@ from pipesim.dataparallel import (
     world_splits,
 )
 from pipesim.ir import STASH_DELTA, Schedule
-from pipesim.layercosts import LayerCosts, stage_costs, stage_memory
+from pipesim.layercosts import LayerCosts, ProfiledModel, stage_costs, stage_memory
 from pipesim.plan_space import (
     PARTITIONS,
     PlanError,
@@ -103,8 +104,13 @@ class Candidate:
     predicted_step_seconds: float
     bubble_fraction: float  # the pipeline's (1 - busy / (P x makespan))
     peak_memory_bytes: tuple[float, ...]  # per pipeline rank
-    command: str
+    command: str  # `pipesim run ...` for a profiled built-in model, else a Pipeline(...) call
     exposed_allreduce_seconds: float = 0.0  # gradient all-reduce not hidden behind compute
+
+    @property
+    def pipeline_args(self) -> dict[str, Any]:
+        """``pipesim.Pipeline(model, loss_fn=..., **best.pipeline_args)`` runs this plan."""
+        return pipeline_args(self.config)
 
     def to_dict(self) -> dict[str, Any]:
         return {**_config_dict(self.config),
@@ -112,7 +118,8 @@ class Candidate:
                 "bubble_fraction": self.bubble_fraction,
                 "exposed_allreduce_seconds": self.exposed_allreduce_seconds,
                 "peak_memory_bytes": list(self.peak_memory_bytes),
-                "command": self.command}
+                "command": self.command,
+                "pipeline_args": self.pipeline_args | {"balance": list(self.config.balance)}}
 
 
 @dataclass(frozen=True)
@@ -404,8 +411,7 @@ def _evaluate(schedule: Schedule, digest: _Digest, config: Config, data: _StageD
     bubble = 1 - busy / (schedule.ranks * span) if span > 0 else 0.0
     steps, _ = dp_step(digest.ready, events, costs.param_bytes, dp, schedule.ranks)
     step = max(r.step_end for r in steps) - start
-    return Candidate(config, step, bubble, peaks,
-                     run_command(config, schedule.ranks, data.layer_costs.model),
+    return Candidate(config, step, bubble, peaks, command_for(config, data.layer_costs),
                      max(0.0, step - dp.optimizer_time - span))
 
 
@@ -427,12 +433,46 @@ def _peaks(digest: _Digest, stash_bytes: Sequence[float], param_bytes: Sequence[
             for codes, stages in zip(digest.codes, digest.stages_of, strict=True)]
 
 
-def run_command(config: Config, ranks: int, model: str = "") -> str:
-    """The ``pipesim run`` command line that runs ``config``: ``-w`` counts every process
+def command_for(config: Config, layer_costs: LayerCosts) -> str:
+    """What runs ``config`` on the model the costs were measured on: the ``pipesim run`` command
+    when ``pipesim profile`` measured a built-in model, else the ``pipesim.Pipeline`` call."""
+    if layer_costs.profiled is not None:
+        return run_command(config, config.pp, layer_costs.profiled)
+    return pipeline_call(config)
+
+
+def pipeline_args(config: Config) -> dict[str, Any]:
+    """The keyword arguments of ``pipesim.Pipeline`` that run ``config`` (the model and
+    ``loss_fn`` are the caller's). The planner's memory keeps every stash: no checkpointing."""
+    return {"schedule": config.schedule, "microbatches": config.microbatches,
+            "virtual_stages": config.virtual_stages, "balance": config.balance,
+            "dp": config.dp, "checkpoint_activations": False}
+
+
+_PIPELINE_DEFAULTS = {"virtual_stages": 1, "dp": 1, "checkpoint_activations": False}
+
+
+def pipeline_call(config: Config) -> str:
+    """``pipesim.Pipeline(model, schedule=..., ...)`` for ``config``, one line of Python; its
+    comment says how many processes to launch and the microbatch size the plan assumed."""
+    args = pipeline_args(config)
+    words = [f"{k}={v!r}" for k, v in args.items()
+             if k not in ("schedule", "microbatches") and _PIPELINE_DEFAULTS.get(k) != v]
+    world = config.pp * config.dp
+    return (f"pipesim.Pipeline(model, schedule={json.dumps(config.schedule)}, "
+            f"microbatches={config.microbatches}, loss_fn=loss_fn, {', '.join(words)})  "
+            f"# {world} process{'es' if world > 1 else ''}, microbatches of "
+            f"{config.microbatch_size} sample{'s' if config.microbatch_size > 1 else ''}")
+
+
+def run_command(config: Config, ranks: int, profiled: ProfiledModel | None = None) -> str:
+    """The ``pipesim run`` command line that runs ``config`` on the ``profiled`` model (every
+    field as a flag, so the run builds exactly that model): ``-w`` counts every process
     (dp x pipeline ranks, as under torchrun); ``--dp`` when there is more than one replica."""
     words = ["pipesim", "run"]
-    if model:
-        words += ["--model", shlex.quote(model)]
+    for key, value in (profiled._asdict() if profiled else {}).items():
+        if value is not None:
+            words += ["--" + key.replace("_", "-"), shlex.quote(str(value))]
     words += ["--schedule", config.schedule, "-w", str(ranks * config.dp)]
     words += ["--dp", str(config.dp)] if config.dp > 1 else []
     words += ["-m", str(config.microbatches),
@@ -442,5 +482,5 @@ def run_command(config: Config, ranks: int, model: str = "") -> str:
 
 
 __all__ = ["PARTITIONS", "Candidate", "Config", "PlanError", "PlanResult", "Rejected", "Skipped",
-           "check_partition", "evaluate", "format_bytes", "parse_bytes", "peak_memory", "plan",
-           "plan_world", "run_command"]
+           "check_partition", "command_for", "evaluate", "format_bytes", "parse_bytes",
+           "peak_memory", "pipeline_args", "pipeline_call", "plan", "plan_world", "run_command"]
