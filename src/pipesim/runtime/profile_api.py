@@ -63,10 +63,10 @@ def profile(layers: nn.Sequential | Sequence[nn.Module], example: Example,
                        statistic, model_name)
     try:
         costs: LayerCosts = launch(job, processes)
-    except RankFailedError as err:
-        if err.kind in ("ValueError", "TypeError"):  # the caller's mistake, said in one line
-            raise (ValueError if err.kind == "ValueError" else TypeError)(err.error) from None
-        raise
+    except RankFailedError as err:  # the layers' own error, in one line, as raised here
+        kind = {"ValueError": ValueError, "TypeError": TypeError}.get(err.kind, RuntimeError)
+        raise kind(err.error if kind is not RuntimeError else
+                   f"profiling the layers failed: {err.kind or 'error'}: {err.error}") from None
     return with_comm(costs, statistic) if comm else costs
 
 
