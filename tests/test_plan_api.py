@@ -64,6 +64,7 @@ def test_world_size_plans_replicas_too() -> None:
     assert (best.config, best.predicted_step_seconds) == (
         full.best.config, full.best.predicted_step_seconds)
     assert best.pipeline_args["dp"] == best.config.dp
+    assert best.world_size == best.config.dp * best.config.pp == 8
     assert len(best.pipeline_args["balance"]) == best.config.pp * best.config.virtual_stages
 
 

@@ -95,6 +95,11 @@ class Config(NamedTuple):
         """Pipeline ranks."""
         return len(self.balance) // self.virtual_stages
 
+    @property
+    def world_size(self) -> int:
+        """Processes in all: dp replicas x pp pipeline ranks."""
+        return self.pp * self.dp
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -106,6 +111,11 @@ class Candidate:
     peak_memory_bytes: tuple[float, ...]  # per pipeline rank
     command: str  # `pipesim run ...` for a profiled built-in model, else a Pipeline(...) call
     exposed_allreduce_seconds: float = 0.0  # gradient all-reduce not hidden behind compute
+
+    @property
+    def world_size(self) -> int:
+        """Processes to launch: ``pipesim.launch(train, world_size=best.world_size)``."""
+        return self.config.world_size
 
     @property
     def pipeline_args(self) -> dict[str, Any]:
@@ -458,7 +468,7 @@ def pipeline_call(config: Config) -> str:
     args = pipeline_args(config)
     words = [f"{k}={v!r}" for k, v in args.items()
              if k not in ("schedule", "microbatches") and _PIPELINE_DEFAULTS.get(k) != v]
-    world = config.pp * config.dp
+    world = config.world_size
     return (f"pipesim.Pipeline(model, schedule={json.dumps(config.schedule)}, "
             f"microbatches={config.microbatches}, loss_fn=loss_fn, {', '.join(words)})  "
             f"# {world} process{'es' if world > 1 else ''}, microbatches of "
