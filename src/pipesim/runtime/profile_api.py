@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from pipesim.runtime.profile import Example, LossFn, MakeOptimizer
 
 
-def profile(layers: nn.Sequential | Sequence[nn.Module], example: Example,
+def profile(layers: nn.Sequential | nn.ModuleList | Sequence[nn.Module], example: Example,
             loss_fn: LossFn | None = None, *, target: torch.Tensor | None = None,
             optimizer: MakeOptimizer | None = None, repeats: int = 5, warmup: int = 2,
             processes: int = 1, statistic: str = "median", comm: bool = True,
@@ -46,10 +46,11 @@ def profile(layers: nn.Sequential | Sequence[nn.Module], example: Example,
 
     from pipesim.runtime.launch import RankFailedError, launch
     from pipesim.runtime.profile import STATISTICS, with_comm
-    modules = list(layers) if isinstance(layers, nn.Sequential | list | tuple) else None
+    listed = isinstance(layers, nn.Sequential | nn.ModuleList | list | tuple)
+    modules = list(layers) if listed else []
     if not modules or not all(isinstance(m, nn.Module) for m in modules):
-        raise TypeError(f"layers: give an nn.Sequential or a list of nn.Module layers, got "
-                        f"{type(layers).__name__}")
+        raise TypeError(f"layers: give an nn.Sequential, nn.ModuleList or a list of nn.Module "
+                        f"layers, got {type(layers).__name__}")
     if (loss_fn is None) != (target is None):
         raise ValueError("give loss_fn and target= together (one microbatch of targets), or "
                          "neither (the last layer's backward then starts from a random gradient)")
