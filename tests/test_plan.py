@@ -14,7 +14,14 @@ import pytest
 from pipesim.cli import main
 from pipesim.dataparallel import DPConfig, simulate_dp
 from pipesim.ir import Action, Op, Schedule
-from pipesim.layercosts import LayerCost, LayerCosts, load_layer_costs, stage_costs, stage_memory
+from pipesim.layercosts import (
+    LayerCost,
+    LayerCosts,
+    ProfiledModel,
+    load_layer_costs,
+    stage_costs,
+    stage_memory,
+)
 from pipesim.plan import (
     Candidate,
     Config,
@@ -35,10 +42,10 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "costs"
 
 
 def uniform_layers(n: int, latency: float = 0.0, stash: float = 1.0, params: float = 0.0,
-                   model: str = "") -> LayerCosts:
+                   model: str = "", profiled: ProfiledModel | None = None) -> LayerCosts:
     """n identical layers: F = I = W = 1 s, B = 2 s."""
     layer = LayerCost(1.0, 1.0, 1.0, 2.0, 0.0, stash, params)
-    return LayerCosts((layer,) * n, 1, model, latency, math.inf)
+    return LayerCosts((layer,) * n, 1, model, latency, math.inf, profiled=profiled)
 
 
 def step(candidates: Sequence[Candidate], schedule: str) -> float:
@@ -153,8 +160,10 @@ def test_bad_planner_inputs(kwargs: dict[str, object], message: str) -> None:
 
 def test_run_command() -> None:
     config = Config("zbv", 8, 2, 4, "time", (2, 3, 3, 2))
-    assert run_command(config, 2, "my model") == (
-        "pipesim run --model 'my model' --schedule zbv -w 2 -m 8 -b 4 -v 2 --balance 2,3,3,2 "
+    gpt = ProfiledModel("gpt", 128, 4, "adam", seq_len=64, heads=8)
+    assert run_command(config, 2, gpt) == (
+        "pipesim run --model gpt --hidden-size 128 --layers 4 --optimizer adam --dtype float32 "
+        "--seq-len 64 --heads 8 --schedule zbv -w 2 -m 8 -b 4 -v 2 --balance 2,3,3,2 "
         "--steps 10")
     assert run_command(config, 2).startswith("pipesim run --schedule zbv")
     assert config.pp == 2 and config.dp == 1
@@ -214,8 +223,8 @@ def test_cli_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     assert "plan: toy (8 layers) on 4 ranks, batch 8, memory limit 10 B" in out
     assert ("best: zb-h1, 8 microbatches of 1, 1 stage(s) per rank, 54.000 s per step\n"
-            "  pipesim run --model toy --schedule zb-h1 -w 4 -m 8 -b 1 -v 1 --balance 2,2,2,2 "
-            "--steps 10") in out
+            '  pipesim.Pipeline(model, schedule="zb-h1", microbatches=8, loss_fn=loss_fn, '
+            "balance=(2, 2, 2, 2))  # 4 processes, microbatches of 1 sample\n") in out
     assert "gpipe             m=8    v=1 time     rank 0 needs 16 B > limit 10 B" in out
 
 
@@ -228,15 +237,18 @@ def test_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert {"best", "candidates", "rejected", "skipped"} <= set(data)
     keys = {"schedule", "microbatches", "virtual_stages", "microbatch_size", "partition",
             "balance", "predicted_step_seconds", "bubble_fraction", "peak_memory_bytes",
-            "command", "dp", "pp", "exposed_allreduce_seconds"}
+            "command", "dp", "pp", "exposed_allreduce_seconds", "pipeline_args"}
     assert set(data["best"]) == keys and all(set(c) == keys for c in data["candidates"])
     assert data["best"] == data["candidates"][0]
     best = data["best"]
     assert (best["dp"], best["pp"], best["exposed_allreduce_seconds"]) == (1, 2, 0.0)
-    assert best["command"] == (
-        f"pipesim run --schedule {best['schedule']} -w 2 -m {best['microbatches']} "
-        f"-b {best['microbatch_size']} -v {best['virtual_stages']} "
-        f"--balance {','.join(map(str, best['balance']))} --steps 10")
+    assert best["pipeline_args"] == {
+        "schedule": best["schedule"], "microbatches": best["microbatches"],
+        "virtual_stages": best["virtual_stages"], "balance": best["balance"], "dp": 1,
+        "checkpoint_activations": False}
+    assert best["command"].startswith(
+        f'pipesim.Pipeline(model, schedule="{best["schedule"]}", '
+        f"microbatches={best['microbatches']}, loss_fn=loss_fn, ")
     assert data["rejected"] and all("> limit 12 B" in r["reason"] for r in data["rejected"])
     assert all(max(c["peak_memory_bytes"]) <= 12 for c in data["candidates"])
 
@@ -384,7 +396,8 @@ def test_memory_per_rank_does_not_depend_on_replicas() -> None:
     one = plan(costs, 4, 8, microbatch_counts=[8])
     assert {c.config._replace(dp=1): c.peak_memory_bytes for c in two.candidates} == {
         c.config: c.peak_memory_bytes for c in one.candidates}
-    assert all(c.config.dp == 2 and "--dp 2" in c.command for c in two.candidates)
+    assert all(c.config.dp == 2 and c.pipeline_args["dp"] == 2 and "dp=2)" in c.command
+               for c in two.candidates)
 
 
 def test_world_splits_not_tried_say_why() -> None:
@@ -417,7 +430,8 @@ def test_plan_with_replicas_needs_an_even_split() -> None:
 
 
 def test_cli_world_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = write_costs(tmp_path, uniform_layers(8, model="toy", params=1000.0))
+    mlp = ProfiledModel("mlp", 8, 8, "adam", loss="mse")
+    path = write_costs(tmp_path, uniform_layers(8, model="toy", params=1000.0, profiled=mlp))
     code = main(["plan", "--costs", path, "--world-size", "8", "--batch", "32",
                  "--dp-bandwidth", "1", "--dp-latency", "0", "--ranks-per-node", "1"])
     out = capsys.readouterr().out
@@ -434,7 +448,8 @@ def test_cli_world_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert data["network"]["bandwidth"] == 25e9 and data["network"]["ranks_per_node"] == 8
     assert "pruned" not in data and data["world_size"] == 8
     assert data["best"]["command"].startswith(
-        f"pipesim run --model toy --schedule {data['best']['schedule']} "
+        "pipesim run --model mlp --hidden-size 8 --layers 8 --optimizer adam --dtype float32 "
+        f"--loss mse --schedule {data['best']['schedule']} "
         f"-w {data['best']['pp'] * data['best']['dp']} --dp {data['best']['dp']} ")
 
 
@@ -464,5 +479,6 @@ def test_plan_model_profiles_first_and_commands_build_that_model(
                  "--batch", "8", "--schedules", "1f1b,zb-h1", "--json"])
     data = json.loads(capsys.readouterr().out)
     assert code == 0 and data["best"]["schedule"] in ("1f1b", "zb-h1")
-    assert data["best"]["command"].startswith("pipesim run --model mlp ")
-    assert data["best"]["command"].endswith(" --hidden-size 16 --layers 4")
+    assert data["best"]["command"].startswith(
+        "pipesim run --model mlp --hidden-size 16 --layers 4 --optimizer sgd --dtype float32 "
+        "--loss mse --schedule ")

@@ -8,8 +8,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import pipesim.partition as _algorithms  # noqa: F401  loaded before the function takes its name
+import pipesim.plan as _planner  # noqa: F401  loaded before the function takes its name
 from pipesim.costs import CostModel
 from pipesim.ir import Action, Op, Schedule, deps, format_action, parse_action, parse_schedule
+from pipesim.planning_api import plan
 from pipesim.schedules import SCHEDULES, get_schedule
 from pipesim.see import ascii, write_html, write_png, write_trace
 from pipesim.simulate import DeadlockError, simulate
@@ -50,7 +52,8 @@ def partition(model: Any, ranks: int, virtual_stages: int = 1, method: str = "un
     return cut(model, ranks, virtual_stages, method, balance, example, layer_costs)
 
 _LAZY = {"Pipeline": "pipesim.runtime.pipeline", "PipelineError": "pipesim.runtime.agree",
-         "launch": "pipesim.runtime.api", "init": "pipesim.runtime.api"}
+         "launch": "pipesim.runtime.api", "init": "pipesim.runtime.api",
+         "profile": "pipesim.runtime.profile_api"}
 
 
 def __getattr__(name: str) -> Any:
@@ -85,6 +88,8 @@ __all__ = [
     "parse_action",
     "parse_schedule",
     "partition",
+    "plan",
+    "profile",
     "run",
     "simulate",
     "validate",

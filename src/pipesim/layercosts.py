@@ -13,6 +13,12 @@ microbatch of ``microbatch_size`` samples::
       "comm_bandwidth": 2.5e10,              # optional, bytes per unit; null/absent = infinite
       "comm_send_overhead": 2e-4,            # optional, the sender's own time per message (0)
       "notes": "how the figures were made",  # optional free text
+      "profiled": {"model": "gpt",          # optional; written by `pipesim profile`: the built-in
+                   "hidden_size": 128,       #   model measured, in `pipesim run`'s terms, so the
+                   "layers": 6,              #   planner's command trains that model; model,
+                   "optimizer": "adam",      #   hidden_size and layers required, the rest
+                   "dtype": "float32",       #   optional: optimizer (sgd), dtype (float32), loss
+                   "seq_len": 64, "heads": 8},  # (mlp), seq_len and heads (gpt)
       "layers": [                            # in model order, at least one
         {"name": "block0",                   # optional
          "F": 0.0021,                        # forward
@@ -27,7 +33,9 @@ microbatch of ``microbatch_size`` samples::
 
 ``F`` is required; give ``I`` and ``W``, or ``B`` alone (then I = W = B / 2). The three byte
 fields and ``optimizer`` default to 0; ``optimizer`` does not scale with the microbatch size.
-Unknown fields are errors (a typo must not pass silently).
+Unknown fields are errors (a typo must not pass silently). Without ``profiled`` (a hand-written
+file, or ``pipesim.profile`` of a user's own layers) the planner prints the Python call of
+``pipesim.Pipeline`` instead of a ``pipesim run`` command.
 
 API: ``load_layer_costs(path)`` / ``parse_layer_costs(text)`` / ``LayerCosts.from_dict`` read and
 validate (CostFileError, one line naming the field); ``LayerCosts.to_dict``/``to_json`` write;
@@ -53,7 +61,7 @@ from pipesim.partition import check_balance
 FORMAT = "pipesim-layer-costs"
 UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}  # seconds per unit
 _TOP_FIELDS = {"format", "version", "model", "microbatch_size", "unit", "comm_latency",
-               "comm_bandwidth", "comm_send_overhead", "notes", "layers"}
+               "comm_bandwidth", "comm_send_overhead", "notes", "profiled", "layers"}
 _LAYER_FIELDS = {"name", "F", "I", "W", "B", "activation_bytes", "stash_bytes", "param_bytes",
                  "optimizer"}
 
@@ -76,6 +84,23 @@ class LayerCost(NamedTuple):
     optimizer: float = 0.0  # the optimizer's update of its parameters, once per training step
 
 
+class ProfiledModel(NamedTuple):
+    """The built-in model ``pipesim profile`` measured, named as ``pipesim run``'s flags are
+    (field ``seq_len`` is ``--seq-len``), so a plan's command trains the model that was profiled."""
+
+    model: str  # mlp | gpt
+    hidden_size: int
+    layers: int  # as ``--layers`` counts them: one per entry of the cost file's layers
+    optimizer: str = "sgd"  # whose update of each layer was timed
+    dtype: str = "float32"
+    loss: str | None = None  # mlp: mse | cross-entropy; None where the model fixes it (gpt)
+    seq_len: int | None = None  # gpt: tokens per sequence
+    heads: int | None = None  # gpt: attention heads
+
+
+_PROFILED_INTS = ("hidden_size", "layers", "seq_len", "heads")
+
+
 @dataclass(frozen=True)
 class LayerCosts:
     """Every layer of a model, measured at ``microbatch_size``; times in seconds."""
@@ -87,10 +112,14 @@ class LayerCosts:
     comm_bandwidth: float = math.inf  # bytes per second
     notes: str = ""
     comm_send_overhead: float = 0.0  # seconds the sending rank spends per message
+    profiled: ProfiledModel | None = None  # the built-in model measured (pipesim profile)
 
     def __post_init__(self) -> None:
         if not self.layers:
             raise CostFileError("layers: the model needs at least one layer")
+        if self.profiled is not None and self.profiled.layers != len(self.layers):
+            raise CostFileError(f"profiled.layers: {self.profiled.layers} but the file has "
+                                f"{len(self.layers)} layers")
         if self.microbatch_size < 1:
             raise CostFileError(f"microbatch_size: {self.microbatch_size} is not >= 1")
 
@@ -124,6 +153,8 @@ class LayerCosts:
                 self.comm_bandwidth, "comm_send_overhead": self.comm_send_overhead}
         if self.notes:
             out["notes"] = self.notes
+        if self.profiled is not None:
+            out["profiled"] = {k: v for k, v in self.profiled._asdict().items() if v is not None}
         out["layers"] = [_layer_dict(c) for c in self.layers]
         return out
 
@@ -196,7 +227,22 @@ def _from_dict(data: Any) -> LayerCosts:
         notes=_string("notes", data.get("notes", "")),
         comm_send_overhead=_number("comm_send_overhead",
                                    data.get("comm_send_overhead", 0.0)) * scale,
+        profiled=_profiled(data["profiled"]) if "profiled" in data else None,
     )
+
+
+def _profiled(data: Any) -> ProfiledModel:
+    data = _check_fields("profiled", data, set(ProfiledModel._fields))
+    for key in ("model", "hidden_size", "layers"):
+        if key not in data:
+            raise CostFileError(f"profiled: missing field {key!r}")
+    for key, value in data.items():
+        if key in _PROFILED_INTS:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise CostFileError(f"profiled.{key}: {value!r} is not an integer >= 1")
+        elif not isinstance(value, str) or not value:
+            raise CostFileError(f"profiled.{key}: {value!r} is not a non-empty string")
+    return ProfiledModel(**data)
 
 
 def _layer(where: str, data: Any, scale: float) -> LayerCost:

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import heapq
 import math
-import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from operator import itemgetter
@@ -58,6 +57,7 @@ from pipesim.dataparallel import (
 )
 from pipesim.ir import STASH_DELTA, ActionKey, Schedule
 from pipesim.layercosts import LayerCosts, stage_costs, stage_memory
+from pipesim.plan_command import command_for, pipeline_args, pipeline_call, run_command
 from pipesim.plan_space import (
     PARTITIONS,
     PlanError,
@@ -73,10 +73,6 @@ from pipesim.plan_space import (
 from pipesim.schedules import SCHEDULES, ConfigError, get_schedule
 from pipesim.simulate import simulate
 from pipesim.timeline import bubble_fraction, peak_stash
-
-DEFAULT_STEPS = 10  # --steps in the suggested `pipesim run` command
-
-
 
 
 class Config(NamedTuple):
@@ -95,6 +91,11 @@ class Config(NamedTuple):
         """Pipeline ranks."""
         return len(self.balance) // self.virtual_stages
 
+    @property
+    def world_size(self) -> int:
+        """Processes in all: dp replicas x pp pipeline ranks."""
+        return self.pp * self.dp
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -104,8 +105,18 @@ class Candidate:
     predicted_step_seconds: float
     bubble_fraction: float  # the pipeline's (timeline.bubble_fraction)
     peak_memory_bytes: tuple[float, ...]  # per pipeline rank
-    command: str
+    command: str  # `pipesim run ...` for a profiled built-in model, else a Pipeline(...) call
     exposed_allreduce_seconds: float = 0.0  # gradient all-reduce not hidden behind compute
+
+    @property
+    def world_size(self) -> int:
+        """Processes to launch: ``pipesim.launch(train, world_size=best.world_size)``."""
+        return self.config.world_size
+
+    @property
+    def pipeline_args(self) -> dict[str, Any]:
+        """``pipesim.Pipeline(model, loss_fn=..., **best.pipeline_args)`` runs this plan."""
+        return pipeline_args(self.config)
 
     def to_dict(self) -> dict[str, Any]:
         return {**_config_dict(self.config),
@@ -113,7 +124,8 @@ class Candidate:
                 "bubble_fraction": self.bubble_fraction,
                 "exposed_allreduce_seconds": self.exposed_allreduce_seconds,
                 "peak_memory_bytes": list(self.peak_memory_bytes),
-                "command": self.command}
+                "command": self.command,
+                "pipeline_args": self.pipeline_args | {"balance": list(self.config.balance)}}
 
 
 @dataclass(frozen=True)
@@ -404,8 +416,7 @@ def _evaluate(schedule: Schedule, digest: _Digest, config: Config, data: _StageD
     bubble = bubble_fraction(busy, schedule.ranks, span)
     steps, _ = dp_step(digest.ready, events, costs.param_bytes, dp, schedule.ranks)
     step = max(r.step_end for r in steps) - start
-    return Candidate(config, step, bubble, peaks,
-                     run_command(config, schedule.ranks, data.layer_costs.model),
+    return Candidate(config, step, bubble, peaks, command_for(config, data.layer_costs),
                      max(0.0, step - dp.optimizer_time - span))
 
 
@@ -426,20 +437,6 @@ def _peaks(digest: _Digest, stash_bytes: Sequence[float], param_bytes: Sequence[
                                     strict=True)]
 
 
-def run_command(config: Config, ranks: int, model: str = "") -> str:
-    """The ``pipesim run`` command line that runs ``config``: ``-w`` counts every process
-    (dp x pipeline ranks, as under torchrun); ``--dp`` when there is more than one replica."""
-    words = ["pipesim", "run"]
-    if model:
-        words += ["--model", shlex.quote(model)]
-    words += ["--schedule", config.schedule, "-w", str(ranks * config.dp)]
-    words += ["--dp", str(config.dp)] if config.dp > 1 else []
-    words += ["-m", str(config.microbatches),
-              "-b", str(config.microbatch_size), "-v", str(config.virtual_stages),
-              "--balance", ",".join(map(str, config.balance)), "--steps", str(DEFAULT_STEPS)]
-    return " ".join(words)
-
-
 __all__ = ["PARTITIONS", "Candidate", "Config", "PlanError", "PlanResult", "Rejected", "Skipped",
-           "check_partition", "evaluate", "format_bytes", "parse_bytes", "peak_memory", "plan",
-           "plan_world", "run_command"]
+           "check_partition", "command_for", "evaluate", "format_bytes", "parse_bytes",
+           "peak_memory", "pipeline_args", "pipeline_call", "plan", "plan_world", "run_command"]

@@ -12,7 +12,6 @@ runtime; both paths meet in ``plan_from_layer_costs``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from typing import Any
 
 from pipesim.commands import UserError, dump_json, non_negative_float, positive_float, positive_int
@@ -139,10 +138,6 @@ def _names_arg(text: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     result = plan_from_layer_costs(_layer_costs(args), args)
-    if args.model:  # the suggested commands must build the model that was profiled
-        flags = f" --hidden-size {args.hidden_size} --layers {args.layers}"
-        result = dataclasses.replace(result, candidates=tuple(
-            dataclasses.replace(c, command=c.command + flags) for c in result.candidates))
     if args.json:
         print(dump_json(result.to_dict()))
     else:

@@ -13,7 +13,6 @@ the message latency and bandwidth come from a 2-rank gloo ping-pong of the large
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 from typing import Any
@@ -124,18 +123,14 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"cannot write {path}: its directory does not exist")
     import torch
 
-    from pipesim.runtime.profile import measure_comm, profile_model
+    from pipesim.runtime.profile import profile_model, with_comm
     torch.set_num_threads(1)  # as a rank runs; and the ping-pong forks this process
     try:
         costs = profile_model(cfg, args.repeats, args.warmup, args.processes, args.stat)
     except ValueError as err:
         raise UserError(str(err)) from None
-    if not args.no_comm and len(costs) > 1:
-        largest = int(max(c.activation_bytes for c in costs.layers[:-1]))
-        comm = measure_comm(largest, statistic=args.stat)
-        costs = dataclasses.replace(costs, comm_latency=comm.latency,
-                                    comm_bandwidth=comm.bandwidth,
-                                    comm_send_overhead=comm.send_overhead)
+    if not args.no_comm:
+        costs = with_comm(costs, args.stat)
     balance = _stage_balance(args, costs) if args.stage_costs else None
     write_atomic(args.output, costs.to_json())
     if args.stage_costs and balance is not None:

@@ -36,7 +36,7 @@ import torch.distributed as dist
 from torch import nn
 
 from pipesim.config import RunConfig
-from pipesim.layercosts import LayerCost, LayerCosts
+from pipesim.layercosts import LayerCost, LayerCosts, ProfiledModel
 from pipesim.models import build_layers, loss_function, make_batch
 from pipesim.runtime.optim import make_optimizer
 from pipesim.runtime.splitlinear import WeightGradQueue, convert_linears
@@ -93,36 +93,59 @@ class _StashCounter:
         return sum(self.seen.values())
 
 
-class _LayerTimer:
-    """One layer as a one-layer stage: fixed input, its own weight-gradient queue."""
+Tensors = tuple[torch.Tensor, ...]
+Example = torch.Tensor | Sequence[torch.Tensor]  # one microbatch: a tensor or a tuple of them
 
-    def __init__(self, layer: nn.Module, x: torch.Tensor, target: torch.Tensor | None,
+
+def as_tensors(value: Any, where: str) -> Tensors:
+    """A tensor or a tuple/list of tensors as a tuple; TypeError naming ``where`` otherwise."""
+    values = (value,) if isinstance(value, torch.Tensor) else value
+    if not isinstance(values, tuple | list) or not values or \
+            not all(isinstance(v, torch.Tensor) for v in values):
+        raise TypeError(f"{where} gave {type(value).__name__}; between layers pass a tensor or "
+                        f"a tuple of tensors")
+    return tuple(values)
+
+
+class _LayerTimer:
+    """One layer as a one-layer stage: fixed inputs, its own weight-gradient queue."""
+
+    def __init__(self, layer: nn.Module, xs: Tensors, target: torch.Tensor | None,
                  loss_fn: LossFn | None, first: bool) -> None:
         self.layer = layer
         self.queue = WeightGradQueue()
         convert_linears(layer, self.queue)
-        # as a stage: the model's input needs no gradient, a received activation does
-        self.x = x.detach().requires_grad_(not first and x.is_floating_point())
+        # as a stage: the model's input needs no gradient, a received float activation does
+        self.xs = tuple(x.detach().requires_grad_(not first and x.is_floating_point())
+                        for x in xs)
         self.target, self.loss_fn = target, loss_fn
-        self._grad: torch.Tensor | None = None  # stand-in output gradient, when none comes
+        self._grads: list[torch.Tensor | None] | None = None  # stand-in output gradients
 
-    def forward(self) -> torch.Tensor:
-        out: torch.Tensor = self.layer(self.x)
+    def forward(self) -> Tensors:
+        out = self.layer(*self.xs)
         if self.loss_fn is not None and self.target is not None:
-            return self.loss_fn(out, self.target)
-        return out
+            return (self.loss_fn(out, self.target),)
+        return as_tensors(out, type(self.layer).__name__)
 
-    def backward(self, out: torch.Tensor, grad: torch.Tensor | None, split: bool) -> float:
-        """I (split) or B from ``grad`` (a fixed random one if None); returns seconds."""
-        if out.dim() and grad is None:
-            if self._grad is None:
+    def input_grads(self) -> tuple[torch.Tensor | None, ...]:
+        return tuple(x.grad for x in self.xs)
+
+    def backward(self, outs: Tensors, grads: tuple[torch.Tensor | None, ...] | None,
+                 split: bool) -> float:
+        """I (split) or B from ``grads`` (fixed random ones if None); returns seconds."""
+        if grads is None:
+            if self._grads is None:
                 gen = torch.Generator().manual_seed(0)
-                self._grad = torch.randn(out.shape, generator=gen, dtype=out.dtype) * 1e-2
-            grad = self._grad
+                self._grads = [torch.randn(o.shape, generator=gen, dtype=o.dtype) * 1e-2
+                               if o.dim() and o.is_floating_point() else None for o in outs]
+            grads = tuple(self._grads)
+        pairs = [(o, g) for o, g in zip(outs, grads, strict=True)
+                 if o.requires_grad and (g is not None or not o.dim())]
         self.queue.current, self.queue.defer = 0, split
         t0 = time.perf_counter()
         try:
-            torch.autograd.backward(out, grad if out.dim() else None)
+            if pairs:  # nothing to differentiate: a layer with no weights on the model's input
+                torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
         finally:
             self.queue.current, self.queue.defer = None, False
         return time.perf_counter() - t0
@@ -133,7 +156,8 @@ class _LayerTimer:
         return time.perf_counter() - t0
 
     def clear(self) -> None:
-        self.x.grad = None
+        for x in self.xs:
+            x.grad = None
         for p in self.layer.parameters():
             p.grad = None
 
@@ -166,7 +190,7 @@ class _LayerTimer:
 Times = list[tuple[float, float, float, float]]  # per layer: F, I, W, B seconds
 
 
-def _timed_forward(timers: Sequence[_LayerTimer]) -> tuple[list[torch.Tensor], list[float]]:
+def _timed_forward(timers: Sequence[_LayerTimer]) -> tuple[list[Tensors], list[float]]:
     outs, seconds = [], []
     for t in timers:
         t0 = time.perf_counter()
@@ -182,26 +206,27 @@ def _one_pass(timers: Sequence[_LayerTimer]) -> Times:
     i_, w, b = [0.0] * n, [0.0] * n, [0.0] * n
     outs, f = _timed_forward(timers)
     for k in reversed(range(n)):
-        grad = timers[k + 1].x.grad if k + 1 < n else None
-        i_[k] = timers[k].backward(outs[k], grad, split=True)
+        grads = timers[k + 1].input_grads() if k + 1 < n else None
+        i_[k] = timers[k].backward(outs[k], grads, split=True)
         w[k] = timers[k].weight()
     for t in timers:
         t.clear()
     outs, _ = _timed_forward(timers)
     for k in reversed(range(n)):
-        grad = timers[k + 1].x.grad if k + 1 < n else None
-        b[k] = timers[k].backward(outs[k], grad, split=False)
+        grads = timers[k + 1].input_grads() if k + 1 < n else None
+        b[k] = timers[k].backward(outs[k], grads, split=False)
     for t in timers:
         t.clear()
     return list(zip(f, i_, w, b, strict=True))
 
 
-def profile_layers(layers: Sequence[nn.Module], example: torch.Tensor,
+def profile_layers(layers: Sequence[nn.Module], example: Example,
                    target: torch.Tensor | None = None, loss_fn: LossFn | None = None,
                    repeats: int = 5, warmup: int = 2, names: Sequence[str] = (),
                    model: str = "", notes: str = "", statistic: str = "median",
                    optimizer: MakeOptimizer | None = None) -> LayerCosts:
-    """Per-layer costs of ``layers`` for one microbatch ``example`` (its first dim = samples).
+    """Per-layer costs of ``layers`` for one microbatch ``example`` (its first dim = samples): a
+    tensor or a tuple of tensors, passed as positional arguments; so is what a layer returns.
 
     Each repeat runs the whole model forward, then backward, layer by layer (so the caches
     hold what they hold in a run, not one layer's weights). The last layer's F includes
@@ -213,14 +238,15 @@ def profile_layers(layers: Sequence[nn.Module], example: torch.Tensor,
         raise ValueError(f"repeats must be >= 1 and warmup >= 0; got {repeats}, {warmup}")
     pick = _STATISTICS[statistic]
     with one_thread():
-        timers, outs, x = [], [], example
+        timers, outs, xs = [], [], as_tensors(example, "the example")
         for i, original in enumerate(layers):
             is_last = i == len(layers) - 1
-            timers.append(_LayerTimer(copy.deepcopy(original), x, target if is_last else None,
+            timers.append(_LayerTimer(copy.deepcopy(original), xs, target if is_last else None,
                                       loss_fn if is_last else None, first=i == 0))
             with torch.no_grad():
-                x = timers[-1].layer(timers[-1].x)
-            outs.append(x)
+                xs = as_tensors(timers[-1].layer(*timers[-1].xs), f"layer {i} "
+                                f"({type(original).__name__})")
+            outs.append(xs)
         stash = [t.stash_bytes() for t in timers]
         runs = [_one_pass(timers) for _ in range(warmup + repeats)][warmup:]
         updates = [t.optimizer_seconds(optimizer, repeats, warmup, pick) if optimizer else 0.0
@@ -230,9 +256,10 @@ def profile_layers(layers: Sequence[nn.Module], example: torch.Tensor,
         f, i_, w, b = (pick([r[i][k] for r in runs]) for k in range(4))
         name = names[i] if i < len(names) else f"{i}:{type(layers[i]).__name__}"
         params = sum(_nbytes(p) for p in timer.layer.parameters())
-        costs.append(LayerCost(f, i_, w, b, float(_nbytes(out)), float(stash[i]),
+        costs.append(LayerCost(f, i_, w, b, float(sum(map(_nbytes, out))), float(stash[i]),
                                float(params), name, updates[i]))
-    batch = example.shape[0] if example.dim() else 1
+    first = as_tensors(example, "the example")[0]
+    batch = first.shape[0] if first.dim() else 1
     return LayerCosts(tuple(costs), microbatch_size=batch, model=model, notes=notes)
 
 
@@ -267,9 +294,20 @@ def _profile_here(cfg: RunConfig, repeats: int, warmup: int, statistic: str) -> 
     def make(params: list[nn.Parameter]) -> torch.optim.Optimizer:
         return make_optimizer(cfg.optimizer, params, cfg.lr)
 
-    return profile_layers(layers, inputs[0], targets[0], loss_function(cfg), repeats, warmup,
-                          model=cfg.model, notes=notes, statistic=statistic,
-                          optimizer=make if training else None)
+    costs = profile_layers(layers, inputs[0], targets[0], loss_function(cfg), repeats, warmup,
+                           model=cfg.model, notes=notes, statistic=statistic,
+                           optimizer=make if training else None)
+    return dataclasses.replace(costs, profiled=profiled_model(cfg, len(layers)))
+
+
+def profiled_model(cfg: RunConfig, layers: int) -> ProfiledModel:
+    """What ``cfg`` builds, in ``pipesim run``'s terms, defaults resolved (the GPT's sizes)."""
+    if cfg.model == "gpt":
+        from pipesim.models.gpt import gpt_shape
+        shape = gpt_shape(cfg)
+        return ProfiledModel(cfg.model, cfg.hidden_size, layers, cfg.optimizer, cfg.dtype,
+                             seq_len=shape.seq_len, heads=shape.heads)
+    return ProfiledModel(cfg.model, cfg.hidden_size, layers, cfg.optimizer, cfg.dtype, cfg.loss)
 
 
 @dataclass(frozen=True)
@@ -282,21 +320,26 @@ class _Profile:
     statistic: str
 
     def __call__(self, rank: int, world: int, monitor: Any = None) -> LayerCosts | None:
-        costs = _profile_here(self.cfg, self.repeats, self.warmup, self.statistic)
-        if world == 1:
-            return costs
-        times = torch.tensor([[c.forward, c.backward_input, c.backward_weight, c.backward,
-                               c.optimizer] for c in costs.layers], dtype=torch.float64)
-        dist.all_reduce(times)
-        times /= world
-        if rank != 0:
-            return None
-        layers = tuple(c._replace(forward=float(t[0]), backward_input=float(t[1]),
-                                  backward_weight=float(t[2]), backward=float(t[3]),
-                                  optimizer=float(t[4]))
-                       for c, t in zip(costs.layers, times, strict=True))
-        return dataclasses.replace(costs, layers=layers, notes=costs.notes +
-                                   f", mean of {world} processes profiling at once")
+        return mean_over_ranks(_profile_here(self.cfg, self.repeats, self.warmup,
+                                             self.statistic), rank, world)
+
+
+def mean_over_ranks(costs: LayerCosts, rank: int, world: int) -> LayerCosts | None:
+    """On rank 0, ``costs`` with every time the mean of the ``world`` ranks' (a collective)."""
+    if world == 1:
+        return costs
+    times = torch.tensor([[c.forward, c.backward_input, c.backward_weight, c.backward,
+                           c.optimizer] for c in costs.layers], dtype=torch.float64)
+    dist.all_reduce(times)
+    times /= world
+    if rank != 0:
+        return None
+    layers = tuple(c._replace(forward=float(t[0]), backward_input=float(t[1]),
+                              backward_weight=float(t[2]), backward=float(t[3]),
+                              optimizer=float(t[4]))
+                   for c, t in zip(costs.layers, times, strict=True))
+    return dataclasses.replace(costs, layers=layers, notes=costs.notes +
+                               f", mean of {world} processes profiling at once")
 
 
 # ----------------------------------------------------------------------------- messages
@@ -378,6 +421,17 @@ def measure_comm(message_bytes: int, repeats: int = 30, statistic: str = "median
     return CommCosts(latency, bandwidth, send)
 
 
+def with_comm(costs: LayerCosts, statistic: str = "median") -> LayerCosts:
+    """``costs`` with the message latency, bandwidth and send overhead measured for its largest
+    activation between layers (``measure_comm``); unchanged for a one-layer model."""
+    if len(costs) < 2:
+        return costs
+    comm = measure_comm(int(max(c.activation_bytes for c in costs.layers[:-1])),
+                        statistic=statistic)
+    return dataclasses.replace(costs, comm_latency=comm.latency, comm_bandwidth=comm.bandwidth,
+                               comm_send_overhead=comm.send_overhead)
+
+
 __all__ = [
     "STATISTICS",
     "CommCosts",
@@ -385,8 +439,11 @@ __all__ = [
     "PingPong",
     "ProfileConfig",
     "Times",
+    "mean_over_ranks",
     "measure_comm",
     "one_thread",
     "profile_layers",
-    "profile_model"
+    "profile_model",
+    "profiled_model",
+    "with_comm",
 ]
