@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from pipesim.layercosts import LayerCosts, load_layer_costs
-from pipesim.plan import plan
+from pipesim.planner.search import plan
 
 COSTS = Path(__file__).resolve().parent.parent / "examples" / "costs"
 

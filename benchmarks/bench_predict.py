@@ -29,9 +29,9 @@ from typing import Any
 import torch
 
 from pipesim.config import RunConfig
-from pipesim.runtime.launch import launch
+from pipesim.processes.launch import launch
+from pipesim.profiling.profiler import ProfileConfig, measure_comm, profile_model
 from pipesim.runtime.predict import predict, prediction_report
-from pipesim.runtime.profile import ProfileConfig, measure_comm, profile_model
 from pipesim.runtime.train import TrainJob
 from pipesim.schedules import get_schedule
 from pipesim.timeline import Timeline

@@ -3,7 +3,7 @@
 #
 # Idempotent and quick when /usr/bin/chromium and /usr/bin/chromedriver are already there.
 # Never fails the build: without root, apt-get or network it says why and exits 0, and the
-# browser tests (tests/test_html_browser.py) then skip with a clear reason.
+# browser tests (tests/browser/test_html_browser.py) then skip with a clear reason.
 set -uo pipefail
 
 CHROMIUM=${PIPESIM_CHROMIUM:-/usr/bin/chromium}

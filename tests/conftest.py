@@ -1,4 +1,10 @@
-"""Fixtures shared by pipesim's tests. Keep this small: helpers used by one module live there."""
+"""Fixtures shared by pipesim's tests, and the tiers. Keep this small: helpers used by one module
+live there.
+
+The folder is the tier: core/ (pure: no torch, no processes), runtime/ (real ranks on gloo),
+browser/ (headless Chromium), gpu/ (CUDA and nccl; skipped without them). Each test gets its
+folder's marker, so ``-m "not runtime and not browser"`` runs the fast tier.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+TIERS = {"runtime": pytest.mark.runtime, "browser": pytest.mark.browser, "gpu": pytest.mark.gpu}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        tier = parts[parts.index("tests") + 1] if "tests" in parts else ""
+        if tier in TIERS:
+            item.add_marker(TIERS[tier])
 
 
 @pytest.fixture

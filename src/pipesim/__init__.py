@@ -7,11 +7,9 @@ The core (schedules, validation, simulation, timelines, views) imports neither t
 from collections.abc import Sequence
 from typing import Any
 
-import pipesim.partition as _algorithms  # noqa: F401  loaded before the function takes its name
-import pipesim.plan as _planner  # noqa: F401  loaded before the function takes its name
 from pipesim.costs import CostModel
 from pipesim.ir import Action, Op, Schedule, deps, format_action, parse_action, parse_schedule
-from pipesim.planning_api import plan
+from pipesim.planner.api import plan
 from pipesim.schedules import SCHEDULES, get_schedule
 from pipesim.see import ascii, write_html, write_png, write_trace
 from pipesim.simulate import DeadlockError, simulate
@@ -29,7 +27,7 @@ def run(schedule: Schedule, **config: Any) -> Any:
     your own model use ``Pipeline``. Imports torch on first use.
     """
     from pipesim.config import RunConfig
-    from pipesim.runtime.launch import launch
+    from pipesim.processes.launch import launch
     from pipesim.runtime.train import TrainJob
     if not isinstance(config.get("model", "mlp"), str):
         raise TypeError("pipesim.run trains the built-in models (model='mlp' or 'gpt'); for "
@@ -45,15 +43,15 @@ def partition(model: Any, ranks: int, virtual_stages: int = 1, method: str = "un
 
     ``method``: "uniform" (layer count), "params" or "time" (profiled F+B on ``example``, one
     microbatch, or from ``layer_costs``); ``balance`` (layers per stage) overrides it. Imports
-    torch on first use (``pipesim.runtime.partitioning``). The torch-free algorithms stay
-    importable as ``from pipesim.partition import partition_balanced``.
+    torch on first use (``pipesim.profiling.partitioning``). The torch-free algorithms stay
+    importable as ``from pipesim.balance import partition_balanced``.
     """
-    from pipesim.runtime.partitioning import partition as cut
+    from pipesim.profiling.partitioning import partition as cut
     return cut(model, ranks, virtual_stages, method, balance, example, layer_costs)
 
 _LAZY = {"Pipeline": "pipesim.runtime.pipeline", "PipelineError": "pipesim.runtime.agree",
          "launch": "pipesim.runtime.api", "init": "pipesim.runtime.api",
-         "profile": "pipesim.runtime.profile_api"}
+         "profile": "pipesim.profiling.api"}
 
 
 def __getattr__(name: str) -> Any:

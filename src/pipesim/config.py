@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipesim.grid import RankGrid
+from pipesim.balance import partition_uniform
 from pipesim.ir import Op, Schedule
-from pipesim.partition import partition_uniform
+from pipesim.ranks import RankGrid
 
 DTYPES = ("float32", "float64")
 
@@ -44,7 +44,7 @@ class RunConfig:
     checkpoint_every: int = 0  # save every N steps (and after the last) when checkpoint_dir
     resume_dir: str | None = None
     dp: int = 1  # pipeline replicas (data parallel); world size = dp x schedule.ranks
-    rank_order: str = "pipeline-first"  # see pipesim.grid
+    rank_order: str = "pipeline-first"  # see pipesim.ranks
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

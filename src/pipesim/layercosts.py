@@ -54,9 +54,9 @@ from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any, NamedTuple
 
+from pipesim.balance import check_balance
 from pipesim.checks import is_positive_int
 from pipesim.costs import CostModel
-from pipesim.partition import check_balance
 
 FORMAT = "pipesim-layer-costs"
 UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}  # seconds per unit

@@ -8,8 +8,3 @@ import pytest
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
 
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/runtime/" in str(item.fspath).replace("\\", "/"):
-            item.add_marker(pytest.mark.runtime)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipesim.runtime.launch import launch
+from pipesim.processes.launch import launch
 from pipesim.runtime.train import (
     RankResult,
     RunConfig,

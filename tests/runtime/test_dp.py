@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pipesim.config import RunConfig
-from pipesim.grid import RankGrid
+from pipesim.ranks import RankGrid
 from pipesim.runtime.train import reference_train
 from pipesim.schedules import get_schedule
 from pipesim.timeline import Timeline
@@ -24,7 +24,7 @@ def _config(name: str, v: int | None = None, **kw: object) -> RunConfig:
 
 
 def _run(cfg: RunConfig):  # type: ignore[no-untyped-def]
-    from pipesim.runtime.launch import launch
+    from pipesim.processes.launch import launch
     from pipesim.runtime.train import TrainJob
     result = launch(TrainJob(cfg), cfg.grid.world)
     assert result is not None

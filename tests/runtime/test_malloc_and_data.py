@@ -16,7 +16,7 @@ from pipesim.schedules import get_schedule
 
 _FAULTS = """
 import resource, sys, torch
-from pipesim.runtime.malloc import keep_freed_memory
+from pipesim.processes.malloc import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 def faults():

@@ -15,8 +15,8 @@ from torch import nn
 
 from pipesim.cli import main
 from pipesim.layercosts import load_layer_costs
-from pipesim.planning_api import plan
-from pipesim.runtime.profile_api import profile
+from pipesim.planner.api import plan
+from pipesim.profiling.api import profile
 
 B, H = 4, 8  # samples per microbatch, width
 

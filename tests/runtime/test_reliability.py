@@ -1,6 +1,6 @@
 """Faults end the job with the failing rank's name; hangs become reports; nothing is left running.
 
-Faults are injected with PIPESIM_FAULT (pipesim.runtime.faults). No test depends on timing:
+Faults are injected with PIPESIM_FAULT (pipesim.processes.faults). No test depends on timing:
 the stall timeout is small, and waits poll for a state with a generous deadline.
 """
 
@@ -122,7 +122,7 @@ def _listening_addresses(rank: int, world: int) -> list[str]:
 
 
 def test_single_machine_runs_listen_on_loopback_only() -> None:
-    from pipesim.runtime.launch import launch
+    from pipesim.processes.launch import launch
     addresses = launch(_listening_addresses, 3)
     assert addresses, "expected the rendezvous store and gloo to listen somewhere"
     assert set(addresses) <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, addresses

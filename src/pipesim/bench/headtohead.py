@@ -46,7 +46,7 @@ class Case:
 
 def run_case(case: Case) -> dict[str, Any]:
     """Launch ``case.ranks`` forked ranks, run the A/B, return the summary row."""
-    from pipesim.runtime.launch import LaunchOptions, launch
+    from pipesim.processes.launch import LaunchOptions, launch
 
     gathered: list[dict[str, Any]] = launch(_Worker(case), case.ranks, LaunchOptions(threads=1))
     return summarize(case, gathered)

@@ -49,7 +49,7 @@ def synthetic_ideal(case: SyntheticCase) -> float:
 
 
 def run_synthetic(case: SyntheticCase) -> dict[str, Any]:
-    from pipesim.runtime.launch import LaunchOptions, launch
+    from pipesim.processes.launch import LaunchOptions, launch
 
     seconds: dict[str, list[float]] = launch(_SyntheticWorker(case), case.ranks,
                                              LaunchOptions(threads=1))
@@ -156,7 +156,7 @@ class SingleCase:
 
 def run_single(case: SingleCase) -> dict[str, Any]:
     """Samples/s of one process, microbatched and whole-batch, in a forked child."""
-    from pipesim.runtime.launch import LaunchOptions, launch
+    from pipesim.processes.launch import LaunchOptions, launch
 
     rates: dict[str, float] = launch(_SingleWorker(case), 1, LaunchOptions(threads=case.threads))
     return {**asdict(case), **rates}

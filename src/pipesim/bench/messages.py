@@ -29,7 +29,7 @@ class MessageCase:
 
 def run_messages(case: MessageCase) -> dict[str, Any]:
     """Two forked ranks; returns MiB/s per way and pipesim's fraction of raw."""
-    from pipesim.runtime.launch import LaunchOptions, launch
+    from pipesim.processes.launch import LaunchOptions, launch
 
     seconds: dict[str, list[float]] = launch(_Worker(case), 2, LaunchOptions(threads=1))
     nbytes = case.mib * 2**20 * case.count

@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from pipesim.balance import check_balance, parse_balance
 from pipesim.commands import UserError, dump_json, non_negative_float, positive_float, positive_int
-from pipesim.dataparallel import BUCKET_BYTES, DPConfig
-from pipesim.grid import ORDERS
 from pipesim.layercosts import CostFileError, LayerCosts, load_layer_costs
-from pipesim.partition import check_balance, parse_balance
-from pipesim.plan import Candidate, PlanResult, plan, plan_world
-from pipesim.plan_space import PARTITIONS, PlanError, format_bytes, parse_bytes
+from pipesim.planner.dataparallel import BUCKET_BYTES, DPConfig
+from pipesim.planner.search import Candidate, PlanResult, plan, plan_world
+from pipesim.planner.space import PARTITIONS, PlanError, format_bytes, parse_bytes
+from pipesim.ranks import ORDERS
 
 _BALANCE_WIDTH = 28  # the table shortens longer balances; the command has them in full
 
@@ -71,7 +71,8 @@ def register(sub: Any) -> None:
 def _add_network_args(p: Any) -> None:
     g = p.add_argument_group(
         "data parallel (--world-size)", "the gradient all-reduce among a stage's D replicas: a "
-        "ring per bucket (see pipesim.dataparallel); the defaults are illustrative, not measured")
+        "ring per bucket (see pipesim.planner.dataparallel); the defaults are illustrative, "
+        "not measured")
     g.add_argument("--dp", metavar="D,D", type=_ints_arg,
                    help="replica counts to try (default every divisor of the world size)")
     add_network_args(g, "second")
@@ -163,7 +164,7 @@ def _profiled(args: argparse.Namespace) -> LayerCosts:
     """--model: profile it here (one thread, as a rank runs), then plan from those costs."""
     from pipesim.commands.profile import DEFAULT_BATCH, DEFAULT_LAYERS
     from pipesim.models import MODELS
-    from pipesim.runtime.profile import ProfileConfig, profile_model
+    from pipesim.profiling.profiler import ProfileConfig, profile_model
     from pipesim.schedules import get_schedule
     if args.model not in MODELS:
         raise UserError(f"unknown model {args.model!r}; valid: {', '.join(MODELS)}")

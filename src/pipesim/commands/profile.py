@@ -17,9 +17,9 @@ import json
 import os
 from typing import Any
 
+from pipesim.balance import parse_balance
 from pipesim.commands import UserError, dump_json, positive_int, write_atomic
 from pipesim.layercosts import LayerCosts, stage_costs
-from pipesim.partition import parse_balance
 
 DEFAULT_LAYERS = {"mlp": 4, "gpt": 6}
 DEFAULT_BATCH = {"mlp": 32, "gpt": 8}
@@ -69,7 +69,7 @@ def register(sub: Any) -> None:
 
 def _config(args: argparse.Namespace) -> Any:
     from pipesim.models import MODELS
-    from pipesim.runtime.profile import ProfileConfig
+    from pipesim.profiling.profiler import ProfileConfig
     from pipesim.schedules import get_schedule
     if args.model not in MODELS:
         raise UserError(f"unknown model {args.model!r}; valid: {', '.join(MODELS)}")
@@ -86,7 +86,7 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def _stage_balance(args: argparse.Namespace, costs: LayerCosts) -> list[int]:
-    from pipesim.partition import partition_balanced
+    from pipesim.balance import partition_balanced
     try:
         if args.balance is not None:
             balance = parse_balance(args.balance)
@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"cannot write {path}: its directory does not exist")
     import torch
 
-    from pipesim.runtime.profile import profile_model, with_comm
+    from pipesim.profiling.profiler import profile_model, with_comm
     torch.set_num_threads(1)  # as a rank runs; and the ping-pong forks this process
     try:
         costs = profile_model(cfg, args.repeats, args.warmup, args.processes, args.stat)

@@ -12,6 +12,7 @@ import os
 import time
 from typing import Any
 
+from pipesim.balance import parse_balance
 from pipesim.commands import (
     UserError,
     add_schedule_args,
@@ -22,7 +23,6 @@ from pipesim.commands import (
 from pipesim.commands._runreport import LineHook, Progress, print_header, report
 from pipesim.costs import CostError
 from pipesim.ir import Op, Schedule
-from pipesim.partition import parse_balance
 from pipesim.validate import validate
 
 _MAX_RANKS = 64  # forked processes on one machine beyond this are a typo, not a plan
@@ -129,7 +129,7 @@ def _parse_synthetic(text: str | None) -> dict[Op, float]:
 
 
 def _world_size(args: argparse.Namespace) -> int:
-    from pipesim.runtime.launch import under_torchrun
+    from pipesim.processes.launch import under_torchrun
     if under_torchrun():
         world = int(os.environ["WORLD_SIZE"])
         if args.world_size is not None and args.world_size != world:
@@ -229,7 +229,7 @@ def _partitioned(args: argparse.Namespace, cfg: Any) -> Any:
     import dataclasses
 
     from pipesim.layercosts import load_layer_costs
-    from pipesim.runtime.partitioning import balance_for
+    from pipesim.profiling.partitioning import balance_for
     try:
         costs = load_layer_costs(args.predict) if args.predict else None
         return dataclasses.replace(cfg, balance=balance_for(cfg, args.partition, costs))
@@ -241,7 +241,7 @@ def _prediction(args: argparse.Namespace, cfg: Any) -> Any:
     """--predict: the simulated step (a Timeline; profiling first when no file is given)."""
     if args.predict is None:
         return None
-    from pipesim.runtime.launch import under_torchrun
+    from pipesim.processes.launch import under_torchrun
     if not args.predict and under_torchrun():
         raise UserError("--predict without a file profiles in forked processes; under torchrun "
                         "run 'pipesim profile -o costs.json' first and pass --predict costs.json")
@@ -283,7 +283,7 @@ def _check_size(args: argparse.Namespace, sched: Schedule, layers: int) -> None:
 def _check_gpus(ranks: int) -> None:
     import torch
 
-    from pipesim.runtime.launch import under_torchrun
+    from pipesim.processes.launch import under_torchrun
     if not torch.cuda.is_available():
         raise UserError("--backend nccl needs CUDA GPUs, and none is available here; "
                         "use --backend gloo")
@@ -306,7 +306,7 @@ def run(args: argparse.Namespace) -> int:
     for path in (args.trace, args.plot, args.timeline, args.html):
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise UserError(f"cannot write {path}: its directory does not exist")
-    from pipesim.runtime.launch import (
+    from pipesim.processes.launch import (
         LaunchOptions,
         RankFailedError,
         launch,
@@ -323,7 +323,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.json and not under_torchrun():
         print_header(cfg)
     t0 = time.perf_counter()
-    from pipesim.runtime.watchdog import StallError
+    from pipesim.processes.watchdog import StallError
     try:
         result = run_torchrun(job, opts) if under_torchrun() else launch(job, cfg.grid.world, opts)
     except RankFailedError as err:

@@ -28,8 +28,8 @@ from pipesim.commands import (
 from pipesim.commands._costargs import add_cost_args, costs_from_args, describe
 from pipesim.commands.plan import add_network_args, network_from_args
 from pipesim.costs import CostModel
-from pipesim.dataparallel import DPResult, simulate_dp
 from pipesim.ir import Schedule
+from pipesim.planner.dataparallel import DPResult, simulate_dp
 from pipesim.simulate import DeadlockError
 from pipesim.timeline import Metrics, Timeline, metrics
 from pipesim.validate import validate
@@ -45,7 +45,7 @@ def register(sub: Any) -> None:
     add_cost_args(p)
     dp = p.add_argument_group(
         "data parallel", "D replicas of the pipeline; each stage's gradients are averaged by a "
-        "ring all-reduce after its last backward (pipesim.dataparallel), in the cost unit")
+        "ring all-reduce after its last backward (pipesim.planner.dataparallel), in the cost unit")
     dp.add_argument("--dp", type=positive_int, default=1, metavar="D",
                     help="pipeline replicas (default 1: no all-reduce)")
     dp.add_argument("--param-bytes", type=non_negative_float, metavar="BYTES",

@@ -15,14 +15,14 @@ from typing import Any
 
 import torch
 
-from pipesim.runtime.agree import PipelineError
-from pipesim.runtime.launch import (
+from pipesim.processes.launch import (
     LaunchOptions,
     RankFailedError,
     init_torchrun,
     launch_all,
     under_torchrun,
 )
+from pipesim.runtime.agree import PipelineError
 
 
 class _Call:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from pipesim.dataparallel import BUCKET_BYTES, last_gradient_index
 from pipesim.ir import Action
+from pipesim.planner.dataparallel import BUCKET_BYTES, last_gradient_index
 from pipesim.runtime.stage import StageRunner
 
 

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipesim.partition import blocks_to_bounds, check_balance
+from pipesim.balance import blocks_to_bounds, check_balance
+from pipesim.profiling.partitioning import METHODS, balance_of
 from pipesim.runtime.agree import PipelineError
-from pipesim.runtime.partitioning import METHODS, balance_of
 
 
 class Stage(nn.Module):

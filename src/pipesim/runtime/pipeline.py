@@ -22,8 +22,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pipesim.grid import RankGrid
 from pipesim.ir import Action, Schedule
+from pipesim.ranks import RankGrid
 from pipesim.runtime.agree import PipelineError, all_ints, raise_if_any, shared_origin
 from pipesim.runtime.batch import (
     BatchCheck,
@@ -236,7 +236,7 @@ def _default_device() -> torch.device:
 
 
 def _watchdog_observers() -> list[Observer]:
-    from pipesim.runtime.launch import current_monitor
+    from pipesim.processes.launch import current_monitor
     monitor = current_monitor()
     return [monitor] if monitor is not None else []
 

@@ -71,13 +71,13 @@ def predict_run(cfg: Any, costs_path: str | None = None) -> Timeline:
     at once as the run puts ranks on this machine (at most one per CPU: the cores are as busy
     as in the run), median of 20 passes (a machine whose speed changes from one half second to
     the next needs the profile to last about as long as the run it predicts), and
-    ``measure_comm`` measures messages between 2 ranks (``pipesim.runtime.profile``). Raises
+    ``measure_comm`` measures messages between 2 ranks (``pipesim.profiling.profiler``). Raises
     ValueError (CostFileError) for an unusable file.
     """
     if costs_path:
         from pipesim.layercosts import load_layer_costs
         return predict(cfg, load_layer_costs(costs_path))
-    from pipesim.runtime.profile import measure_comm, profile_model
+    from pipesim.profiling.profiler import measure_comm, profile_model
     processes = max(1, min(cfg.grid.world, os.cpu_count() or 1))
     layer_costs = profile_model(cfg, repeats=20, warmup=2, processes=processes)
     if cfg.schedule.ranks == 1 or len(layer_costs) == 1:

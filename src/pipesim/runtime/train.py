@@ -20,20 +20,20 @@ import torch.distributed as dist
 from pipesim.config import RunConfig
 from pipesim.ir import Action
 from pipesim.models import build_layers, loss_function, make_batch
+from pipesim.processes.faults import Fault, fault_from_env
 from pipesim.runtime import checkpoint
-from pipesim.runtime.collect import (
-    gather_outputs,
-    gather_stage_tensors,
-    max_weight_difference,
-    reference_train,
-)
 from pipesim.runtime.engine import Observer, StepRecord
-from pipesim.runtime.faults import Fault, fault_from_env
 from pipesim.runtime.optim import make_optimizer
 from pipesim.runtime.pipeline import Pipeline
 from pipesim.runtime.stage import StageRunner
 from pipesim.runtime.synthetic import slow_down
 from pipesim.runtime.trace import gather_events, to_timeline
+from pipesim.runtime.verify import (
+    gather_outputs,
+    gather_stage_tensors,
+    max_weight_difference,
+    reference_train,
+)
 from pipesim.timeline import Timeline
 
 # hook(rank, action, detail) called after each action (see engine.Observer for ``detail``)

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from pipesim.cli import main
-from pipesim.dataparallel import DPConfig
 from pipesim.layercosts import (
     CostFileError,
     LayerCost,
@@ -23,12 +22,13 @@ from pipesim.layercosts import (
     ProfiledModel,
     parse_layer_costs,
 )
-from pipesim.plan import plan as plan_all
-from pipesim.plan import plan_world
-from pipesim.plan_space import PlanError
-from pipesim.planning_api import memory_limit_bytes, plan
+from pipesim.planner.api import memory_limit_bytes, plan
+from pipesim.planner.dataparallel import DPConfig
+from pipesim.planner.search import plan as plan_all
+from pipesim.planner.search import plan_world
+from pipesim.planner.space import PlanError
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "costs"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "costs"
 PIPELINE_KEYS = {"schedule", "microbatches", "virtual_stages", "balance", "dp",
                  "checkpoint_activations"}
 GPT = ProfiledModel("gpt", 128, 6, "adam", seq_len=64, heads=8)
@@ -178,8 +178,8 @@ def test_the_python_call_is_python() -> None:
 
 def test_the_api_imports_without_torch() -> None:
     code = ("import sys; sys.modules['torch'] = None; sys.modules['numpy'] = None\n"
-            "import pipesim.planning_api, pipesim.runtime.profile_api\n")
-    src = str(Path(__file__).resolve().parents[1] / "src")
+            "import pipesim.planner.api, pipesim.profiling.api\n")
+    src = str(Path(__file__).resolve().parents[2] / "src")
     env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=env, timeout=120, check=False)

@@ -7,7 +7,8 @@ import math
 import pytest
 
 from pipesim.costs import CostModel
-from pipesim.dataparallel import (
+from pipesim.ir import Op
+from pipesim.planner.dataparallel import (
     DPConfig,
     grad_ready,
     microbatch_counts_for,
@@ -16,7 +17,6 @@ from pipesim.dataparallel import (
     step_lower_bound,
     world_splits,
 )
-from pipesim.ir import Op
 from pipesim.schedules import SCHEDULES, get_schedule
 from pipesim.simulate import simulate
 from pipesim.timeline import Span

@@ -11,8 +11,8 @@ import torch.distributed as dist
 from torch import nn
 
 from pipesim.config import RunConfig
-from pipesim.grid import RankGrid
 from pipesim.models import get_model, split_layers, torch_dtype
+from pipesim.ranks import RankGrid
 from pipesim.runtime.optim import make_optimizer
 from pipesim.runtime.stage import Payload, StageRunner
 

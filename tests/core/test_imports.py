@@ -28,10 +28,12 @@ from typing import NamedTuple
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 
-TORCH_PACKAGES = ("pipesim.runtime", "pipesim.models", "pipesim.bench")
+TORCH_PACKAGES = ("pipesim.runtime", "pipesim.models", "pipesim.processes", "pipesim.profiling",
+                  "pipesim.bench")
 TORCH_CLIENTS = ("pipesim.commands", "pipesim:run", "pipesim:partition", "pipesim:__getattr__")
+
 HEAVY = ("torch", "numpy")
 
 # (rule, importer, imported) -> who removes it
@@ -170,7 +172,7 @@ def _cycles(imports: Sequence[Import] = IMPORTS) -> Found:
 def test_the_graph_was_read() -> None:
     assert {"pipesim.ir", "pipesim.runtime.engine", "pipesim.views.html"} <= set(MODULES)
     assert Import("pipesim.timeline", "", "pipesim.ir", False) in IMPORTS
-    assert Import("pipesim", "partition", "pipesim.runtime.partitioning", True) in IMPORTS
+    assert Import("pipesim", "partition", "pipesim.profiling.partitioning", True) in IMPORTS
 
 
 @pytest.mark.parametrize("check", [_torch_violations, _cycles], ids=["torch", "cycles"])
@@ -190,16 +192,16 @@ def test_the_rules_catch_what_they_are_for() -> None:
                Import("pipesim.commands.run", "", "pipesim.runtime.train", False),
                Import("pipesim.commands.run", "run", "pipesim.runtime.train", True),
                Import("pipesim.runtime.engine", "", "torch", False),
-               Import("pipesim", "partition", "pipesim.runtime.partitioning", True),
-               Import("pipesim", "validate", "pipesim.runtime.launch", True),
-               Import("pipesim", "", "pipesim.runtime.partitioning", False)]
+               Import("pipesim", "partition", "pipesim.profiling.partitioning", True),
+               Import("pipesim", "validate", "pipesim.processes.launch", True),
+               Import("pipesim", "", "pipesim.profiling.partitioning", False)]
     assert _cycles(made_up) == {("cycle", "pipesim.ir", "pipesim.timeline")}
     assert _torch_violations(made_up) == {
         ("torch outside the torch packages", "pipesim.views.png", "numpy"),
         ("core imports the torch side", "pipesim.simulate", "pipesim.runtime.engine"),
         ("core imports the torch side", "pipesim.commands.run", "pipesim.runtime.train"),
-        ("core imports the torch side", "pipesim", "pipesim.runtime.launch"),
-        ("core imports the torch side", "pipesim", "pipesim.runtime.partitioning")}
+        ("core imports the torch side", "pipesim", "pipesim.processes.launch"),
+        ("core imports the torch side", "pipesim", "pipesim.profiling.partitioning")}
 
 
 # Public modules without __all__ yet: the lead's runtime rewrite and bench/ (leaving the package)

@@ -1,6 +1,6 @@
 """The planner's search space and inputs: byte sizes, microbatch counts, schedules, partitions.
 
-Pure Python; ``pipesim.plan`` re-exports the public names.
+Pure Python; ``pipesim.planner.search`` re-exports the public names.
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import math
 import re
 from collections.abc import Sequence
 
+from pipesim.balance import check_balance, partition_balanced, partition_uniform
 from pipesim.checks import is_positive_int
 from pipesim.layercosts import LayerCosts
-from pipesim.partition import check_balance, partition_balanced, partition_uniform
 from pipesim.schedules import SCHEDULES
 
 PARTITIONS = ("auto", "time", "params", "uniform")

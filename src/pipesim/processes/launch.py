@@ -30,9 +30,8 @@ import torch
 import torch.distributed as dist
 
 from pipesim.ir import Action
-from pipesim.runtime.engine import Observer
-from pipesim.runtime.malloc import keep_freed_memory
-from pipesim.runtime.watchdog import (
+from pipesim.processes.malloc import keep_freed_memory
+from pipesim.processes.watchdog import (
     Monitor,
     StallError,
     private_rows,
@@ -40,6 +39,7 @@ from pipesim.runtime.watchdog import (
     stall_report,
     stalled,
 )
+from pipesim.runtime.engine import Observer
 
 # (rank, world_size) -> result; each rank's result is pickled back to the launcher
 Worker = Callable[[int, int], Any]
@@ -317,7 +317,7 @@ def _own_watchdog(rows: list[float], rank: int, timeout: float) -> None:
     while True:
         time.sleep(max(0.05, min(1.0, timeout / 4)))
         if stalled(rows, {rank}, timeout):
-            from pipesim.runtime.watchdog import describe
+            from pipesim.processes.watchdog import describe
             sys.stderr.write(f"pipesim: error: stalled: no action completed for {timeout:g} s "
                              f"(--stall-timeout): {describe(rows, rank, time.monotonic())}\n")
             sys.stderr.flush()

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from pipesim.cli import main
-from pipesim.dataparallel import DPConfig, simulate_dp
 from pipesim.ir import Action, Op, Schedule
 from pipesim.layercosts import (
     LayerCost,
@@ -22,7 +21,8 @@ from pipesim.layercosts import (
     stage_costs,
     stage_memory,
 )
-from pipesim.plan import (
+from pipesim.planner.dataparallel import DPConfig, simulate_dp
+from pipesim.planner.search import (
     Candidate,
     Config,
     PlanError,
@@ -38,7 +38,7 @@ from pipesim.schedules import get_schedule
 from pipesim.simulate import simulate
 from pipesim.timeline import metrics
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "costs"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "costs"
 
 
 def uniform_layers(n: int, latency: float = 0.0, stash: float = 1.0, params: float = 0.0,

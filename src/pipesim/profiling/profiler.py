@@ -273,7 +273,7 @@ def profile_model(cfg: RunConfig, repeats: int = 5, warmup: int = 2,
     run. A fresh process, not this one, so what this process allocated before does not count.
     Raises ValueError for a model the config cannot build.
     """
-    from pipesim.runtime.launch import RankFailedError, launch
+    from pipesim.processes.launch import RankFailedError, launch
     try:
         result: LayerCosts = launch(_Profile(cfg, repeats, warmup, statistic), processes)
     except RankFailedError as err:
@@ -412,7 +412,7 @@ def measure_comm(message_bytes: int, repeats: int = 30, statistic: str = "median
     the send overhead is the sender's time in ``isend`` of such a message to a busy rank that
     posted its receive ahead (as the engine does; over loopback TCP it is 0.1-0.4 ms here).
     """
-    from pipesim.runtime.launch import launch
+    from pipesim.processes.launch import launch
     small, large = 4, max(message_bytes, 8)
     times = launch(PingPong((small, large), repeats, statistic), 2)
     latency, big, send = float(times[0]), float(times[1]), float(times[2])

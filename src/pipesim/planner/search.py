@@ -5,7 +5,7 @@ each configuration, simulates it with the per-layer costs summed into stages, an
 configurations by predicted step time (ties: lower peak memory). ``plan_world(layer_costs,
 world_size, batch)`` does the same for every split of ``world_size`` GPUs into D replicas of a
 P-rank pipeline (D x P = world_size), adding each stage's gradient all-reduce
-(``pipesim.dataparallel``). Model of a step:
+(``pipesim.planner.dataparallel``). Model of a step:
 
 - the batch is split evenly over the D replicas, each replica's share into m microbatches of
   ``batch / (D m)`` samples (integers, or the split is not tried);
@@ -46,7 +46,10 @@ from typing import Any, NamedTuple
 
 from pipesim.checks import is_positive_int
 from pipesim.costs import CostModel
-from pipesim.dataparallel import (
+from pipesim.ir import STASH_DELTA, ActionKey, Schedule
+from pipesim.layercosts import LayerCosts, stage_costs, stage_memory
+from pipesim.planner.command import command_for, pipeline_args, pipeline_call, run_command
+from pipesim.planner.dataparallel import (
     DPConfig,
     GradReady,
     dp_step,
@@ -55,10 +58,7 @@ from pipesim.dataparallel import (
     step_lower_bound,
     world_splits,
 )
-from pipesim.ir import STASH_DELTA, ActionKey, Schedule
-from pipesim.layercosts import LayerCosts, stage_costs, stage_memory
-from pipesim.plan_command import command_for, pipeline_args, pipeline_call, run_command
-from pipesim.plan_space import (
+from pipesim.planner.space import (
     PARTITIONS,
     PlanError,
     _balances,

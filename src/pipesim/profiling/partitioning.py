@@ -5,7 +5,7 @@
     partition(model, 2, method="time", example=x)          even measured F+B time (profiled)
     partition(model, 4, virtual_stages=2, balance=[...])   an explicit balance
 
-The cut is the pure algorithm of ``pipesim.partition`` (``partition_balanced`` minimises the
+The cut is the pure algorithm of ``pipesim.balance`` (``partition_balanced`` minimises the
 largest stage's cost; ``partition_uniform`` splits by count) applied to per-layer costs.
 ``balance_for(cfg, method)`` does the same for a run's model (``pipesim run --partition``).
 """
@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipesim.balance import check_balance, partition_balanced, partition_uniform
 from pipesim.layercosts import LayerCosts
 from pipesim.models.spec import split_layers
-from pipesim.partition import check_balance, partition_balanced, partition_uniform
 
 METHODS = ("uniform", "params", "time")
 
@@ -59,7 +59,7 @@ def balance_of(layers: Sequence[nn.Module], stages: int, method: str = "uniform"
             if example is None:
                 raise ValueError('method="time" needs an example input (one microbatch) to '
                                  "profile the layers, or layer_costs")
-            from pipesim.runtime.profile import profile_layers
+            from pipesim.profiling.profiler import profile_layers
             layer_costs = profile_layers(layers, example, target, loss_fn, repeats=3, warmup=1)
         if len(layer_costs) != n:
             raise ValueError(f"the layer costs cover {len(layer_costs)} layers; the model "

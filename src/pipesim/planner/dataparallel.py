@@ -44,8 +44,8 @@ from typing import Any, NamedTuple
 
 from pipesim.checks import is_positive_int
 from pipesim.costs import CostModel
-from pipesim.grid import ORDERS, RankGrid
 from pipesim.ir import ActionKey, Op, Schedule
+from pipesim.ranks import ORDERS, RankGrid
 from pipesim.simulate import simulate
 from pipesim.timeline import Event, Span, Timeline, bubble_fraction
 
@@ -93,7 +93,7 @@ class DPConfig:
             raise ValueError(f"unknown rank order {self.order!r}; valid: {', '.join(ORDERS)}")
 
     def global_rank(self, replica: int, pipeline_rank: int, pipeline_ranks: int) -> int:
-        """The runtime's numbering, from the one rule both use (pipesim.grid.RankGrid)."""
+        """The runtime's numbering, from the one rule both use (pipesim.ranks.RankGrid)."""
         return RankGrid(pipeline_ranks, self.replicas, self.order).rank(replica, pipeline_rank)
 
     def intra_node(self, pipeline_rank: int, pipeline_ranks: int) -> bool:

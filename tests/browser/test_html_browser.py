@@ -3,7 +3,7 @@
 Needs /usr/bin/chromium and /usr/bin/chromedriver (``scripts/ensure-chromium.sh`` installs them);
 without them every test here skips with the reason. One browser serves the whole module.
 
-``python tests/test_html_browser.py docs/html-report.png`` writes the README's screenshot.
+``python tests/browser/test_html_browser.py docs/html-report.png`` writes the README's screenshot.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--window-size=1400,900", "--hide-scrollbars"]
 START_TIMEOUT_S = 60
-ARTIFACTS = Path(__file__).parent / "artifacts"
+ARTIFACTS = Path(__file__).parents[1] / "artifacts"
 HOSTILE = "</script><b>bold</b>&<!--"
 COMPARE = ("1f1b", "zb-h1", "interleaved-1f1b")
 

@@ -4,11 +4,12 @@
     best = pipesim.plan(costs, ranks=4, batch=64, memory_limit="2GB")
     pipe = pipesim.Pipeline(model, loss_fn=loss_fn, **best.pipeline_args)
 
-A thin front of the planner (``pipesim.plan.plan`` / ``plan_world``, whose docstring holds the
-model of a step): it takes the costs as a ``LayerCosts`` or a cost file's path, a memory limit as
-bytes or text ("2GB", "512MiB", the same parser as ``pipesim plan --memory-limit``), and returns
-the best ``Candidate`` (``.pipeline_args``, ``.predicted_step_seconds``, ``.bubble_fraction``,
-``.peak_memory_bytes``, ``.config``, ``.command``). Pure Python; no torch.
+A thin front of the planner (``pipesim.planner.search.plan`` / ``plan_world``, whose docstring
+holds the model of a step): it takes the costs as a ``LayerCosts`` or a cost file's path, a
+memory limit as bytes or text ("2GB", "512MiB", the same parser as ``pipesim plan
+--memory-limit``), and returns the best ``Candidate`` (``.pipeline_args``,
+``.predicted_step_seconds``, ``.bubble_fraction``, ``.peak_memory_bytes``, ``.config``,
+``.command``). Pure Python; no torch.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from pipesim.dataparallel import DPConfig
 from pipesim.layercosts import LayerCosts, load_layer_costs
-from pipesim.plan import Candidate, PlanResult, plan_world
-from pipesim.plan import plan as plan_pipeline
-from pipesim.plan_space import PlanError, format_bytes, parse_bytes
+from pipesim.planner.dataparallel import DPConfig
+from pipesim.planner.search import Candidate, PlanResult, plan_world
+from pipesim.planner.search import plan as plan_pipeline
+from pipesim.planner.space import PlanError, format_bytes, parse_bytes
 
 
 def plan(costs: LayerCosts | str | os.PathLike[str], *, batch: int,

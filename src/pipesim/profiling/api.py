@@ -4,7 +4,7 @@
     costs = pipesim.profile(model, x[:8], F.mse_loss, target=y[:8], optimizer=torch.optim.AdamW)
     best = pipesim.plan(costs, ranks=2, batch=64)
 
-The profiler of ``pipesim profile`` (``pipesim.runtime.profile.profile_layers``: F, I, W, B,
+The profiler of ``pipesim profile`` (``pipesim.profiling.profiler.profile_layers``: F, I, W, B,
 the optimizer's update, output, stash and parameter bytes per layer, one torch thread) run on the
 caller's layers in fresh forked processes set up as ranks are, so what this process allocated
 before does not count; then, unless ``comm=False``, the 2-rank message ping-pong. Torch is
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from pipesim.runtime.profile import Example, MakeOptimizer
+    from pipesim.profiling.profiler import Example, MakeOptimizer
     from pipesim.runtime.stage import LossFn
 
 
@@ -45,8 +45,8 @@ def profile(layers: nn.Sequential | nn.ModuleList | Sequence[nn.Module], example
     """
     from torch import nn
 
-    from pipesim.runtime.launch import RankFailedError, launch
-    from pipesim.runtime.profile import STATISTICS, with_comm
+    from pipesim.processes.launch import RankFailedError, launch
+    from pipesim.profiling.profiler import STATISTICS, with_comm
     listed = isinstance(layers, nn.Sequential | nn.ModuleList | list | tuple)
     modules = list(layers) if listed else []
     if not modules or not all(isinstance(m, nn.Module) for m in modules):
@@ -87,7 +87,7 @@ class _UserProfile:
     model_name: str
 
     def __call__(self, rank: int, world: int, monitor: Any = None) -> LayerCosts | None:
-        from pipesim.runtime.profile import mean_over_ranks, profile_layers
+        from pipesim.profiling.profiler import mean_over_ranks, profile_layers
         notes = (f"pipesim.profile: {len(self.layers)} layers, {self.statistic} of "
                  f"{self.repeats} after {self.warmup} warm-up, 1 thread"
                  + (", optimizer update timed" if self.optimizer else ""))

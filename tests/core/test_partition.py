@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipesim.partition import (
+from pipesim.balance import (
     blocks_to_bounds,
     check_balance,
     parse_balance,

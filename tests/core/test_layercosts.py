@@ -21,7 +21,7 @@ from pipesim.layercosts import (
     transformer_layer_costs,
 )
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "costs"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "costs"
 
 
 def small_file(**top: Any) -> dict[str, Any]:

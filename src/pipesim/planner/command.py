@@ -4,7 +4,7 @@ arguments and the one line of Python that passes them.
 ``command_for(config, layer_costs)`` picks: a cost file that ``pipesim profile`` wrote records
 the built-in model it measured (``LayerCosts.profiled``), and the command rebuilds exactly that
 model; any other model (a user's own, a hand-written file) gets the ``pipesim.Pipeline`` call.
-Pure Python; ``pipesim.plan`` re-exports these names.
+Pure Python; ``pipesim.planner.search`` re-exports these names.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from pipesim.layercosts import LayerCosts, ProfiledModel
 
 if TYPE_CHECKING:
-    from pipesim.plan import Config
+    from pipesim.planner.search import Config
 
 DEFAULT_STEPS = 10  # --steps in the suggested `pipesim run` command
 

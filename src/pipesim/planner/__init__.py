@@ -1,0 +1,11 @@
+"""The planner: which schedule, microbatch count, partition and data-parallel split to run.
+
+    search        the search over schedules x microbatches x partitions (``plan``, ``plan_world``)
+    space         what the search ranges over, its limits and memory strings ("2GB")
+    dataparallel  the data-parallel (ring all-reduce) cost model and its simulation
+    command       the command (or Python call) that runs a chosen configuration
+    api           ``pipesim.plan(costs, ...)``: the best configuration as Pipeline's arguments
+Pure Python, like the rest of the core.
+"""
+
+__all__: list[str] = []  # import the modules named above
