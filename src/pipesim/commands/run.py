@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from typing import Any
 
 from pipesim.commands import (
     UserError,
     add_schedule_args,
+    int_list,
     positive_float,
     positive_int,
     schedule_from_args,
+    warn_oversubscribed,
 )
 from pipesim.commands._runreport import LineHook, Progress, print_header, report
 from pipesim.costs import CostError
@@ -30,17 +33,10 @@ _MAX_RANKS = 64  # forked processes on one machine beyond this are a typo, not a
 def register(sub: Any) -> None:
     p = sub.add_parser("run", help="run a pipeline for real (default: the tutorial's demo)",
                        description="Run a schedule on real processes (gloo on CPU, nccl on GPU).")
-    add_schedule_args(p)
-    p.set_defaults(name=None)
-    p.add_argument("--schedule", dest="schedule_name", default="forward",
-                   help="registered schedule (default forward: the tutorial's inference demo)")
-    p.add_argument("-w", "--world-size", type=positive_int, default=None,
-                   help="ranks, one process each (default 4; under torchrun: its world size)")
+    add_schedule_args(p, dp=True, default_name="forward")
     p.add_argument("-b", "--batch-size", type=positive_int, default=32,
                    help="samples per microbatch (default 32)")
     p.add_argument("--hidden-size", type=positive_int, default=64, help="model width (default 64)")
-    p.add_argument("--num-microbatches", type=positive_int, default=None,
-                   help="microbatches per step (default 4); same as -m")
     p.add_argument("--backend", choices=["gloo", "nccl"], default="gloo")
     p.add_argument("--visualize", action="store_true",
                    help="draw this run's schedule and exit (as the tutorial's flag)")
@@ -52,7 +48,8 @@ def register(sub: Any) -> None:
     p.add_argument("--model", default="mlp", help="model family (default mlp, the tutorial's)")
     p.add_argument("--layers", type=positive_int, default=None,
                    help="Linear+ReLU layers, split over the stages (default one per stage)")
-    p.add_argument("--balance", default=None, help="layers per stage, e.g. 2,3,3,2")
+    p.add_argument("--balance", type=int_list, default=None,
+                   help="layers per stage, e.g. 2,3,3,2")
     p.add_argument("--partition", choices=["uniform", "params", "time"], default=None,
                    help="cut the layers into stages by equal count (default), even parameter "
                         "count or even profiled F+B time (instead of --balance)")
@@ -86,9 +83,6 @@ def register(sub: Any) -> None:
     p.add_argument("--checkpoint-every", type=positive_int, default=None, metavar="N",
                    help="save every N steps and after the last (default: only after the last)")
     p.add_argument("--resume", metavar="DIR", help="continue from the checkpoint in DIR")
-    p.add_argument("--dp", type=positive_int, default=1, metavar="D",
-                   help="data-parallel pipeline replicas; -w counts all processes (D x ranks "
-                        "per pipeline)")
     p.add_argument("--rank-order", choices=["pipeline-first", "replica-first"],
                    default="pipeline-first",
                    help="pipeline-first (default): a pipeline's ranks are consecutive, so it "
@@ -101,18 +95,6 @@ def register(sub: Any) -> None:
 # ----------------------------------------------------------------------------- configuration
 
 
-
-
-def _parse_balance(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        values = tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise UserError(f"--balance takes layer counts like 2,3,3,2; got {text!r}") from None
-    if any(v < 1 for v in values):
-        raise UserError(f"--balance: every stage needs at least one layer; got {text}")
-    return values
 
 
 def _parse_synthetic(text: str | None) -> dict[Op, float]:
@@ -130,44 +112,33 @@ def _parse_synthetic(text: str | None) -> dict[Op, float]:
     return out
 
 
-def _world_size(args: argparse.Namespace) -> int:
+def _torchrun_world(args: argparse.Namespace) -> None:
+    """Under torchrun its world size is -w's (a -w given must agree)."""
     from pipesim.runtime.launch import under_torchrun
     if under_torchrun():
         world = int(os.environ["WORLD_SIZE"])
         if args.world_size is not None and args.world_size != world:
             raise UserError(f"-w {args.world_size} disagrees with torchrun's world size {world}")
-        return world
-    world = args.world_size if args.world_size is not None else 4
-    if world > _MAX_RANKS:
-        raise UserError(f"-w {world}: more than {_MAX_RANKS} processes on one machine; "
-                        f"use torchrun across machines (or simulate: pipesim simulate)")
-    return world
+        args.world_size = world
 
 
 def build_schedule(args: argparse.Namespace) -> Schedule:
-    if args.num_microbatches is not None:
-        args.microbatches = args.num_microbatches
-    world = _world_size(args)
-    if world % args.dp:
-        raise UserError(f"--dp {args.dp} does not divide the {world} processes (-w) into "
-                        f"equal pipelines")
-    args.ranks = world // args.dp
-    if not args.file:
-        args.name = args.schedule_name
-    sched = schedule_from_args(args)
+    """NAME/--schedule (default forward) or --file on -p x --dp = -w processes (any two)."""
+    _torchrun_world(args)
+    sched = schedule_from_args(args)  # resolves args.ranks, args.dp, args.world_size
+    if args.world_size > _MAX_RANKS:
+        raise UserError(f"-w {args.world_size}: more than {_MAX_RANKS} processes on one "
+                        f"machine; use torchrun across machines (or simulate: pipesim simulate)")
     report = validate(sched)
     if not report.ok:
         raise UserError("the schedule cannot run:\n" + "\n".join(report.errors), code=1)
-    if sched.ranks != args.ranks:
-        raise UserError(f"the schedule file has {sched.ranks} ranks but the pipeline has "
-                        f"{args.ranks} (-w / --dp)")
     return sched
 
 
 def build_config(args: argparse.Namespace) -> Any:
     from pipesim.runtime.train import RunConfig
     sched = build_schedule(args)
-    balance = _parse_balance(args.balance)
+    balance = tuple(args.balance) if args.balance else None
     layers = args.layers if args.layers is not None else (sum(balance) if balance else None)
     if args.model == "gpt" and layers is None:  # embedding + 4 blocks + head, or one per stage
         from pipesim.runtime.gpt import DEFAULT_LAYERS
@@ -182,7 +153,7 @@ def build_config(args: argparse.Namespace) -> Any:
                         f"({sched.ranks} ranks x {sched.stages // sched.ranks} per rank); "
                         f"use --layers {sched.stages} or more")
     if balance is not None and (len(balance) != sched.stages or sum(balance) != n_layers):
-        raise UserError(f"--balance {args.balance}: needs {sched.stages} positive counts "
+        raise UserError(f"--balance {','.join(map(str, balance))}: needs {sched.stages} positive counts "
                         f"summing to {n_layers} layers")
     from pipesim.runtime.models import MODELS
     if args.model not in MODELS:
@@ -203,6 +174,7 @@ def build_config(args: argparse.Namespace) -> Any:
         raise UserError(f"--checkpoint-dir {args.checkpoint_dir} exists and is not a directory")
     if not args.no_size_check:
         _check_size(args, sched, n_layers)
+    _warn_cores(args)
     cfg = RunConfig(
         schedule=sched, batch_size=args.batch_size, hidden_size=args.hidden_size, layers=layers,
         balance=balance, steps=args.steps or 1, lr=args.lr, optimizer=args.optimizer,
@@ -252,6 +224,16 @@ def _prediction(args: argparse.Namespace, cfg: Any) -> Any:
         return predict_run(cfg, args.predict or None)
     except ValueError as err:
         raise UserError(str(err)) from None
+
+
+def _warn_cores(args: argparse.Namespace) -> None:
+    """One line on stderr when the ranks outnumber this machine's cores (not under torchrun)."""
+    from pipesim.runtime.launch import under_torchrun
+    if args.visualize or under_torchrun():
+        return
+    warning = warn_oversubscribed(args.world_size)
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 def _check_resume(cfg: Any) -> None:

@@ -21,7 +21,6 @@ from pipesim.commands import (
     add_schedule_args,
     dump_json,
     non_negative_float,
-    positive_int,
     schedule_from_args,
     write_atomic,
 )
@@ -41,13 +40,11 @@ def register(sub: Any) -> None:
         "simulate", help="time a schedule under a cost model (summary, chart, trace, plot)",
         description="Simulate a registered or hand-written schedule: each rank runs its "
                     "actions in order, each waits for its inputs and their messages.")
-    add_schedule_args(p)
+    add_schedule_args(p, dp=True)
     add_cost_args(p)
     dp = p.add_argument_group(
         "data parallel", "D replicas of the pipeline; each stage's gradients are averaged by a "
         "ring all-reduce after its last backward (pipesim.dataparallel), in the cost unit")
-    dp.add_argument("--dp", type=positive_int, default=1, metavar="D",
-                    help="pipeline replicas (default 1: no all-reduce)")
     dp.add_argument("--param-bytes", type=non_negative_float, metavar="BYTES",
                     help="parameter (= gradient) bytes of one rank's share of the model; with v "
                          "stages per rank each stage has 1/v of it")
