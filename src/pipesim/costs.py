@@ -180,8 +180,8 @@ class CostModel:
                          else None)
         if stages is not None and isinstance(given, int) and given != stages:
             raise StageCountError(
-                f"the per-stage file has {given} stages, the schedule {stages}; a per-layer file "
-                f"('pipesim profile -o FILE') is cut into any schedule's stages")
+                f"the per-stage costs have {given} stages, the schedule {stages}; a per-layer "
+                f"file ('pipesim profile -o FILE') is cut into any schedule's stages")
         n = stages if stages is not None else data.get("stages")
         if n is None:
             fwd = data["forward"]

@@ -174,7 +174,8 @@ def _string(where: str, value: Any) -> str:
 
 
 def _from_dict(data: Any) -> LayerCosts:
-    if cost_file_kind(data) == STAGE_KIND:
+    if isinstance(data, Mapping) and "layers" not in data and cost_file_kind(data) == STAGE_KIND \
+            and ("forward" in data or "kind" in data):
         raise CostFileError("this is a per-stage cost file (kind per-stage, for 'pipesim "
                             "simulate/compare --costs'); this needs per-layer costs: write them "
                             "with 'pipesim profile -o FILE' (format in pipesim.layercosts)")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 from pipesim.commands import UserError, non_negative_float, positive_float
 from pipesim.costs import CostError, CostModel, StageCountError, parse_cost_flag
@@ -54,12 +55,20 @@ def add_cost_args(parser: argparse.ArgumentParser) -> None:
                        help="what a time of 1 means (default units)")
 
 
-def costs_from_args(args: argparse.Namespace, schedule: Schedule) -> CostModel:
-    """The CostModel the flags describe for ``schedule``; UserError (exit 2) on a mistake."""
+def costs_from_args(args: argparse.Namespace, schedule: Schedule,
+                    raise_mismatch: bool = False) -> CostModel:
+    """The CostModel the flags describe for ``schedule``; UserError (exit 2) on a mistake.
+
+    ``raise_mismatch``: a per-stage file for another stage count raises StageCountError (a
+    caller comparing schedules skips that one) instead.
+    """
     try:
         return _build(args, schedule)
     except StageCountError:
-        raise
+        if raise_mismatch:
+            raise
+        where = f"{args.costs_file}: "
+        raise UserError(f"{where}{sys.exc_info()[1]}") from None
     except (CostError, CostFileError) as err:
         where = f"{args.costs_file}: " if getattr(args, "costs_file", None) else ""
         raise UserError(f"{where}{err}") from None

@@ -47,8 +47,8 @@ def int_list(text: str) -> list[int]:
     try:
         return [positive_int(x.strip()) for x in text.split(",")]
     except argparse.ArgumentTypeError as err:
-        raise argparse.ArgumentTypeError(f"{text!r}: every value must be an integer >= 1 "
-                                         f"({err})") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers "
+                                         f">= 1 ({err})") from None
 
 
 def schedule_names(text: str) -> list[str]:

@@ -116,7 +116,7 @@ def compare(args: argparse.Namespace) -> Comparison:
             skipped.append((name, str(err)))
             continue
         try:
-            costs = costs_from_args(args, sched)
+            costs = costs_from_args(args, sched, raise_mismatch=True)
         except StageCountError as err:  # a per-stage file made for another stage count
             skipped.append((name, str(err)))
             continue
