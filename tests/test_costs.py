@@ -110,7 +110,8 @@ def test_cost_file_is_used_as_written_and_flags_override(
     c = costs_from_args(cost_args("--costs", path, "--comm-latency", "0.25"), sched)
     assert c.forward == (1.0, 2.0, 3.0, 4.0) and c.backward_input == (1.0, 2.0, 3.0, 4.0)
     assert c.comm_latency == 0.25
-    with pytest.raises(UserError, match=r"c.json: the per-stage costs have 4 stages, the schedule 2"):
+    with pytest.raises(UserError, match=r"c.json: the per-stage costs have 4 stages, "
+                                         r"the schedule 2"):
         costs_from_args(cost_args("--costs", path), get_schedule("1f1b", 2, 4))
     with pytest.raises(UserError, match="not both"):
         costs_from_args(cost_args("--costs", path, "--cost", "F=1"), sched)

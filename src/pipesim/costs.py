@@ -34,7 +34,6 @@ from typing import Any
 
 from pipesim.ir import Action, Op
 
-
 KIND = "per-stage"  # the ``kind`` field of the file CostModel.to_dict writes
 
 
@@ -166,8 +165,8 @@ class CostModel:
         """Read a cost file's object: lists per stage (or single numbers) plus comm fields."""
         if not isinstance(data, Mapping):
             raise CostError("a cost file holds a JSON object")
-        known = {"kind", "forward", "backward_input", "backward_weight", "backward", "activation_bytes",
-                 "param_bytes", "comm_latency", "comm_bandwidth", "send_overhead", "unit",
+        known = {"kind", "forward", "backward_input", "backward_weight", "backward",
+                 "activation_bytes", "param_bytes", "comm_latency", "comm_bandwidth", "send_overhead", "unit",
                  "stages", "layers", "model", "microbatch_size", "source"}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -19,9 +19,22 @@ import argparse
 import os
 from typing import Any, NamedTuple
 
-__all__ = ["DEFAULT_MICROBATCHES", "DEFAULT_RANKS", "Sizes", "add_microbatches", "add_ranks",
-           "VocabError", "add_schedule_name", "int_list", "positive_int", "resolve_microbatches",
-           "resolve_name", "resolve_sizes", "schedule_names", "warn_oversubscribed"]
+__all__ = [
+    "DEFAULT_MICROBATCHES",
+    "DEFAULT_RANKS",
+    "Sizes",
+    "VocabError",
+    "add_microbatches",
+    "add_ranks",
+    "add_schedule_name",
+    "int_list",
+    "positive_int",
+    "resolve_microbatches",
+    "resolve_name",
+    "resolve_sizes",
+    "schedule_names",
+    "warn_oversubscribed",
+]
 
 DEFAULT_RANKS = 4  # pipeline ranks when neither -p nor -w (with --dp) says otherwise
 DEFAULT_MICROBATCHES = 4  # the tutorial's; one default for every command

@@ -17,6 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipesim.commands import UserError, dump_json, positive_int, write_atomic
+from pipesim.commands._costargs import (
+    StageCountError,
+    add_cost_args,
+    costs_from_args,
+    describe_args,
+)
 from pipesim.commands._vocab import (
     VocabError,
     add_microbatches,
@@ -24,12 +30,6 @@ from pipesim.commands._vocab import (
     resolve_microbatches,
     resolve_sizes,
     schedule_names,
-)
-from pipesim.commands._costargs import (
-    StageCountError,
-    add_cost_args,
-    costs_from_args,
-    describe_args,
 )
 from pipesim.costs import CostModel
 from pipesim.schedules import SCHEDULES, ConfigError, get_schedule

@@ -16,6 +16,7 @@ import dataclasses
 from typing import Any
 
 from pipesim.commands import UserError, dump_json, non_negative_float, positive_float, positive_int
+from pipesim.commands._progress import working
 from pipesim.commands._vocab import int_list, schedule_names
 from pipesim.dataparallel import BUCKET_BYTES, DPConfig
 from pipesim.grid import ORDERS
@@ -130,7 +131,11 @@ def _bytes_arg(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     _sizes(args)  # before profiling: a mistake in the sizes costs nothing
-    result = plan_from_layer_costs(_layer_costs(args), args)
+    with working(f"profiling {args.model}" if args.model else "reading the costs",
+                 enabled=not args.json) as status:
+        costs = _layer_costs(args)
+        status.update("planning: simulating configurations")
+        result = plan_from_layer_costs(costs, args)
     if args.model:  # the suggested commands must build the model that was profiled
         flags = f" --hidden-size {args.hidden_size} --layers {args.layers}"
         result = dataclasses.replace(result, candidates=tuple(

@@ -19,6 +19,7 @@ import os
 from typing import Any
 
 from pipesim.commands import UserError, dump_json, positive_int, write_atomic
+from pipesim.commands._progress import working
 from pipesim.layercosts import LayerCosts, stage_costs
 from pipesim.partition import parse_balance
 
@@ -42,8 +43,9 @@ def register(sub: Any) -> None:
     p.add_argument("--loss", choices=["mse", "cross-entropy"], default="mse",
                    help="mlp's loss (gpt: always cross-entropy)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd",
-                   help="whose update of each layer's parameters to time (default sgd)")
+    p.add_argument("--optimizer", choices=["sgd", "adam"], default="adam",
+                   help="whose update of each layer's parameters to time (default adam, as "
+                        "'pipesim run')")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=positive_int, default=10,
                    help="timed runs per layer; the median is kept (default 10)")
@@ -126,13 +128,18 @@ def run(args: argparse.Namespace) -> int:
 
     from pipesim.runtime.profile import measure_comm, profile_model
     torch.set_num_threads(1)  # as a rank runs; and the ping-pong forks this process
-    try:
-        costs = profile_model(cfg, args.repeats, args.warmup, args.processes, args.stat)
-    except ValueError as err:
-        raise UserError(str(err)) from None
-    if not args.no_comm and len(costs) > 1:
-        largest = int(max(c.activation_bytes for c in costs.layers[:-1]))
-        comm = measure_comm(largest, statistic=args.stat)
+    with working(f"profiling {cfg.layers} layers of {cfg.model} ({args.repeats} repeats)",
+                 enabled=not args.json) as status:
+        try:
+            costs = profile_model(cfg, args.repeats, args.warmup, args.processes, args.stat)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+        comm = None
+        if not args.no_comm and len(costs) > 1:
+            status.update("measuring messages between two ranks")
+            largest = int(max(c.activation_bytes for c in costs.layers[:-1]))
+            comm = measure_comm(largest, statistic=args.stat)
+    if comm is not None:
         costs = dataclasses.replace(costs, comm_latency=comm.latency,
                                     comm_bandwidth=comm.bandwidth,
                                     comm_send_overhead=comm.send_overhead)

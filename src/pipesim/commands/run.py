@@ -22,11 +22,13 @@ from pipesim.commands import (
     schedule_from_args,
     warn_oversubscribed,
 )
+from pipesim.commands._progress import working
 from pipesim.commands._runreport import LineHook, Progress, print_header, report
 from pipesim.costs import CostError
 from pipesim.ir import Op, Schedule
 from pipesim.validate import validate
 
+DEFAULT_LR = {"adam": 3e-3, "sgd": 0.01}
 _MAX_RANKS = 64  # forked processes on one machine beyond this are a typo, not a plan
 
 
@@ -42,8 +44,10 @@ def register(sub: Any) -> None:
                    help="draw this run's schedule and exit (as the tutorial's flag)")
     p.add_argument("--steps", type=positive_int, default=None,
                    help="training steps (default 1)")
-    p.add_argument("--lr", type=float, default=0.01, help="learning rate (default 0.01)")
-    p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="learning rate (default: adam 3e-3, sgd 0.01)")
+    p.add_argument("--optimizer", choices=["sgd", "adam"], default="adam",
+                   help="default adam: both models visibly learn in tens of steps")
     p.add_argument("--loss", choices=["mse", "cross-entropy"], default="mse")
     p.add_argument("--model", default="mlp", help="model family (default mlp, the tutorial's)")
     p.add_argument("--layers", type=positive_int, default=None,
@@ -153,8 +157,8 @@ def build_config(args: argparse.Namespace) -> Any:
                         f"({sched.ranks} ranks x {sched.stages // sched.ranks} per rank); "
                         f"use --layers {sched.stages} or more")
     if balance is not None and (len(balance) != sched.stages or sum(balance) != n_layers):
-        raise UserError(f"--balance {','.join(map(str, balance))}: needs {sched.stages} positive counts "
-                        f"summing to {n_layers} layers")
+        raise UserError(f"--balance {','.join(map(str, balance))}: needs {sched.stages} "
+                        f"positive counts summing to {n_layers} layers")
     from pipesim.runtime.models import MODELS
     if args.model not in MODELS:
         raise UserError(f"unknown model {args.model!r}; valid: {', '.join(MODELS)}")
@@ -177,7 +181,8 @@ def build_config(args: argparse.Namespace) -> Any:
     _warn_cores(args)
     cfg = RunConfig(
         schedule=sched, batch_size=args.batch_size, hidden_size=args.hidden_size, layers=layers,
-        balance=balance, steps=args.steps or 1, lr=args.lr, optimizer=args.optimizer,
+        balance=balance, steps=args.steps or 1, optimizer=args.optimizer,
+        lr=args.lr if args.lr is not None else DEFAULT_LR[args.optimizer],
         loss=args.loss, model=args.model, seed=args.seed, dtype=args.dtype,
         checkpoint_activations=args.checkpoint_activations, backend=args.backend,
         synthetic=_parse_synthetic(args.synthetic), verify=args.verify,
@@ -220,10 +225,12 @@ def _prediction(args: argparse.Namespace, cfg: Any) -> Any:
         raise UserError("--predict without a file profiles in forked processes; under torchrun "
                         "run 'pipesim profile -o costs.json' first and pass --predict costs.json")
     from pipesim.runtime.predict import predict_run
-    try:
-        return predict_run(cfg, args.predict or None)
-    except ValueError as err:
-        raise UserError(str(err)) from None
+    what = "profiling, then simulating the run" if not args.predict else "simulating the run"
+    with working(f"--predict: {what}", enabled=not (args.json or args.quiet)):
+        try:
+            return predict_run(cfg, args.predict or None)
+        except ValueError as err:
+            raise UserError(str(err)) from None
 
 
 def _warn_cores(args: argparse.Namespace) -> None:
@@ -299,7 +306,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from pipesim.runtime.train import TrainJob
     predicted = _prediction(args, cfg)  # before the ranks start: profiling uses the cores
-    hook = None if (args.quiet or args.json) else LineHook(sched)
+    hook = None if (args.quiet or args.json) else LineHook(sched, cfg.steps)
     progress = None if args.json or sched.forward_only else \
         Progress(cfg.global_microbatches * cfg.batch_size, not sched.forward_only)
     job = TrainJob(cfg, hook, progress)
