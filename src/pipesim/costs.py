@@ -166,8 +166,8 @@ class CostModel:
         if not isinstance(data, Mapping):
             raise CostError("a cost file holds a JSON object")
         known = {"kind", "forward", "backward_input", "backward_weight", "backward",
-                 "activation_bytes", "param_bytes", "comm_latency", "comm_bandwidth", "send_overhead", "unit",
-                 "stages", "layers", "model", "microbatch_size", "source"}
+                 "activation_bytes", "param_bytes", "comm_latency", "comm_bandwidth",
+                 "send_overhead", "unit", "stages", "layers", "model", "microbatch_size", "source"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise CostError(f"unknown field {unknown[0]!r}; valid: {', '.join(sorted(known))}")
