@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import pkgutil
+import sys
 import tempfile
 from typing import Any
 
@@ -33,7 +34,7 @@ COMMANDS = sorted(_FOUND, key=lambda n: (_ORDER.index(n) if n in _ORDER else len
 
 __all__ = ["COMMANDS", "UserError", "add_schedule_args", "dump_json", "int_list",
            "load_schedule", "non_negative_float", "positive_float", "positive_int", "read_text",
-           "schedule_from_args", "warn_oversubscribed", "write_atomic"]
+           "schedule_from_args", "warn_oversubscribed", "write_atomic", "wrote"]
 
 
 class UserError(Exception):
@@ -64,6 +65,11 @@ def non_negative_float(text: str) -> float:
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
+
+
+def wrote(path: str, what: str) -> None:
+    """One line on stderr naming a file just written (stdout stays the report or the JSON)."""
+    print(f"wrote {path} ({what})", file=sys.stderr)
 
 
 def write_atomic(path: str, data: str | bytes) -> None:

@@ -9,7 +9,7 @@ import statistics
 import sys
 from typing import Any
 
-from pipesim.commands import dump_json, write_atomic
+from pipesim.commands import dump_json, write_atomic, wrote
 from pipesim.ir import Action, Op, Schedule
 from pipesim.timeline import Timeline, metrics
 
@@ -165,6 +165,15 @@ def report(args: argparse.Namespace, cfg: Any, result: Any, wall: float,
 
 
 def _write_views(args: argparse.Namespace, timeline: Timeline, data: dict[str, Any],
+                 prediction: tuple[Timeline, list[Timeline], str] | None = None) -> None:
+    """--html, --timeline, --trace and --plot; each file named on stderr once written."""
+    _write_files(args, timeline, data, prediction)
+    for flag in ("html", "timeline", "trace", "plot"):
+        if getattr(args, flag, None):
+            wrote(getattr(args, flag), flag)
+
+
+def _write_files(args: argparse.Namespace, timeline: Timeline, data: dict[str, Any],
                  prediction: tuple[Timeline, list[Timeline], str] | None = None) -> None:
     if args.html:
         from pipesim.views.html import HtmlSection, render_html

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipesim.commands import UserError, dump_json, positive_int, write_atomic
+from pipesim.commands import UserError, dump_json, positive_int, write_atomic, wrote
 from pipesim.commands._costargs import (
     StageCountError,
     add_cost_args,
@@ -135,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         path = getattr(args, flag.replace("-", "_"))
         if path:
             write_atomic(path, writer(result))
+            wrote(path, flag)
     if args.json:
         print(dump_json(compare_json(result)))
     else:

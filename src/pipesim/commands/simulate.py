@@ -23,6 +23,7 @@ from pipesim.commands import (
     non_negative_float,
     schedule_from_args,
     write_atomic,
+    wrote,
 )
 from pipesim.commands._costargs import add_cost_args, costs_from_args, describe
 from pipesim.commands.plan import add_network_args, network_from_args
@@ -140,7 +141,14 @@ def chart_width(args: argparse.Namespace) -> int:
 
 
 def write_views(args: argparse.Namespace, timelines: list[tuple[str, Timeline]]) -> None:
-    """--trace, --plot and --html; each file written whole or not at all."""
+    """--trace, --plot and --html; each file written whole or not at all, then named."""
+    _write_views(args, timelines)
+    for flag in ("html", "trace", "plot"):
+        if getattr(args, flag, None):
+            wrote(getattr(args, flag), flag)
+
+
+def _write_views(args: argparse.Namespace, timelines: list[tuple[str, Timeline]]) -> None:
     if getattr(args, "html", None):
         from pipesim.views.html import HtmlSection, render_html
         write_atomic(args.html, render_html([HtmlSection(t, tl) for t, tl in timelines],
