@@ -178,7 +178,6 @@ def build_config(args: argparse.Namespace) -> Any:
         raise UserError(f"--checkpoint-dir {args.checkpoint_dir} exists and is not a directory")
     if not args.no_size_check:
         _check_size(args, sched, n_layers)
-    _warn_cores(args)
     cfg = RunConfig(
         schedule=sched, batch_size=args.batch_size, hidden_size=args.hidden_size, layers=layers,
         balance=balance, steps=args.steps or 1, optimizer=args.optimizer,
@@ -200,6 +199,7 @@ def build_config(args: argparse.Namespace) -> Any:
         cfg = _partitioned(args, cfg)
     if args.resume:
         _check_resume(cfg)
+    _warn_cores(args)  # last: a mistake in the flags is reported alone
     return cfg
 
 
