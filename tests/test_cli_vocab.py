@@ -258,3 +258,9 @@ def test_oversubscription_warning() -> None:
     assert warn_oversubscribed(2, cpus=2) is None
     line = warn_oversubscribed(4, cpus=2)
     assert line is not None and "4 processes on 2 CPU cores" in line and "\n" not in line
+
+
+def test_the_tutorial_diagram_names_no_missing_flag() -> None:
+    from pipesim.views.tutorial import render_tutorial_diagram
+    text = render_tutorial_diagram(get_schedule("1f1b", 4, 64))
+    assert "first" in text and "max_width" not in text
