@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_RANKS",
     "Sizes",
     "VocabError",
+    "add_batch_size",
     "add_microbatches",
     "add_ranks",
     "add_schedule_name",
@@ -123,6 +124,14 @@ def add_microbatches(parser: Any, default: int | None = DEFAULT_MICROBATCHES) ->
                         help="microbatches per step"
                              + (f" (default {default})" if default else ""))
     parser.set_defaults(microbatches_default=default)
+
+
+def add_batch_size(parser: Any, default: int | None, text: str = "samples per microbatch",
+                   dest: str = "batch_size", aliases: tuple[str, ...] = ()) -> None:
+    """-b/--batch-size: samples per microbatch, everywhere (``--batch`` is the global batch)."""
+    parser.add_argument("-b", "--batch-size", *aliases, dest=dest, type=positive_int,
+                        action=_Once, default=default, metavar="B",
+                        help=text + (f" (default {default})" if default else ""))
 
 
 def resolve_microbatches(args: argparse.Namespace) -> int:

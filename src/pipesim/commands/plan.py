@@ -17,11 +17,11 @@ from typing import Any
 
 from pipesim.commands import UserError, dump_json, non_negative_float, positive_float, positive_int
 from pipesim.commands._progress import working
-from pipesim.commands._vocab import int_list, schedule_names
+from pipesim.commands._vocab import add_batch_size, int_list, schedule_names
 from pipesim.dataparallel import BUCKET_BYTES, DPConfig
 from pipesim.grid import ORDERS
 from pipesim.layercosts import CostFileError, LayerCosts, load_layer_costs
-from pipesim.partition import check_balance, parse_balance
+from pipesim.partition import check_balance
 from pipesim.plan import Candidate, PlanResult, plan, plan_world
 from pipesim.plan_space import PARTITIONS, PlanError, format_bytes, parse_bytes
 
@@ -41,10 +41,9 @@ def register(sub: Any) -> None:
                        help="model width (mlp 64, gpt 128)")
     model.add_argument("--layers", type=positive_int, default=None,
                        help="layers (mlp: Linear+ReLU, default 4; gpt: blocks + 2, default 6)")
-    model.add_argument("-b", "--batch-size", "--microbatch-size", dest="microbatch_size",
-                       type=positive_int, default=None,
-                       help="samples per microbatch to profile at (mlp 32, gpt 8); times scale "
-                            "linearly to the planned microbatch sizes")
+    add_batch_size(model, None, "samples per microbatch to profile at (mlp 32, gpt 8); times "
+                   "scale linearly to the planned microbatch sizes", "microbatch_size",
+                   ("--microbatch-size",))
     p.add_argument("names", nargs="*", metavar="NAME", type=str.lower,
                    help="schedules to try (default every training schedule)")
     p.add_argument("--schedule", "--schedules", dest="schedules", metavar="A,B",
@@ -66,7 +65,8 @@ def register(sub: Any) -> None:
     p.add_argument("--partition", choices=PARTITIONS, default="auto",
                    help="how to split layers into stages: balanced by time, by parameters, "
                         "uniform counts, or auto = time and uniform (default)")
-    p.add_argument("--balance", metavar="N,N", help="explicit layers per stage, e.g. 2,3,3,2")
+    p.add_argument("--balance", metavar="N,N", type=int_list,
+                   help="explicit layers per stage, e.g. 2,3,3,2")
     p.add_argument("--optimizer-factor", type=float, default=4.0,
                    help="memory per parameter byte: weights + grads + Adam moments (default 4)")
     p.add_argument("--top", type=positive_int, default=10, help="rows to print (default 10)")
@@ -188,7 +188,7 @@ def plan_from_layer_costs(layer_costs: LayerCosts, args: argparse.Namespace) -> 
         raise UserError("give --partition or --balance, not both")
     if args.balance:
         try:
-            partition = check_balance(parse_balance(args.balance), len(layer_costs))
+            partition = check_balance(list(args.balance), len(layer_costs))
         except ValueError as err:
             raise UserError(f"--balance: {err}") from None
     _sizes(args)

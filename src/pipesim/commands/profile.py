@@ -20,8 +20,8 @@ from typing import Any
 
 from pipesim.commands import UserError, dump_json, positive_int, write_atomic
 from pipesim.commands._progress import working
+from pipesim.commands._vocab import add_batch_size, int_list
 from pipesim.layercosts import LayerCosts, stage_costs
-from pipesim.partition import parse_balance
 
 DEFAULT_LAYERS = {"mlp": 4, "gpt": 6}
 DEFAULT_BATCH = {"mlp": 32, "gpt": 8}
@@ -35,8 +35,7 @@ def register(sub: Any) -> None:
     p.add_argument("--hidden-size", type=positive_int, default=64, help="model width (64)")
     p.add_argument("--layers", type=positive_int, default=None,
                    help="layers (mlp: Linear+ReLU, default 4; gpt: blocks + 2, default 6)")
-    p.add_argument("-b", "--batch-size", type=positive_int, default=None,
-                   help="samples (gpt: sequences) per microbatch (mlp 32, gpt 8)")
+    add_batch_size(p, None, "samples (gpt: sequences) per microbatch (mlp 32, gpt 8)")
     p.add_argument("--seq-len", type=positive_int, default=None, help="gpt: tokens (64)")
     p.add_argument("--heads", type=positive_int, default=None,
                    help="gpt: attention heads (default hidden/16)")
@@ -65,7 +64,8 @@ def register(sub: Any) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--stages", type=positive_int, default=None,
                        help="for --stage-costs: this many stages, balanced by time (default 2)")
-    group.add_argument("--balance", default=None, help="for --stage-costs: layers per stage")
+    group.add_argument("--balance", type=int_list, default=None,
+                       help="for --stage-costs: layers per stage")
     p.add_argument("--json", action="store_true", help="print the cost file instead of a table")
     p.set_defaults(func=run)
 
@@ -92,10 +92,10 @@ def _stage_balance(args: argparse.Namespace, costs: LayerCosts) -> list[int]:
     from pipesim.partition import partition_balanced
     try:
         if args.balance is not None:
-            balance = parse_balance(args.balance)
+            balance = list(args.balance)
             if sum(balance) != len(costs):
-                raise ValueError(f"--balance {args.balance} covers {sum(balance)} layers; the "
-                                 f"model has {len(costs)}")
+                raise ValueError(f"--balance {','.join(map(str, balance))} covers "
+                                 f"{sum(balance)} layers; the model has {len(costs)}")
             return balance
         return partition_balanced(costs.layer_times(), args.stages or 2)
     except ValueError as err:

@@ -24,6 +24,7 @@ from pipesim.commands import (
 )
 from pipesim.commands._progress import working
 from pipesim.commands._runreport import LineHook, Progress, print_header, report
+from pipesim.commands._vocab import add_batch_size
 from pipesim.costs import CostError
 from pipesim.ir import Op, Schedule
 from pipesim.validate import validate
@@ -36,8 +37,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("run", help="run a pipeline for real (default: the tutorial's demo)",
                        description="Run a schedule on real processes (gloo on CPU, nccl on GPU).")
     add_schedule_args(p, dp=True, default_name="forward")
-    p.add_argument("-b", "--batch-size", type=positive_int, default=32,
-                   help="samples per microbatch (default 32)")
+    add_batch_size(p, 32)
     p.add_argument("--hidden-size", type=positive_int, default=64, help="model width (default 64)")
     p.add_argument("--backend", choices=["gloo", "nccl"], default="gloo")
     p.add_argument("--visualize", action="store_true",
