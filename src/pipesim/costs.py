@@ -2,6 +2,26 @@
 
 Times are in one unit of the user's choice (``unit``: "units", "ms" or "s"); bandwidth is bytes per
 that unit. Per-stage lists are indexed by stage.
+
+The per-stage cost file (``CostModel.to_dict``; ``pipesim profile --stage-costs`` writes one)::
+
+    {
+      "kind": "per-stage",            # optional; written by pipesim (the other kind: per-layer)
+      "stages": 4,                    # optional; the lists' length
+      "unit": "ms",                   # unit of every time below
+      "forward": [1, 1, 1, 1],        # F per stage (a single number: every stage)
+      "backward_input": [1, ...],     # I; with backward_weight (W), or
+      "backward": [2, ...],           # B alone (then I = W = B / 2)
+      "backward_weight": [1, ...],
+      "activation_bytes": [0, ...],   # optional: stage s's output, what a message carries
+      "param_bytes": [0, ...],        # optional: stage s's parameters
+      "comm_latency": 0,              # optional, per message between two ranks
+      "comm_bandwidth": null,         # optional, bytes per unit; null = unlimited
+      "send_overhead": 0              # optional, the sender's own time per message
+    }
+
+It fits only schedules with that many stages; the per-layer file (``pipesim.layercosts``) is
+summed into any schedule's stages (``layercosts.costs_for_stages``).
 """
 
 from __future__ import annotations
@@ -15,9 +35,15 @@ from typing import Any
 from pipesim.checks import is_positive_int
 from pipesim.ir import Action, Op
 
+KIND = "per-stage"  # the ``kind`` field of the file CostModel.to_dict writes
+
 
 class CostError(ValueError):
     """A cost model that makes no sense; the message names the field."""
+
+
+class StageCountError(CostError):
+    """A per-stage cost file made for another number of stages than the schedule has."""
 
 
 def _per_stage(name: str, value: float | Sequence[float], stages: int) -> tuple[float, ...]:
@@ -130,7 +156,7 @@ class CostModel:
         return self.comm_latency + (size / self.comm_bandwidth if size else 0.0)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {"kind": KIND, **asdict(self)}
         d.pop("extra")
         d["stages"] = self.stages
         if math.isinf(self.comm_bandwidth):
@@ -145,14 +171,23 @@ class CostModel:
         """Read a cost file's object: lists per stage (or single numbers) plus comm fields."""
         if not isinstance(data, Mapping):
             raise CostError("a cost file holds a JSON object")
-        known = {"forward", "backward_input", "backward_weight", "backward", "activation_bytes",
-                 "param_bytes", "comm_latency", "comm_bandwidth", "send_overhead", "overlap",
-                 "unit", "stages", "layers", "model", "microbatch_size", "source"}
+        known = {"kind", "forward", "backward_input", "backward_weight", "backward",
+                 "activation_bytes", "param_bytes", "comm_latency", "comm_bandwidth",
+                 "send_overhead", "overlap", "unit", "stages", "layers", "model",
+                 "microbatch_size", "source"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise CostError(f"unknown field {unknown[0]!r}; valid: {', '.join(sorted(known))}")
+        if data.get("kind", KIND) != KIND:
+            raise CostError(f"kind: {data['kind']!r} is not {KIND!r}")
         if "forward" not in data:
             raise CostError("missing field 'forward'")
+        given = data.get("stages", len(data["forward"]) if isinstance(data["forward"], list)
+                         else None)
+        if stages is not None and isinstance(given, int) and given != stages:
+            raise StageCountError(
+                f"the per-stage costs have {given} stages, the schedule {stages}; a per-layer "
+                f"file ('pipesim profile -o FILE') is cut into any schedule's stages")
         n = stages if stages is not None else data.get("stages")
         if n is None:
             fwd = data["forward"]

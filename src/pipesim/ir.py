@@ -85,6 +85,9 @@ _HEADER_RE = re.compile(
     r"stages=(?P<stages>[0-9]+) microbatches=(?P<mb>[0-9]+) stage_to_rank=(?P<placement>[0-9,]+)"
 )
 _UNNAMED = "(unnamed)"  # the header's name for a schedule without one
+# the title line of the step grid 'pipesim schedule' prints, so that its output reads back
+_GRID_TITLE_RE = re.compile(r"(?P<name>\S+): (?P<ranks>[0-9]+) ranks?, (?P<stages>[0-9]+) "
+                            r"stages?, (?P<mb>[0-9]+) microbatch(es)?\b.*$")
 _RANK_PREFIX_RE = re.compile(r"\s*(?:rank\s*)?([0-9]+)\s*:")
 _MAX_INDEX = 10**6  # a stage or microbatch index beyond this is a typo, not a schedule
 _MAX_DIGITS = len(str(_MAX_INDEX))
@@ -229,17 +232,17 @@ def crosses_ranks(producer: Action, consumer: Action, schedule: Schedule) -> boo
 
 
 def infer_stage_to_rank(rows: Sequence[Sequence[Action]], stages: int) -> tuple[int, ...]:
-    """Each stage goes to the rank that runs its forwards (else any of its actions)."""
-    owner: dict[int, int] = {}
-    for prefer_forward in (True, False):
-        for rank, row in enumerate(rows):
-            for a in row:
-                if (a.op is Op.F or not prefer_forward) and a.stage not in owner:
-                    owner[a.stage] = rank
-    missing = [s for s in range(stages) if s not in owner]
+    """Each stage goes to the rank that runs most of its actions (ties: most of its forwards,
+    then the lower rank), so one misplaced action is blamed, not the many placed right."""
+    votes: dict[int, dict[int, tuple[int, int]]] = {}
+    for rank, row in enumerate(rows):
+        for a in row:
+            count, forwards = votes.setdefault(a.stage, {}).get(rank, (0, 0))
+            votes[a.stage][rank] = (count + 1, forwards + (a.op is Op.F))
+    missing = [s for s in range(stages) if s not in votes]
     if missing:
         raise ParseError(f"stage {missing[0]} has no action on any rank")
-    return tuple(owner[s] for s in range(stages))
+    return tuple(max(votes[s], key=lambda r: (*votes[s][r], -r)) for s in range(stages))
 
 
 def schedule_from_rows(
@@ -301,10 +304,13 @@ def parse_text(text: str, name: str = "") -> Schedule:
     """
     rows: list[list[Action]] = []
     pairs: list[tuple[Action, Action]] = []
+    title = None
     for line_no, raw in enumerate(text.splitlines(), start=1):
         content = raw.split("#", 1)[0]
         if not content.strip():
             continue
+        if not rows and title is None and (title := _GRID_TITLE_RE.fullmatch(content.strip())):
+            continue  # the grid's title: "zb-h1: 4 ranks, 4 stages, 4 microbatches (...)"
         prefix = _RANK_PREFIX_RE.match(content)
         offset = prefix.end() if prefix else 0
         if prefix and int(prefix.group(1)) != len(rows):
@@ -315,6 +321,9 @@ def parse_text(text: str, name: str = "") -> Schedule:
                  if m.start() >= offset]
         rows.append(_parse_cells(cells, line_no, pairs))
     header = _HEADER_RE.search(text)
+    if header is None and title is not None:
+        return schedule_from_rows(rows, name or title.group("name"), int(title.group("stages")),
+                                  int(title.group("mb")), pairs=pairs)
     if header is None:
         return schedule_from_rows(rows, name, pairs=pairs)
     header_line = text.count("\n", 0, header.start()) + 1
@@ -354,11 +363,11 @@ def parse_csv(text: str, name: str = "") -> Schedule:
 
 
 def detect_format(text: str) -> str:
-    """'csv' when the first non-comment line has commas, else 'text'."""
+    """'csv' when the first non-comment line has commas (but is no grid title), else 'text'."""
     for raw in text.splitlines():
         content = raw.split("#", 1)[0].strip()
         if content:
-            return "csv" if "," in content else "text"
+            return "csv" if "," in content and not _GRID_TITLE_RE.fullmatch(content) else "text"
     return "text"
 
 

@@ -4,6 +4,7 @@ One object; times in ``unit`` ("s", "ms" or "us"), sizes in bytes, all measured 
 microbatch of ``microbatch_size`` samples::
 
     {
+      "kind": "per-layer",                   # optional; pipesim writes it (other: per-stage)
       "format": "pipesim-layer-costs",      # optional marker; if present it must be this
       "version": 1,                          # optional; 1 is the only version
       "model": "gpt2-xl",                    # optional; the planner's command gets --model NAME
@@ -37,6 +38,10 @@ Unknown fields are errors (a typo must not pass silently). Without ``profiled`` 
 file, or ``pipesim.profile`` of a user's own layers) the planner prints the Python call of
 ``pipesim.Pipeline`` instead of a ``pipesim run`` command.
 
+A file of either kind (this one, or the per-stage file of ``pipesim.costs``) is read for a
+schedule by ``costs_for_stages`` / ``load_stage_costs``: per-layer costs are summed into its
+stages, balanced by F + B time; per-stage costs must have its stage count.
+
 API: ``load_layer_costs(path)`` / ``parse_layer_costs(text)`` / ``LayerCosts.from_dict`` read and
 validate (CostFileError, one line naming the field); ``LayerCosts.to_dict``/``to_json`` write;
 ``stage_costs(layer_costs, balance, microbatch_size)`` sums layers into a ``CostModel`` for the
@@ -54,13 +59,15 @@ from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any, NamedTuple
 
-from pipesim.balance import check_balance
+from pipesim.balance import check_balance, partition_balanced
 from pipesim.checks import is_positive_int
-from pipesim.costs import CostModel
+from pipesim.costs import KIND as STAGE_KIND
+from pipesim.costs import CostError, CostModel
 
 FORMAT = "pipesim-layer-costs"
+KIND = "per-layer"  # the ``kind`` field; the per-stage file's is costs.KIND
 UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}  # seconds per unit
-_TOP_FIELDS = {"format", "version", "model", "microbatch_size", "unit", "comm_latency",
+_TOP_FIELDS = {"kind", "format", "version", "model", "microbatch_size", "unit", "comm_latency",
                "comm_bandwidth", "comm_send_overhead", "notes", "profiled", "layers"}
 _LAYER_FIELDS = {"name", "F", "I", "W", "B", "activation_bytes", "stash_bytes", "param_bytes",
                  "optimizer"}
@@ -144,7 +151,7 @@ class LayerCosts:
 
     def to_dict(self) -> dict[str, Any]:
         """The file's object, in seconds; ``from_dict(to_dict())`` gives back an equal value."""
-        out: dict[str, Any] = {"format": FORMAT, "version": 1}
+        out: dict[str, Any] = {"kind": KIND, "format": FORMAT, "version": 1}
         if self.model:
             out["model"] = self.model
         out |= {"microbatch_size": self.microbatch_size, "unit": "s",
@@ -199,6 +206,11 @@ def _string(where: str, value: Any) -> str:
 
 
 def _from_dict(data: Any) -> LayerCosts:
+    if isinstance(data, Mapping) and "layers" not in data and cost_file_kind(data) == STAGE_KIND \
+            and ("forward" in data or "kind" in data):
+        raise CostFileError("this is a per-stage cost file (kind per-stage, for 'pipesim "
+                            "simulate/compare --costs'); this needs per-layer costs: write them "
+                            "with 'pipesim profile -o FILE' (format in pipesim.layercosts)")
     data = _check_fields("cost file", data, _TOP_FIELDS)
     if data.get("format", FORMAT) != FORMAT:
         raise CostFileError(f"format: {data['format']!r} is not {FORMAT!r} (a per-stage cost "
@@ -289,6 +301,46 @@ def load_layer_costs(path: str) -> LayerCosts:
 
 
 # ----------------------------------------------------------------------------- layers -> stages
+
+
+def cost_file_kind(data: Any) -> str:
+    """"per-layer" or "per-stage": the ``kind`` field, else what the object looks like."""
+    if isinstance(data, Mapping):
+        kind = data.get("kind")
+        if kind is not None:
+            if kind not in (KIND, STAGE_KIND):
+                raise CostFileError(f"kind: {kind!r} is not {KIND!r} or {STAGE_KIND!r}")
+            return str(kind)
+        if isinstance(data.get("layers"), list) or data.get("format") == FORMAT:
+            return KIND
+    return STAGE_KIND
+
+
+def costs_for_stages(data: Any, stages: int, source: str = "") -> CostModel:
+    """A cost file's object of either kind as per-stage costs of a ``stages``-stage schedule.
+
+    Per-layer: the layers are summed into ``stages`` contiguous stages balanced by F + B time
+    (``partition_balanced``). Per-stage: used as written; StageCountError if made for another
+    stage count. Raises CostError / CostFileError (both ValueError) with one line.
+    """
+    if cost_file_kind(data) == STAGE_KIND:
+        return CostModel.from_dict(data, stages)
+    layers = LayerCosts.from_dict(data, source)
+    if len(layers) < stages:
+        raise CostError(f"{len(layers)} layers cannot fill {stages} stages")
+    return stage_costs(layers, partition_balanced(layers.layer_times(), stages))
+
+
+def load_stage_costs(path: str, stages: int) -> CostModel:
+    """Read a cost file of either kind for a ``stages``-stage schedule (``costs_for_stages``)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except OSError as err:
+        raise CostError(f"cannot read cost file {path}: {err.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CostError(f"cost file {path} is not JSON: {err}") from None
+    return costs_for_stages(data, stages)
 
 
 def _stage_sums(values: Sequence[float], balance: Sequence[int]) -> list[float]:

@@ -123,7 +123,8 @@ def test_bad_cost_files_exit_2(capsys: pytest.CaptureFixture[str],
     wrong = write_file("wrong.json", json.dumps({"forward": [1, 1, 1], "backward": [2, 2, 2]}))
     broken = write_file("broken.json", "{\"forward\": [1, ")
     words = write_file("words.json", json.dumps({"forward": ["a"] * 4, "backward": [2] * 4}))
-    for path, message in ((wrong, "3 values for 4 stages"), (broken, "is not JSON"),
+    for path, message in ((wrong, "the per-stage costs have 3 stages, the schedule 4"),
+                          (broken, "is not JSON"),
                           (words, "'a' is not a finite number")):
         code, _, err = run(capsys, "simulate", "1f1b", "-p", "4", "--costs", path)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1

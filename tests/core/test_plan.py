@@ -454,12 +454,13 @@ def test_cli_world_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["--ranks", "2", "--world-size", "8"], "not allowed with argument"),
-    (["--ranks", "2", "--dp", "2"], "--dp needs --world-size"),
+    (["--ranks", "3", "--world-size", "8"], "-p 3 does not divide -w 8"),
+    (["--ranks", "2", "--dp", "2", "-w", "8"], "-w 8 and -p 2 x --dp 2 = 4 say different"),
+    (["--dp", "2"], "--dp needs -w N"),
     (["--world-size", "8", "--dp", "3"], "3 replicas do not divide 8 GPUs"),
     (["--world-size", "8", "--dp-bandwidth", "0"], "must be a number > 0"),
     (["--world-size", "8", "--rank-order", "diagonal"], "invalid choice"),
-    ([], "one of the arguments -p/-w/--ranks --world-size is required"),
+    ([], "give -p/--ranks P (one pipeline) or -w/--world-size N"),
 ])
 def test_cli_world_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
                           message: str) -> None:

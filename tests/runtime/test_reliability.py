@@ -37,7 +37,8 @@ def test_a_failing_rank_ends_the_job_with_its_name(fault: str, words: str, capsy
                                                    monkeypatch) -> None:
     monkeypatch.setenv("PIPESIM_FAULT", fault)
     assert main(RUN) == 1
-    err = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in capsys.readouterr().err.strip().splitlines()
+           if not line.startswith("pipesim: warning:")]  # 3 ranks on fewer cores say so
     assert err == [f"pipesim: error: {words}"] or err[0].startswith(f"pipesim: error: {words}")
     _no_children_left()
 

@@ -108,7 +108,7 @@ def _synthetic_engine(case: SyntheticCase, rank: int) -> tuple[Any, dict[Op, flo
 
     from pipesim.runtime.comm import Comm, exchange_shapes
     from pipesim.runtime.engine import Engine
-    from pipesim.runtime.models import build_mlp, split_layers, uniform_balance
+    from pipesim.models.mlp import build_mlp, split_layers, uniform_balance
     from pipesim.runtime.stage import StageRunner
 
     sched = get_schedule(case.schedule, case.ranks, case.microbatches)
@@ -170,7 +170,7 @@ class _SingleWorker:
         import torch
         from torch import nn
 
-        from pipesim.runtime.models import build_mlp
+        from pipesim.models.mlp import build_mlp
 
         c = self.case
         model = nn.Sequential(*build_mlp(c.hidden, c.layers, 0))

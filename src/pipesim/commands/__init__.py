@@ -6,9 +6,23 @@ import argparse
 import json
 import os
 import pkgutil
+import sys
 from typing import Any
 
 from pipesim import fileio
+from pipesim.commands._vocab import (
+    Sizes,
+    VocabError,
+    add_microbatches,
+    add_ranks,
+    add_schedule_name,
+    int_list,
+    positive_int,
+    resolve_microbatches,
+    resolve_name,
+    resolve_sizes,
+    warn_oversubscribed,
+)
 from pipesim.ir import ParseError, Schedule, parse_schedule
 from pipesim.schedules import ConfigError, UnknownScheduleError, get_schedule
 
@@ -18,23 +32,17 @@ _FOUND = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswit
 COMMANDS = sorted(_FOUND, key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n))
 
 
+__all__ = ["COMMANDS", "UserError", "add_schedule_args", "dump_json", "int_list",
+           "load_schedule", "non_negative_float", "positive_float", "positive_int", "read_text",
+           "schedule_from_args", "warn_oversubscribed", "write_atomic", "wrote"]
+
+
 class UserError(Exception):
     """A mistake of the user's: printed as one line, exit ``code`` (2 unless said)."""
 
     def __init__(self, message: str, code: int = 2) -> None:
         super().__init__(message)
         self.code = code
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def positive_float(text: str) -> float:
@@ -57,6 +65,11 @@ def non_negative_float(text: str) -> float:
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
+
+
+def wrote(path: str, what: str) -> None:
+    """One line on stderr naming a file just written (stdout stays the report or the JSON)."""
+    print(f"wrote {path} ({what})", file=sys.stderr)
 
 
 def write_atomic(path: str, data: str | bytes) -> None:
@@ -95,33 +108,64 @@ def dump_json(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=False)
 
 
-def add_schedule_args(parser: argparse.ArgumentParser, name_required: bool = False) -> None:
-    """NAME -p -m -v, or --file: the ways to name a schedule."""
-    parser.add_argument("name", nargs=None if name_required else "?", metavar="NAME",
-                        help="a registered schedule (see 'pipesim schedule --list')")
-    parser.add_argument("-p", "--ranks", type=positive_int, default=4,
-                        help="pipeline ranks (default 4)")
-    parser.add_argument("-m", "--microbatches", type=positive_int, default=4,
-                        help="microbatches per step (default 4)")
+def add_schedule_args(parser: argparse.ArgumentParser, dp: bool = False,
+                      default_name: str | None = None) -> None:
+    """NAME/--schedule, -p, -w (and --dp), -m, -v, or --file: the ways to name a schedule."""
+    add_schedule_name(parser, default_name)
+    add_ranks(parser, dp=dp)
+    add_microbatches(parser)
     parser.add_argument("-v", "--virtual-stages", type=positive_int, default=None,
                         help="stages per rank for interleaved schedules (default 2)")
-    parser.add_argument("--file", help="read a hand-written schedule (text or CSV) instead")
+    parser.add_argument("--file", help="read a hand-written schedule (text, CSV or the grid "
+                                       "'pipesim schedule' prints) instead; its rank count is "
+                                       "the pipeline's")
     parser.add_argument("--format", dest="file_format", choices=["auto", "text", "csv"],
                         default="auto", help="format of --file (default: detect)")
 
 
 def schedule_from_args(args: argparse.Namespace) -> Schedule:
-    """The schedule named on the command line, or read from --file; UserError on mistakes."""
-    if args.file:
-        if args.name:
-            raise UserError("give a schedule NAME or --file, not both")
-        return load_schedule(args.file, args.file_format)
-    if not args.name:
-        raise UserError("name a schedule (e.g. 1f1b) or give --file")
+    """The schedule named on the command line, or read from --file; UserError on mistakes.
+
+    Afterwards ``args.ranks``, ``args.dp`` and ``args.world_size`` hold the resolved sizes
+    (any two of -p, --dp, -w give the third; a file's rank count is -p).
+    """
     try:
-        return get_schedule(args.name, args.ranks, args.microbatches, args.virtual_stages)
+        return _schedule_from_args(args)
+    except VocabError as err:
+        raise UserError(str(err)) from None
+
+
+def _schedule_from_args(args: argparse.Namespace) -> Schedule:
+    explicit = args.name or args.schedule_opt
+    name = resolve_name(args)
+    dp, world = getattr(args, "dp", None), getattr(args, "world_size", None)
+    if args.file:
+        if explicit:
+            raise UserError(f"give a schedule NAME or --file, not both ({explicit} and "
+                            f"--file {args.file})")
+        sched = load_schedule(args.file, args.file_format)
+        _set_sizes(args, resolve_sizes(args.ranks, dp, world, sched.ranks,
+                                       f"--file {args.file}"))
+        for flag, given, actual in (("-m", args.microbatches, sched.microbatches),
+                                    ("-v", args.virtual_stages, sched.stages // sched.ranks)):
+            if given is not None and given != actual:
+                raise UserError(f"{flag} {given} and --file {args.file} ({actual}) say "
+                                f"different things; give one")
+        return sched
+    if not name:
+        raise UserError("name a schedule (e.g. 1f1b) or give --file")
+    sizes = resolve_sizes(args.ranks, dp, world)
+    _set_sizes(args, sizes)
+    try:
+        return get_schedule(name, sizes.ranks, resolve_microbatches(args), args.virtual_stages)
     except (UnknownScheduleError, ConfigError) as err:
         raise UserError(str(err)) from None
+
+
+def _set_sizes(args: argparse.Namespace, sizes: Sizes) -> None:
+    args.ranks, args.world_size = sizes.ranks, sizes.world
+    if hasattr(args, "dp"):
+        args.dp = sizes.dp
 
 
 def load_schedule(path: str, fmt: str = "auto") -> Schedule:

@@ -7,7 +7,9 @@
     --comm-bandwidth 1e9      bytes per time unit (default: infinite)
     --activation-bytes 4e6    bytes of each stage's output (what a message carries)
     --unit ms                 what a time of 1 means: units (default), ms or s
-    --costs FILE.json         per-stage lists instead (CostModel.to_dict's format)
+    --costs FILE.json         a cost file of either kind: per-layer ('pipesim profile -o'),
+                              summed into the schedule's stages balanced by time, or
+                              per-stage lists (CostModel.to_dict's format) for that stage count
 
 ``--cost`` times are those of one rank's share of the model. A schedule with v stages per rank
 cuts that share into v stages, each taking 1/v of it, so schedules compare at the same total
@@ -18,10 +20,15 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 from pipesim.commands import UserError, non_negative_float, positive_float
-from pipesim.costs import CostError, CostModel, load_costs, parse_cost_flag
+from pipesim.costs import CostError, CostModel, StageCountError, parse_cost_flag
 from pipesim.ir import Schedule
+from pipesim.layercosts import CostFileError, load_stage_costs
+
+__all__ = ["StageCountError", "add_cost_args", "costs_from_args", "describe", "describe_args",
+           "op_times"]
 
 UNITS = ("units", "ms", "s")
 
@@ -37,8 +44,9 @@ def add_cost_args(parser: argparse.ArgumentParser) -> None:
                        help="op times: F and B, or F, I and W (default F=1,I=1,W=1, B=I+W); "
                             "overlap=X: an overlapped pair (F;B) takes X x (F+B) (default 1)")
     group.add_argument("--costs", dest="costs_file", metavar="FILE.json",
-                       help="per-stage times from a JSON file (the format of "
-                            "CostModel.to_dict), used as written")
+                       help="costs from a JSON file: per-layer ('pipesim profile -o'; summed "
+                            "into each schedule's stages, balanced by time) or per-stage "
+                            "(kind per-stage, for that many stages; see pipesim.costs)")
     group.add_argument("--comm-latency", type=non_negative_float, metavar="T",
                        help="time per message between two ranks (default 0)")
     group.add_argument("--comm-bandwidth", type=positive_float, metavar="BYTES",
@@ -49,11 +57,21 @@ def add_cost_args(parser: argparse.ArgumentParser) -> None:
                        help="what a time of 1 means (default units)")
 
 
-def costs_from_args(args: argparse.Namespace, schedule: Schedule) -> CostModel:
-    """The CostModel the flags describe for ``schedule``; UserError (exit 2) on a mistake."""
+def costs_from_args(args: argparse.Namespace, schedule: Schedule,
+                    raise_mismatch: bool = False) -> CostModel:
+    """The CostModel the flags describe for ``schedule``; UserError (exit 2) on a mistake.
+
+    ``raise_mismatch``: a per-stage file for another stage count raises StageCountError (a
+    caller comparing schedules skips that one) instead.
+    """
     try:
         return _build(args, schedule)
-    except CostError as err:
+    except StageCountError:
+        if raise_mismatch:
+            raise
+        where = f"{args.costs_file}: "
+        raise UserError(f"{where}{sys.exc_info()[1]}") from None
+    except (CostError, CostFileError) as err:
         where = f"{args.costs_file}: " if getattr(args, "costs_file", None) else ""
         raise UserError(f"{where}{err}") from None
 
@@ -68,7 +86,7 @@ def _build(args: argparse.Namespace, schedule: Schedule) -> CostModel:
     if args.costs_file:
         if args.cost:
             raise UserError("give --cost or --costs FILE, not both")
-        base = load_costs(args.costs_file, stages)
+        base = load_stage_costs(args.costs_file, stages)
         forward, inp, weight, backward = (base.forward, base.backward_input,
                                           base.backward_weight, base.backward)
         act, params = base.activation_bytes, base.param_bytes or (0.0,) * stages
@@ -129,10 +147,12 @@ def describe_args(args: argparse.Namespace) -> str:
 def describe(costs: CostModel) -> str:
     """One line for a report: the ops' times if every stage is the same, and the comm terms."""
     def one(values: tuple[float, ...]) -> str:
-        return f"{values[0]:g}" if len(set(values)) == 1 else "per stage"
+        low, high = min(values), max(values)
+        return f"{low:.4g}" if low == high else f"{low:.4g}..{high:.4g}"
 
     parts = [f"F={one(costs.forward)} I={one(costs.backward_input)} "
-             f"W={one(costs.backward_weight)} B={one(costs.backward)} per stage"]
+             f"W={one(costs.backward_weight)} B={one(costs.backward)} per stage"
+             + (f" ({costs.stages} stages)" if len(set(costs.forward)) > 1 else "")]
     if costs.overlap != 1:
         parts.append(f"overlapped pairs {costs.overlap:g} x (F+B)")
     if costs.comm_latency or any(costs.activation_bytes):

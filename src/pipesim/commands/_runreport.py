@@ -9,7 +9,7 @@ import statistics
 import sys
 from typing import Any
 
-from pipesim.commands import dump_json, write_atomic
+from pipesim.commands import dump_json, write_atomic, wrote
 from pipesim.ir import Action, Op, Schedule
 from pipesim.timeline import Timeline, metrics
 
@@ -44,13 +44,23 @@ def _line(rank: int, a: Action, d: dict[str, Any], sched: Schedule) -> str:
 
 
 class LineHook:
-    """Prints each action's lines as one write, so ranks never interleave inside a line."""
+    """Prints each action's lines as one write, so ranks never interleave inside a line.
 
-    def __init__(self, sched: Schedule) -> None:
-        self.sched = sched
+    With more than one step, each line starts with its step (``[step 3/30]``): a rank runs its
+    actions in order every step, so the step is how many times it has run its whole list.
+    """
+
+    def __init__(self, sched: Schedule, steps: int = 1, first_step: int = 0) -> None:
+        self.sched, self.steps, self.first_step = sched, steps, first_step
+        self._done: dict[int, int] = {}  # actions run so far, per rank (each rank's own copy)
 
     def __call__(self, rank: int, action: Action, detail: dict[str, Any]) -> None:
+        done = self._done.get(rank, 0)
+        self._done[rank] = done + 1
         text = _line(rank, action, detail, self.sched)
+        if text and self.steps > 1:
+            step = self.first_step + done // max(1, len(self.sched.actions[rank])) + 1
+            text = "\n".join(f"[step {step}/{self.steps}] {line}" for line in text.split("\n"))
         if text:
             os.write(sys.stdout.fileno(), (text + "\n").encode())
 
@@ -156,6 +166,15 @@ def report(args: argparse.Namespace, cfg: Any, result: Any, wall: float,
 
 
 def _write_views(args: argparse.Namespace, timeline: Timeline, data: dict[str, Any],
+                 prediction: tuple[Timeline, list[Timeline], str] | None = None) -> None:
+    """--html, --timeline, --trace and --plot; each file named on stderr once written."""
+    _write_files(args, timeline, data, prediction)
+    for flag in ("html", "timeline", "trace", "plot"):
+        if getattr(args, flag, None):
+            wrote(getattr(args, flag), flag)
+
+
+def _write_files(args: argparse.Namespace, timeline: Timeline, data: dict[str, Any],
                  prediction: tuple[Timeline, list[Timeline], str] | None = None) -> None:
     if args.html:
         from pipesim.views.html import HtmlSection, render_html

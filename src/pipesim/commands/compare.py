@@ -16,8 +16,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipesim.commands import UserError, dump_json, positive_int, write_atomic
-from pipesim.commands._costargs import add_cost_args, costs_from_args, describe_args
+from pipesim.commands import UserError, dump_json, positive_int, write_atomic, wrote
+from pipesim.commands._costargs import (
+    StageCountError,
+    add_cost_args,
+    costs_from_args,
+    describe_args,
+)
+from pipesim.commands._vocab import (
+    VocabError,
+    add_microbatches,
+    add_ranks,
+    resolve_microbatches,
+    resolve_sizes,
+    schedule_names,
+)
 from pipesim.costs import CostModel
 from pipesim.schedules import SCHEDULES, ConfigError, get_schedule
 from pipesim.simulate import simulate
@@ -57,9 +70,13 @@ def register(sub: Any) -> None:
     p = sub.add_parser("compare", help="simulate every schedule on one configuration",
                        description="Simulate every registered training schedule for the same "
                                    "ranks, microbatches and costs, and rank them.")
-    p.add_argument("-p", "--ranks", type=positive_int, default=4, help="pipeline ranks (default 4)")
-    p.add_argument("-m", "--microbatches", type=positive_int, default=8,
-                   help="microbatches per step (default 8)")
+    p.add_argument("names", nargs="*", metavar="NAME", type=str.lower,
+                   help="compare only these schedules (default every training schedule)")
+    p.add_argument("--schedule", "--schedules", dest="schedules", metavar="A,B",
+                   type=schedule_names, action="append", default=[],
+                   help="the same as NAME: schedules to compare, comma-separated")
+    add_ranks(p, dp=False)
+    add_microbatches(p)
     p.add_argument("-v", "--virtual-stages", type=positive_int, default=None,
                    help="stages per rank for the schedules that take any (default 2)")
     add_cost_args(p)
@@ -70,10 +87,25 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+def _selected(args: argparse.Namespace) -> list[str]:
+    """NAME... and --schedules, each a registered name; default every schedule."""
+    names = list(args.names) + [n for group in args.schedules for n in group]
+    unknown = [n for n in names if n not in SCHEDULES]
+    if unknown:
+        raise UserError(f"unknown schedule {unknown[0]!r}; valid: {', '.join(SCHEDULES)}")
+    return list(dict.fromkeys(names)) or list(SCHEDULES)
+
+
 def compare(args: argparse.Namespace) -> Comparison:
     """Simulate each schedule that accepts the configuration; the API behind the command."""
+    try:
+        args.ranks = resolve_sizes(args.ranks, None, args.world_size).ranks
+    except VocabError as err:
+        raise UserError(str(err)) from None
+    args.microbatches = resolve_microbatches(args)
     entries, skipped = [], []
-    for name, spec in SCHEDULES.items():
+    for name in _selected(args):
+        spec = SCHEDULES[name]
         if not spec.training:
             skipped.append((name, "forward only (inference), not a training step"))
             continue
@@ -83,7 +115,11 @@ def compare(args: argparse.Namespace) -> Comparison:
         except ConfigError as err:
             skipped.append((name, str(err)))
             continue
-        costs = costs_from_args(args, sched)
+        try:
+            costs = costs_from_args(args, sched, raise_mismatch=True)
+        except StageCountError as err:  # a per-stage file made for another stage count
+            skipped.append((name, str(err)))
+            continue
         tl = simulate(sched, costs)
         entries.append(Entry(name, sched.stages, costs, tl, metrics(tl)))
     if not entries:
@@ -99,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         path = getattr(args, flag.replace("-", "_"))
         if path:
             write_atomic(path, writer(result))
+            wrote(path, flag)
     if args.json:
         print(dump_json(compare_json(result)))
     else:

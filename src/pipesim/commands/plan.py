@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pipesim.balance import check_balance, parse_balance
+from pipesim.balance import check_balance
 from pipesim.commands import UserError, dump_json, non_negative_float, positive_float, positive_int
+from pipesim.commands._progress import working
+from pipesim.commands._vocab import add_batch_size, int_list, schedule_names
 from pipesim.layercosts import CostFileError, LayerCosts, load_layer_costs
 from pipesim.planner.dataparallel import BUCKET_BYTES, DPConfig
 from pipesim.planner.search import Candidate, PlanResult, plan, plan_world
@@ -38,28 +40,32 @@ def register(sub: Any) -> None:
                        help="model width (mlp 64, gpt 128)")
     model.add_argument("--layers", type=positive_int, default=None,
                        help="layers (mlp: Linear+ReLU, default 4; gpt: blocks + 2, default 6)")
-    model.add_argument("--microbatch-size", type=positive_int, default=None,
-                       help="samples per microbatch to profile at (mlp 32, gpt 8); times scale "
-                            "linearly to the planned microbatch sizes")
-    size = p.add_mutually_exclusive_group(required=True)
-    size.add_argument("-p", "-w", "--ranks", type=positive_int,
-                      help="pipeline ranks (processes) of one pipeline, no data parallelism")
-    size.add_argument("--world-size", type=positive_int, metavar="N",
-                      help="GPUs in all: try every split into D replicas x P pipeline ranks")
+    add_batch_size(model, None, "samples per microbatch to profile at (mlp 32, gpt 8); times "
+                   "scale linearly to the planned microbatch sizes", "microbatch_size",
+                   ("--microbatch-size",))
+    p.add_argument("names", nargs="*", metavar="NAME", type=str.lower,
+                   help="schedules to try (default every training schedule)")
+    p.add_argument("--schedule", "--schedules", dest="schedules", metavar="A,B",
+                   type=schedule_names, action="append", default=[],
+                   help="the same as NAME, comma-separated")
+    p.add_argument("-p", "--ranks", type=positive_int, default=None,
+                   help="ranks of one pipeline (with -w or --dp: that split only)")
+    p.add_argument("-w", "--world-size", type=positive_int, metavar="N",
+                   help="GPUs in all: try every split into D replicas x P pipeline ranks")
     p.add_argument("--batch", type=positive_int, required=True,
                    help="global samples per step, split into microbatches")
     p.add_argument("--memory-limit", metavar="BYTES", type=_bytes_arg,
                    help="per-rank memory limit: 80GB, 512MiB or plain bytes (default none)")
-    p.add_argument("--schedules", metavar="A,B", type=_names_arg,
-                   help="schedules to try (default every training schedule)")
-    p.add_argument("--microbatches", metavar="M,M", type=_ints_arg,
+    p.add_argument("-m", "--microbatches", metavar="M,M", type=int_list,
                    help="microbatch counts to try (default divisors of the batch up to 4 x ranks)")
-    p.add_argument("--virtual", metavar="V,V", type=_ints_arg, default=[1, 2],
+    p.add_argument("-v", "--virtual", "--virtual-stages", dest="virtual", metavar="V,V",
+                   type=int_list, default=[1, 2],
                    help="stages per rank to try (default 1,2)")
     p.add_argument("--partition", choices=PARTITIONS, default="auto",
                    help="how to split layers into stages: balanced by time, by parameters, "
                         "uniform counts, or auto = time and uniform (default)")
-    p.add_argument("--balance", metavar="N,N", help="explicit layers per stage, e.g. 2,3,3,2")
+    p.add_argument("--balance", metavar="N,N", type=int_list,
+                   help="explicit layers per stage, e.g. 2,3,3,2")
     p.add_argument("--optimizer-factor", type=float, default=4.0,
                    help="memory per parameter byte: weights + grads + Adam moments (default 4)")
     p.add_argument("--top", type=positive_int, default=10, help="rows to print (default 10)")
@@ -73,8 +79,9 @@ def _add_network_args(p: Any) -> None:
         "data parallel (--world-size)", "the gradient all-reduce among a stage's D replicas: a "
         "ring per bucket (see pipesim.planner.dataparallel); the defaults are illustrative, "
         "not measured")
-    g.add_argument("--dp", metavar="D,D", type=_ints_arg,
-                   help="replica counts to try (default every divisor of the world size)")
+    g.add_argument("--dp", metavar="D,D", type=int_list,
+                   help="replica counts to try (default every divisor of -w); with -p, one "
+                        "count fixes the split (-w = P x D)")
     add_network_args(g, "second")
     g.add_argument("--no-prune", action="store_true",
                    help="simulate every split, not only those that can reach the --top rows")
@@ -122,23 +129,13 @@ def _bytes_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def _ints_arg(text: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of "
-                                         f"integers") from None
-    if any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"{text!r}: every value must be >= 1")
-    return values
-
-
-def _names_arg(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
-
-
 def run(args: argparse.Namespace) -> int:
-    result = plan_from_layer_costs(_layer_costs(args), args)
+    _sizes(args)  # before profiling: a mistake in the sizes costs nothing
+    with working(f"profiling {args.model}" if args.model else "reading the costs",
+                 enabled=not args.json) as status:
+        costs = _layer_costs(args)
+        status.update("planning: simulating configurations")
+        result = plan_from_layer_costs(costs, args)
     if args.json:
         print(dump_json(result.to_dict()))
     else:
@@ -187,21 +184,48 @@ def plan_from_layer_costs(layer_costs: LayerCosts, args: argparse.Namespace) -> 
         raise UserError("give --partition or --balance, not both")
     if args.balance:
         try:
-            partition = check_balance(parse_balance(args.balance), len(layer_costs))
+            partition = check_balance(list(args.balance), len(layer_costs))
         except ValueError as err:
             raise UserError(f"--balance: {err}") from None
-    if args.dp and not args.world_size:
-        raise UserError("--dp needs --world-size N (GPUs in all); --ranks plans one pipeline")
+    _sizes(args)
+    names = list(args.names) + [n for group in args.schedules for n in group]
+    schedules = list(dict.fromkeys(names)) or None
     try:
         if args.world_size:
             return plan_world(layer_costs, args.world_size, args.batch, args.memory_limit,
-                              args.schedules, args.microbatches, args.virtual, partition,
+                              schedules, args.microbatches, args.virtual, partition,
                               args.optimizer_factor, network_from_args(args), args.dp,
                               None if args.no_prune else args.top)
-        return plan(layer_costs, args.ranks, args.batch, args.memory_limit, args.schedules,
+        return plan(layer_costs, args.ranks, args.batch, args.memory_limit, schedules,
                     args.microbatches, args.virtual, partition, args.optimizer_factor)
     except PlanError as err:
         raise UserError(str(err)) from None
+
+
+def _sizes(args: argparse.Namespace) -> None:
+    """-p, --dp and -w as every command reads them: -p alone plans one pipeline; -w (or -p with
+    one --dp) every split of the GPUs, or the one -p fixes; a contradiction is an error."""
+    if args.ranks is None and args.world_size is None:
+        raise UserError("--dp needs -w N (GPUs in all) or -p P (ranks of one pipeline)"
+                        if args.dp else
+                        "give -p/--ranks P (one pipeline) or -w/--world-size N (GPUs in all)")
+    if args.ranks is not None and args.dp is not None:
+        if len(args.dp) > 1:
+            raise UserError(f"-p {args.ranks} fixes the pipeline; give one --dp, not "
+                            f"{','.join(map(str, args.dp))}")
+        world = args.ranks * args.dp[0]
+        if args.world_size is not None and args.world_size != world:
+            raise UserError(f"-w {args.world_size} and -p {args.ranks} x --dp {args.dp[0]} = "
+                            f"{world} say different things")
+        args.world_size = world
+    elif args.ranks is not None and args.world_size is not None:
+        if args.world_size % args.ranks:
+            raise UserError(f"-p {args.ranks} does not divide -w {args.world_size} GPUs into "
+                            f"equal pipelines")
+        args.dp = [args.world_size // args.ranks]
+    if args.microbatch_size is not None and not args.model:
+        raise UserError("-b sets the microbatch size --model profiles at; with --costs the "
+                        "planner tries every microbatch size the batch allows (-m fixes counts)")
 
 
 def format_plan(result: PlanResult, top: int = 10) -> str:
@@ -232,9 +256,14 @@ def format_plan(result: PlanResult, top: int = 10) -> str:
         split = f"{_count(c.dp, 'replica')} x {_count(c.pp, 'pipeline rank')}, " if world else ""
         exposed = (f" ({best.exposed_allreduce_seconds:.3f} s of all-reduce exposed)"
                    if world else "")
-        lines += ["", f"best: {split}{c.schedule}, {c.microbatches} microbatches of "
-                  f"{c.microbatch_size}, {c.virtual_stages} stage(s) per rank, "
-                  f"{best.predicted_step_seconds:.3f} s per step{exposed}", f"  {best.command}"]
+        if c.pp == 1:  # one rank per replica: no pipeline, the microbatches are accumulated
+            what = (f"best: pure data parallel, {_count(c.dp, 'replica')} of the whole model, "
+                    f"{c.microbatches} microbatches of {c.microbatch_size} accumulated per step, ")
+        else:
+            what = (f"best: {split}{c.schedule}, {c.microbatches} microbatches of "
+                    f"{c.microbatch_size}, {c.virtual_stages} stage(s) per rank, ")
+        lines += ["", f"{what}{best.predicted_step_seconds:.3f} s per step{exposed}",
+                  f"  {best.command}"]
     else:
         lines += ["no configuration fits; raise --memory-limit, add ranks or shrink the batch"]
     lines += _rejected(result, top, world)
@@ -293,9 +322,11 @@ def _table(result: PlanResult, top: int, world: bool = False,
             balance = balance[:_BALANCE_WIDTH - 3] + "..."
         split = f"{cfg.dp:>4} {cfg.pp:>3}  " if world else ""
         exposed = f"{c.exposed_allreduce_seconds:>7.3f}  " if world else ""
-        rows.append(f"{i:>3}  {split}{cfg.schedule:<17} {cfg.microbatches:>4} "
+        name = "pure DP" if cfg.pp == 1 else cfg.schedule
+        rows.append(f"{i:>3}  {split}{name:<17} {cfg.microbatches:>4} "
                     f"{cfg.virtual_stages:>2} {cfg.microbatch_size:>4}  "
-                    f"{c.predicted_step_seconds:>9.3f}  {c.bubble_fraction:>6.1%}  {exposed}"
+                    f"{c.predicted_step_seconds:>9.3f}  {max(0.0, c.bubble_fraction):>6.1%}  "
+                    f"{exposed}"
                     f"{format_bytes(max(c.peak_memory_bytes)):>9}  {cfg.partition:<9} {balance}")
     if len(candidates) > top:
         rows.append(f"     ... {len(candidates) - top} more (--top N, or --json)")

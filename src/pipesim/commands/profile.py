@@ -17,8 +17,9 @@ import json
 import os
 from typing import Any
 
-from pipesim.balance import parse_balance
 from pipesim.commands import UserError, dump_json, positive_int, write_atomic
+from pipesim.commands._progress import working
+from pipesim.commands._vocab import add_batch_size, int_list
 from pipesim.layercosts import LayerCosts, stage_costs
 
 DEFAULT_LAYERS = {"mlp": 4, "gpt": 6}
@@ -33,16 +34,16 @@ def register(sub: Any) -> None:
     p.add_argument("--hidden-size", type=positive_int, default=64, help="model width (64)")
     p.add_argument("--layers", type=positive_int, default=None,
                    help="layers (mlp: Linear+ReLU, default 4; gpt: blocks + 2, default 6)")
-    p.add_argument("-b", "--batch-size", type=positive_int, default=None,
-                   help="samples (gpt: sequences) per microbatch (mlp 32, gpt 8)")
+    add_batch_size(p, None, "samples (gpt: sequences) per microbatch (mlp 32, gpt 8)")
     p.add_argument("--seq-len", type=positive_int, default=None, help="gpt: tokens (64)")
     p.add_argument("--heads", type=positive_int, default=None,
                    help="gpt: attention heads (default hidden/16)")
     p.add_argument("--loss", choices=["mse", "cross-entropy"], default="mse",
                    help="mlp's loss (gpt: always cross-entropy)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd",
-                   help="whose update of each layer's parameters to time (default sgd)")
+    p.add_argument("--optimizer", choices=["sgd", "adam"], default="adam",
+                   help="whose update of each layer's parameters to time (default adam, as "
+                        "'pipesim run')")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=positive_int, default=10,
                    help="timed runs per layer; the median is kept (default 10)")
@@ -62,7 +63,8 @@ def register(sub: Any) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--stages", type=positive_int, default=None,
                        help="for --stage-costs: this many stages, balanced by time (default 2)")
-    group.add_argument("--balance", default=None, help="for --stage-costs: layers per stage")
+    group.add_argument("--balance", type=int_list, default=None,
+                       help="for --stage-costs: layers per stage")
     p.add_argument("--json", action="store_true", help="print the cost file instead of a table")
     p.set_defaults(func=run)
 
@@ -89,10 +91,10 @@ def _stage_balance(args: argparse.Namespace, costs: LayerCosts) -> list[int]:
     from pipesim.balance import partition_balanced
     try:
         if args.balance is not None:
-            balance = parse_balance(args.balance)
+            balance = list(args.balance)
             if sum(balance) != len(costs):
-                raise ValueError(f"--balance {args.balance} covers {sum(balance)} layers; the "
-                                 f"model has {len(costs)}")
+                raise ValueError(f"--balance {','.join(map(str, balance))} covers "
+                                 f"{sum(balance)} layers; the model has {len(costs)}")
             return balance
         return partition_balanced(costs.layer_times(), args.stages or 2)
     except ValueError as err:
@@ -125,12 +127,15 @@ def run(args: argparse.Namespace) -> int:
 
     from pipesim.profiling.profiler import profile_model, with_comm
     torch.set_num_threads(1)  # as a rank runs; and the ping-pong forks this process
-    try:
-        costs = profile_model(cfg, args.repeats, args.warmup, args.processes, args.stat)
-    except ValueError as err:
-        raise UserError(str(err)) from None
-    if not args.no_comm:
-        costs = with_comm(costs, args.stat)
+    with working(f"profiling {cfg.layers} layers of {cfg.model} ({args.repeats} repeats)",
+                 enabled=not args.json) as status:
+        try:
+            costs = profile_model(cfg, args.repeats, args.warmup, args.processes, args.stat)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+        if not args.no_comm:
+            status.update("measuring messages between two ranks")
+            costs = with_comm(costs, args.stat)
     balance = _stage_balance(args, costs) if args.stage_costs else None
     write_atomic(args.output, costs.to_json())
     if args.stage_costs and balance is not None:

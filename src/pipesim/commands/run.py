@@ -9,51 +9,51 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from typing import Any
 
-from pipesim.balance import parse_balance
 from pipesim.commands import (
     UserError,
     add_schedule_args,
+    int_list,
     positive_float,
     positive_int,
     schedule_from_args,
+    warn_oversubscribed,
 )
+from pipesim.commands._progress import working
 from pipesim.commands._runreport import LineHook, Progress, print_header, report
+from pipesim.commands._vocab import add_batch_size
 from pipesim.costs import CostError
 from pipesim.ir import Op, Schedule
 from pipesim.validate import validate
 
+DEFAULT_LR = {"adam": 3e-3, "sgd": 0.01}
 _MAX_RANKS = 64  # forked processes on one machine beyond this are a typo, not a plan
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("run", help="run a pipeline for real (default: the tutorial's demo)",
                        description="Run a schedule on real processes (gloo on CPU, nccl on GPU).")
-    add_schedule_args(p)
-    p.set_defaults(name=None)
-    p.add_argument("--schedule", dest="schedule_name", default="forward",
-                   help="registered schedule (default forward: the tutorial's inference demo)")
-    p.add_argument("-w", "--world-size", type=positive_int, default=None,
-                   help="ranks, one process each (default 4; under torchrun: its world size)")
-    p.add_argument("-b", "--batch-size", type=positive_int, default=32,
-                   help="samples per microbatch (default 32)")
+    add_schedule_args(p, dp=True, default_name="forward")
+    add_batch_size(p, 32)
     p.add_argument("--hidden-size", type=positive_int, default=64, help="model width (default 64)")
-    p.add_argument("--num-microbatches", type=positive_int, default=None,
-                   help="microbatches per step (default 4); same as -m")
     p.add_argument("--backend", choices=["gloo", "nccl"], default="gloo")
     p.add_argument("--visualize", action="store_true",
                    help="draw this run's schedule and exit (as the tutorial's flag)")
     p.add_argument("--steps", type=positive_int, default=None,
                    help="training steps (default 1)")
-    p.add_argument("--lr", type=float, default=0.01, help="learning rate (default 0.01)")
-    p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="learning rate (default: adam 3e-3, sgd 0.01)")
+    p.add_argument("--optimizer", choices=["sgd", "adam"], default="adam",
+                   help="default adam: both models visibly learn in tens of steps")
     p.add_argument("--loss", choices=["mse", "cross-entropy"], default="mse")
     p.add_argument("--model", default="mlp", help="model family (default mlp, the tutorial's)")
     p.add_argument("--layers", type=positive_int, default=None,
                    help="Linear+ReLU layers, split over the stages (default one per stage)")
-    p.add_argument("--balance", default=None, help="layers per stage, e.g. 2,3,3,2")
+    p.add_argument("--balance", type=int_list, default=None,
+                   help="layers per stage, e.g. 2,3,3,2")
     p.add_argument("--partition", choices=["uniform", "params", "time"], default=None,
                    help="cut the layers into stages by equal count (default), even parameter "
                         "count or even profiled F+B time (instead of --balance)")
@@ -87,9 +87,6 @@ def register(sub: Any) -> None:
     p.add_argument("--checkpoint-every", type=positive_int, default=None, metavar="N",
                    help="save every N steps and after the last (default: only after the last)")
     p.add_argument("--resume", metavar="DIR", help="continue from the checkpoint in DIR")
-    p.add_argument("--dp", type=positive_int, default=1, metavar="D",
-                   help="data-parallel pipeline replicas; -w counts all processes (D x ranks "
-                        "per pipeline)")
     p.add_argument("--rank-order", choices=["pipeline-first", "replica-first"],
                    default="pipeline-first",
                    help="pipeline-first (default): a pipeline's ranks are consecutive, so it "
@@ -102,15 +99,6 @@ def register(sub: Any) -> None:
 # ----------------------------------------------------------------------------- configuration
 
 
-
-
-def _parse_balance(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(parse_balance(text))
-    except ValueError as err:
-        raise UserError(f"--balance: {err}") from None
 
 
 def _parse_synthetic(text: str | None) -> dict[Op, float]:
@@ -128,44 +116,33 @@ def _parse_synthetic(text: str | None) -> dict[Op, float]:
     return out
 
 
-def _world_size(args: argparse.Namespace) -> int:
+def _torchrun_world(args: argparse.Namespace) -> None:
+    """Under torchrun its world size is -w's (a -w given must agree)."""
     from pipesim.processes.launch import under_torchrun
     if under_torchrun():
         world = int(os.environ["WORLD_SIZE"])
         if args.world_size is not None and args.world_size != world:
             raise UserError(f"-w {args.world_size} disagrees with torchrun's world size {world}")
-        return world
-    world = args.world_size if args.world_size is not None else 4
-    if world > _MAX_RANKS:
-        raise UserError(f"-w {world}: more than {_MAX_RANKS} processes on one machine; "
-                        f"use torchrun across machines (or simulate: pipesim simulate)")
-    return world
+        args.world_size = world
 
 
 def build_schedule(args: argparse.Namespace) -> Schedule:
-    if args.num_microbatches is not None:
-        args.microbatches = args.num_microbatches
-    world = _world_size(args)
-    if world % args.dp:
-        raise UserError(f"--dp {args.dp} does not divide the {world} processes (-w) into "
-                        f"equal pipelines")
-    args.ranks = world // args.dp
-    if not args.file:
-        args.name = args.schedule_name
-    sched = schedule_from_args(args)
+    """NAME/--schedule (default forward) or --file on -p x --dp = -w processes (any two)."""
+    _torchrun_world(args)
+    sched = schedule_from_args(args)  # resolves args.ranks, args.dp, args.world_size
+    if args.world_size > _MAX_RANKS:
+        raise UserError(f"-w {args.world_size}: more than {_MAX_RANKS} processes on one "
+                        f"machine; use torchrun across machines (or simulate: pipesim simulate)")
     report = validate(sched)
     if not report.ok:
         raise UserError("the schedule cannot run:\n" + "\n".join(report.errors), code=1)
-    if sched.ranks != args.ranks:
-        raise UserError(f"the schedule file has {sched.ranks} ranks but the pipeline has "
-                        f"{args.ranks} (-w / --dp)")
     return sched
 
 
 def build_config(args: argparse.Namespace) -> Any:
     from pipesim.config import RunConfig
     sched = build_schedule(args)
-    balance = _parse_balance(args.balance)
+    balance = tuple(args.balance) if args.balance else None
     layers = args.layers if args.layers is not None else (sum(balance) if balance else None)
     if args.model == "gpt" and layers is None:  # embedding + 4 blocks + head, or one per stage
         from pipesim.models.gpt import DEFAULT_LAYERS
@@ -180,8 +157,8 @@ def build_config(args: argparse.Namespace) -> Any:
                         f"({sched.ranks} ranks x {sched.stages // sched.ranks} per rank); "
                         f"use --layers {sched.stages} or more")
     if balance is not None and (len(balance) != sched.stages or sum(balance) != n_layers):
-        raise UserError(f"--balance {args.balance}: needs {sched.stages} positive counts "
-                        f"summing to {n_layers} layers")
+        raise UserError(f"--balance {','.join(map(str, balance))}: needs {sched.stages} "
+                        f"positive counts summing to {n_layers} layers")
     from pipesim.models import MODELS
     if args.model not in MODELS:
         raise UserError(f"unknown model {args.model!r}; valid: {', '.join(MODELS)}")
@@ -203,7 +180,8 @@ def build_config(args: argparse.Namespace) -> Any:
         _check_size(args, sched, n_layers)
     cfg = RunConfig(
         schedule=sched, batch_size=args.batch_size, hidden_size=args.hidden_size, layers=layers,
-        balance=balance, steps=args.steps or 1, lr=args.lr, optimizer=args.optimizer,
+        balance=balance, steps=args.steps or 1, optimizer=args.optimizer,
+        lr=args.lr if args.lr is not None else DEFAULT_LR[args.optimizer],
         loss=args.loss, model=args.model, seed=args.seed, dtype=args.dtype,
         checkpoint_activations=args.checkpoint_activations, backend=args.backend,
         synthetic=_parse_synthetic(args.synthetic), verify=args.verify,
@@ -221,6 +199,7 @@ def build_config(args: argparse.Namespace) -> Any:
         cfg = _partitioned(args, cfg)
     if args.resume:
         _check_resume(cfg)
+    _warn_cores(args)  # last: a mistake in the flags is reported alone
     return cfg
 
 
@@ -246,10 +225,22 @@ def _prediction(args: argparse.Namespace, cfg: Any) -> Any:
         raise UserError("--predict without a file profiles in forked processes; under torchrun "
                         "run 'pipesim profile -o costs.json' first and pass --predict costs.json")
     from pipesim.runtime.predict import predict_run
-    try:
-        return predict_run(cfg, args.predict or None)
-    except ValueError as err:
-        raise UserError(str(err)) from None
+    what = "profiling, then simulating the run" if not args.predict else "simulating the run"
+    with working(f"--predict: {what}", enabled=not (args.json or args.quiet)):
+        try:
+            return predict_run(cfg, args.predict or None)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+
+
+def _warn_cores(args: argparse.Namespace) -> None:
+    """One line on stderr when the ranks outnumber this machine's cores (not under torchrun)."""
+    from pipesim.processes.launch import under_torchrun
+    if args.visualize or under_torchrun():
+        return
+    warning = warn_oversubscribed(args.world_size)
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 def _check_resume(cfg: Any) -> None:
@@ -315,7 +306,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from pipesim.runtime.train import TrainJob
     predicted = _prediction(args, cfg)  # before the ranks start: profiling uses the cores
-    hook = None if (args.quiet or args.json) else LineHook(sched)
+    hook = None if (args.quiet or args.json) else LineHook(sched, cfg.steps)
     progress = None if args.json or sched.forward_only else \
         Progress(cfg.global_microbatches * cfg.batch_size, not sched.forward_only)
     job = TrainJob(cfg, hook, progress)

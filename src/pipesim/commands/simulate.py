@@ -21,9 +21,9 @@ from pipesim.commands import (
     add_schedule_args,
     dump_json,
     non_negative_float,
-    positive_int,
     schedule_from_args,
     write_atomic,
+    wrote,
 )
 from pipesim.commands._costargs import add_cost_args, costs_from_args, describe
 from pipesim.commands.plan import add_network_args, network_from_args
@@ -41,13 +41,11 @@ def register(sub: Any) -> None:
         "simulate", help="time a schedule under a cost model (summary, chart, trace, plot)",
         description="Simulate a registered or hand-written schedule: each rank runs its "
                     "actions in order, each waits for its inputs and their messages.")
-    add_schedule_args(p)
+    add_schedule_args(p, dp=True)
     add_cost_args(p)
     dp = p.add_argument_group(
         "data parallel", "D replicas of the pipeline; each stage's gradients are averaged by a "
         "ring all-reduce after its last backward (pipesim.planner.dataparallel), in the cost unit")
-    dp.add_argument("--dp", type=positive_int, default=1, metavar="D",
-                    help="pipeline replicas (default 1: no all-reduce)")
     dp.add_argument("--param-bytes", type=non_negative_float, metavar="BYTES",
                     help="parameter (= gradient) bytes of one rank's share of the model; with v "
                          "stages per rank each stage has 1/v of it")
@@ -143,7 +141,14 @@ def chart_width(args: argparse.Namespace) -> int:
 
 
 def write_views(args: argparse.Namespace, timelines: list[tuple[str, Timeline]]) -> None:
-    """--trace, --plot and --html; each file written whole or not at all."""
+    """--trace, --plot and --html; each file written whole or not at all, then named."""
+    _write_views(args, timelines)
+    for flag in ("html", "trace", "plot"):
+        if getattr(args, flag, None):
+            wrote(getattr(args, flag), flag)
+
+
+def _write_views(args: argparse.Namespace, timelines: list[tuple[str, Timeline]]) -> None:
     if getattr(args, "html", None):
         from pipesim.views.html import HtmlSection, render_html
         write_atomic(args.html, render_html([HtmlSection(t, tl) for t, tl in timelines],

@@ -46,11 +46,16 @@ MLP_DATASET = 1024  # samples in the MLP's synthetic dataset
 @functools.lru_cache(maxsize=4)
 def _mlp_dataset(seed: int, hidden: int, dtype: torch.dtype, classes: bool
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """MLP_DATASET random inputs and targets (class ids if ``classes``), made once a process."""
+    """MLP_DATASET random inputs and learnable targets, made once a process.
+
+    The targets are a fixed random "teacher" applied to the inputs (ReLU of a linear map, as
+    the MLP's own last layer; class ids: its argmax), so training visibly lowers the loss;
+    random targets would leave nothing to learn.
+    """
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(MLP_DATASET, hidden, generator=gen, dtype=dtype)
-    y = torch.randint(0, hidden, (MLP_DATASET,), generator=gen) if classes \
-        else torch.randn(MLP_DATASET, hidden, generator=gen, dtype=dtype)
+    teacher = torch.randn(hidden, hidden, generator=gen, dtype=dtype) / hidden ** 0.5
+    y = (x @ teacher).argmax(dim=1) if classes else torch.relu(x @ teacher)
     return x, y
 
 

@@ -285,7 +285,10 @@ class _Search:
         self._balances: dict[int, list[tuple[str, tuple[int, ...]]] | str] = {}
 
     def add(self, ranks: int, dp: DPConfig, share: int, counts: Sequence[int]) -> None:
-        for name, v in self.pairs:
+        # one rank per replica is no pipeline: every schedule is the same accumulation loop,
+        # so it is planned once (gpipe, v=1), not as interleaved stages on one rank
+        pairs = [("gpipe", 1)] if ranks == 1 else self.pairs
+        for name, v in pairs:
             if ranks * v not in self._balances:
                 self._balances[ranks * v] = _balances(self.data.layer_costs, ranks * v,
                                                       self.partition)

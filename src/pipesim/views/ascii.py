@@ -36,7 +36,8 @@ def render_ascii(timeline: Timeline, width: int = 100, legend: bool = True) -> s
     columns = max(1, min(columns, math.ceil(drawn * scale - 1e-9))) if drawn else 1
     name = timeline.name or "timeline"
     lines = [f"{name}: {timeline.ranks} ranks, makespan {span:g} {timeline.unit}, "
-             f"bubble {measured.bubble_fraction:.1%}; 1 column = {1 / scale:g} {timeline.unit}"]
+             f"bubble {measured.bubble_fraction:.1%}; 1 column = {1 / scale:g} "
+             f"{'unit' if timeline.unit == 'units' and 1 / scale == 1 else timeline.unit}"]
     lines.append(" " * (label + 2) + _ruler(columns, scale))
     for rank, row in enumerate(timeline.by_rank()):
         cells = _draw_row(row, origin, scale, columns)

@@ -42,7 +42,7 @@ def render_tutorial_diagram(schedule: Schedule, max_width: int = 120) -> str:
     lines += [f"    │ {line:<{width - 1}}│" for line in inner]
     lines.append("    └" + "─" * width + "┘")
     if shown < steps:
-        lines.append(f"    (first {shown} of {steps} steps; widen with max_width)")
+        lines.append(f"    (first {shown} of {steps} steps; 'pipesim schedule' prints them all)")
     lines += ["", "    MB = microbatch, Fwd = forward, Bwd = backward, "
                   "BwI/BwW = backward for input / weights",
               "    ─► the rank's next action; ▼ input from the rank above; "
