@@ -1,7 +1,7 @@
 """Train a Hugging Face ``transformers`` GPT-2 through pipesim, on the text pipesim ships.
 
     pip install -e ".[torch,examples]"               # transformers, pinned beside torch
-    python examples/hf_gpt2.py                       # 2 ranks, 1f1b, 30 steps: a few seconds
+    python examples/hf_gpt2.py                       # 2 ranks, 1f1b, 40 steps: seconds
     python examples/hf_gpt2.py --schedule zb-h1 --steps 200 --layers 6 --hidden 128
     python examples/hf_gpt2.py --ranks 4 --schedule interleaved-1f1b --layers 8
     torchrun --nproc-per-node 2 examples/hf_gpt2.py --schedule gpipe
@@ -131,6 +131,12 @@ def train(rank: int, world: int, args: argparse.Namespace) -> list[float]:
     pipe = pipesim.Pipeline(cut(model), args.schedule, microbatches=args.microbatches,
                             loss_fn=loss_fn, virtual_stages=args.virtual_stages)
     opt = torch.optim.AdamW(pipe.parameters(), lr=args.lr)
+    if rank == 0:
+        size = sum(p.numel() for p in model.parameters())
+        print(f"HF GPT-2: {args.layers} blocks, hidden {args.hidden}, {size:,} parameters; "
+              f"{pipe.schedule.name} on {world} ranks, balance {list(pipe.balance)}, "
+              f"{args.microbatches} microbatches of {args.batch_size} x {args.seq_len} tokens",
+              flush=True)
     losses = []
     for step in range(args.steps):
         x, y = batch(step, args.microbatches * args.batch_size, args.seq_len, args.seed)
@@ -147,11 +153,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train a Hugging Face GPT-2 with pipesim.")
     p.add_argument("--schedule", default="1f1b", help=f"one of {', '.join(pipesim.SCHEDULES)}")
     p.add_argument("--ranks", type=int, default=2, help="processes (ignored under torchrun)")
-    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--steps", type=int, default=40)
     p.add_argument("--microbatches", "-m", type=int, default=4)
     p.add_argument("--virtual-stages", "-v", type=int, default=None,
                    help="stages per rank for interleaved and V schedules (their default: 2)")
-    p.add_argument("--batch-size", "-b", type=int, default=4, help="sequences per microbatch")
+    p.add_argument("--batch-size", "-b", type=int, default=8, help="sequences per microbatch")
     p.add_argument("--seq-len", type=int, default=32)
     p.add_argument("--layers", type=int, default=4, help="GPT-2 blocks")
     p.add_argument("--hidden", type=int, default=64)
