@@ -146,6 +146,27 @@ def test_a_model_built_on_meta_is_materialised_per_rank() -> None:
         torch.testing.assert_close(grads[name], p.grad, rtol=1e-5, atol=1e-6, msg=name)
 
 
+class _NoReset(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.w
+
+
+def _meta_without_init(rank: int, world: int) -> None:
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(4, 4), _NoReset())
+    pipesim.Pipeline(model, "gpipe", 2, mse)
+
+
+def test_a_meta_tensor_no_reset_parameters_can_set_is_refused() -> None:
+    with pytest.raises(pipesim.PipelineError, match=r"1\.w was built on the meta device .* "
+                       r"pass init_fn"):
+        pipesim.launch(_meta_without_init, 2)
+
+
 def _shapes_change(rank: int, world: int) -> list[float | None]:
     pipe = pipesim.Pipeline(mixed(), "zb-h1", 2, xent)
     out = []

@@ -82,15 +82,31 @@ def stage_modules(names: Sequence[str], layers: Sequence[nn.Module], balance: Se
 def materialize(module: nn.Module, device: torch.device,
                 init_fn: Callable[[nn.Module], None] | None) -> nn.Module:
     """``module`` on ``device``; layers on the meta device get storage and initial values
-    (``init_fn(layer)``, else every submodule's own ``reset_parameters``)."""
-    for layer in module.children():
+    (``init_fn(layer)``, else every submodule's own ``reset_parameters``; a tensor that no
+    ``reset_parameters`` would set is refused, never left as uninitialised memory)."""
+    for name, layer in module.named_children():
         if any(t.is_meta for t in (*layer.parameters(), *layer.buffers())):
+            if init_fn is None:
+                _check_resettable(name, layer)
             layer.to_empty(device=device)
             if init_fn is not None:
                 init_fn(layer)
             else:
                 _reset(layer)
     return module.to(device)
+
+
+def _check_resettable(name: str, layer: nn.Module) -> None:
+    for path, sub in layer.named_modules():
+        if callable(getattr(sub, "reset_parameters", None)):
+            continue
+        own = [n for n, _ in (*sub.named_parameters(recurse=False),
+                              *sub.named_buffers(recurse=False))]
+        if own:
+            where = f"{name}.{path}.{own[0]}" if path else f"{name}.{own[0]}"
+            raise PipelineError(f"{where} was built on the meta device and its module "
+                                f"({type(sub).__name__}) has no reset_parameters() to "
+                                f"initialise it; pass init_fn=... to Pipeline")
 
 
 def _reset(layer: nn.Module) -> None:

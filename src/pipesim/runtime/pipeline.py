@@ -94,8 +94,13 @@ class Pipeline:
                   for p in range(self.schedule.ranks)]  # every rank makes every group, in order
         self.stages = self.schedule.stages_of(self.pipeline_rank)
         mine = stage_modules(names, layers, self.balance, self.stages)
-        self.modules: dict[int, nn.Module] = {
-            s: materialize(m, self.device, init_fn) for s, m in mine.items()}
+        self.modules: dict[int, nn.Module] = {}
+        error = None
+        try:
+            self.modules = {s: materialize(m, self.device, init_fn) for s, m in mine.items()}
+        except PipelineError as err:
+            error = str(err)
+        raise_if_any(error, self.device)  # the rank that holds the layer knows; all raise
         last = self.schedule.stages - 1
         self.runners = {s: StageRunner(s, self.schedule.stages, m, loss_fn if s == last else None,
                                        self.microbatches, checkpoint_activations)
