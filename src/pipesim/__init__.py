@@ -7,10 +7,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import pipesim.partition as _algorithms  # noqa: F401  loaded before the function takes its name
+import pipesim.synthesize as _synthesis  # noqa: F401  likewise: pipesim.synthesize is the function
 from pipesim.costs import CostModel
 from pipesim.ir import Action, Op, Schedule, deps, format_action, parse_action, parse_schedule
 from pipesim.schedules import SCHEDULES, get_schedule
-from pipesim.simulate import DeadlockError, simulate
+from pipesim.simulate import DeadlockError, simulate, steady_step
+from pipesim.synthesize import Synthesis, synthesis, synthesize
 from pipesim.timeline import Metrics, Timeline, metrics
 from pipesim.validate import InvalidScheduleError, Report, check, validate
 
@@ -52,6 +54,7 @@ __all__ = [
     "Op",
     "Report",
     "Schedule",
+    "Synthesis",
     "Timeline",
     "check",
     "deps",
@@ -63,5 +66,8 @@ __all__ = [
     "partition",
     "run",
     "simulate",
+    "steady_step",
+    "synthesis",
+    "synthesize",
     "validate",
 ]
