@@ -182,3 +182,25 @@ def test_simulate_reports_steady_step(capsys: pytest.CaptureFixture[str]) -> Non
     assert data["steady_step"] == 103 and data["makespan"] == 103
     assert main(["simulate", "1f1b", "-p", "4", "-m", "8"]) == 0
     assert "steady step" in capsys.readouterr().out
+
+
+def test_plan_adds_synthesized_candidates() -> None:
+    from pipesim.layercosts import load_layer_costs
+    from pipesim.plan import plan
+    costs = load_layer_costs(str(Path(__file__).parent.parent / "examples" / "costs"
+                                 / "gpt-10b-48l.json"))
+    result = plan(costs, 4, 16, memory_limit_bytes=160e9, microbatch_counts=[4, 8],
+                  synthesize=0.2)
+    best: dict[tuple[str, int, str, int], float] = {}
+    for c in result.candidates:
+        key = (c.config.schedule, c.config.microbatches, c.config.partition,
+               c.config.virtual_stages)
+        best[key] = c.predicted_step_seconds
+    synth = {k: v for k, v in best.items() if k[0].startswith("synth")}
+    assert synth, "no synthesized candidate"
+    for (name, m, part, v), step in synth.items():
+        same = [s for (n, mm, pp, vv), s in best.items()
+                if not n.startswith("synth") and (mm, pp, vv) == (m, part, v)
+                and n in ("zb-h1", "1f1b", "gpipe", "zbv", "dualpipev")]
+        assert all(step <= s * (1 + 1e-9) for s in same), (name, m, part)
+    assert any("--file synth" in c.command for c in result.candidates)

@@ -58,6 +58,7 @@ from pipesim.dataparallel import (
 )
 from pipesim.ir import STASH_DELTA, Schedule
 from pipesim.layercosts import LayerCosts, stage_costs, stage_memory
+from pipesim.plan_synth import SYNTHESIZED, synth_pairs, synth_schedule
 from pipesim.plan_space import (
     PARTITIONS,
     PlanError,
@@ -172,19 +173,23 @@ def plan(layer_costs: LayerCosts, ranks: int, batch: int,
          virtual: Sequence[int] = (1, 2),
          partition: str | Sequence[int] = "auto",
          optimizer_factor: float = 4.0,
-         dp: DPConfig | None = None) -> PlanResult:
+         dp: DPConfig | None = None,
+         synthesize: float | None = None) -> PlanResult:
     """Rank every accepted configuration of a ``ranks``-rank pipeline by predicted step time.
 
     ``dp`` (default one replica): ``dp.replicas`` copies share the batch and all-reduce their
-    gradients over ``dp``'s network. See the module docstring.
+    gradients over ``dp``'s network. ``synthesize``: also search a schedule for each
+    configuration's costs, this many seconds each (``pipesim.plan_synth``). See the module
+    docstring.
     """
     dp = dp or DPConfig()
     _check_inputs(layer_costs, ranks, batch, memory_limit_bytes, optimizer_factor)
     if batch % dp.replicas:
         raise PlanError(f"batch {batch} does not split evenly over {dp.replicas} replicas")
-    search = _Search(layer_costs, check_partition(partition, len(layer_costs)),
-                     _schedule_virtuals(schedules, virtual), memory_limit_bytes,
-                     optimizer_factor)
+    pairs = _schedule_virtuals(schedules, virtual)
+    pairs += synth_pairs(virtual) if synthesize else []
+    search = _Search(layer_costs, check_partition(partition, len(layer_costs)), pairs,
+                     memory_limit_bytes, optimizer_factor, synth_seconds=synthesize)
     share = batch // dp.replicas
     search.add(ranks, dp, share, _microbatch_counts(share, ranks, microbatch_counts))
     meta = {"model": layer_costs.model, "ranks": ranks, "batch": batch, "layers": len(layer_costs),
@@ -258,7 +263,8 @@ class _Search:
 
     def __init__(self, layer_costs: LayerCosts, partition: str | Sequence[int],
                  pairs: list[tuple[str, int]], limit: float | None, factor: float,
-                 keep: int | None = None) -> None:
+                 keep: int | None = None, synth_seconds: float | None = None) -> None:
+        self.synth_seconds = synth_seconds or 1.0
         self.data = _StageData(layer_costs)
         self.partition, self.pairs, self.limit, self.factor, self.keep = (
             partition, pairs, limit, factor, keep)
@@ -300,18 +306,28 @@ class _Search:
                 self.pruned += len(job.configs)
                 continue
             try:
-                sched = get_schedule(job.name, job.ranks, job.microbatches, job.virtual)
+                sched = None if job.name in SYNTHESIZED else \
+                    get_schedule(job.name, job.ranks, job.microbatches, job.virtual)
             except ConfigError as err:
                 self.skipped.append(Skipped(job.name, job.microbatches, job.virtual, str(err),
                                             job.dp.replicas))
                 continue
-            digest = _digest(sched)
+            digest = None if sched is None else _digest(sched)
             for bound, config in job.configs:
                 if bound > self.cutoff(job.dp.replicas):
                     self.pruned += 1
                     continue
-                outcome = _evaluate(sched, digest, config, self.data, self.limit, self.factor,
-                                    job.dp)
+                mine, mine_digest = sched, digest
+                if mine is None:  # synthesized for this configuration's own costs
+                    mine = synth_schedule(job.name, job.ranks, job.microbatches,
+                                          self.data.costs(config), *self.data.memory(config),
+                                          self.limit, self.factor, self.synth_seconds)
+                    if mine is None:
+                        continue
+                    mine_digest = _digest(mine)
+                assert mine_digest is not None
+                outcome = _evaluate(mine, mine_digest, config, self.data, self.limit,
+                                    self.factor, job.dp)
                 if isinstance(outcome, Rejected):
                     self.rejected.append(outcome)
                     continue
@@ -321,7 +337,7 @@ class _Search:
                 heapq.heappush(self.best, -outcome.predicted_step_seconds)
                 if self.keep is not None and len(self.best) > self.keep:
                     heapq.heappop(self.best)
-        order = list(SCHEDULES)
+        order = [*SCHEDULES, *SYNTHESIZED]
         self.candidates.sort(key=lambda c: (
             float(f"{c.predicted_step_seconds:.9g}"), max(c.peak_memory_bytes),
             order.index(c.config.schedule), c.config.microbatches, c.config.virtual_stages,
@@ -433,7 +449,9 @@ def run_command(config: Config, ranks: int, model: str = "") -> str:
     words = ["pipesim", "run"]
     if model:
         words += ["--model", shlex.quote(model)]
-    words += ["--schedule", config.schedule, "-w", str(ranks * config.dp)]
+    schedule = ["--schedule", config.schedule] if config.schedule not in SYNTHESIZED else \
+        ["--file", f"{config.schedule}.txt"]  # written by `pipesim synthesize -o`
+    words += [*schedule, "-w", str(ranks * config.dp)]
     words += ["--dp", str(config.dp)] if config.dp > 1 else []
     words += ["-m", str(config.microbatches),
               "-b", str(config.microbatch_size), "-v", str(config.virtual_stages),
