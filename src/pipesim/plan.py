@@ -58,7 +58,6 @@ from pipesim.dataparallel import (
 )
 from pipesim.ir import STASH_DELTA, Schedule
 from pipesim.layercosts import LayerCosts, stage_costs, stage_memory
-from pipesim.plan_synth import SYNTHESIZED, synth_pairs, synth_schedule
 from pipesim.plan_space import (
     PARTITIONS,
     PlanError,
@@ -71,6 +70,7 @@ from pipesim.plan_space import (
     format_bytes,
     parse_bytes,
 )
+from pipesim.plan_synth import SYNTHESIZED, synth_pairs, synth_schedule
 from pipesim.schedules import SCHEDULES, ConfigError, get_schedule
 from pipesim.simulate import simulate
 
