@@ -81,7 +81,8 @@ class Synthesis:
     @property
     def gap(self) -> float:
         """How far above the work bound, as a fraction of it."""
-        return self.value / self.bounds.work - 1 if self.bounds.work else 0.0
+        gap = self.value / self.bounds.work - 1 if self.bounds.work else 0.0
+        return round(gap, 12) + 0.0  # at the bound: 0, not a rounding error's -0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"objective": self.objective, "value": self.value, "makespan": self.makespan,

@@ -126,11 +126,11 @@ def registered(sched: Schedule, costs: CostModel) -> list[Row]:
 def summary(found: Synthesis, costs: CostModel, others: list[Row], output: str | None) -> str:
     """What was found, its bounds, and the registered schedules beside it."""
     s, b, unit = found.schedule, found.bounds, costs.unit
-    memory = (f"; memory bound {b.memory:g} (gap {found.value / b.memory - 1:.1%})"
+    memory = (f"; memory bound {b.memory:g} (gap {round(found.value / b.memory - 1, 12) + 0.0:.1%})"
               if b.memory is not None and found.objective == "step" else "")
     lines = [
         f"synthesized: {s.ranks} ranks, {s.stages} stages, {s.microbatches} microbatches "
-        f"({found.origin}; {found.evaluations} candidates in {found.seconds:.2f} s)",
+        f"({found.origin}; {found.evaluations} candidates measured)",
         f"costs: {describe(costs)}",
         f"objective {found.objective}: {found.value:g} {unit}; lower bound {b.work:g} "
         f"(gap {found.gap:.1%}){memory}",

@@ -1,0 +1,71 @@
+"""Synthesized schedules against zb-h1 and the bounds: the issue's table, and p=16, m=64 timing.
+
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_synthesize.py [--time-limit 10]
+
+Objective ``step`` (``simulate.steady_step``), memory = ``max_stashed``. Per case: zb-h1's
+steady step on the same costs, the synthesized one, the work bound (LB) and the memory bound
+(from the cap; reaching it proves the schedule optimal within the cap), which candidate won,
+how many were measured and the seconds the search took. Then the V placement against zbv and
+dualpipev on their own costs (uniform F = I = W = 0.5 per half-stage).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from pipesim.costs import CostModel
+from pipesim.schedules import get_schedule
+from pipesim.simulate import steady_step
+from pipesim.synthesize import synthesis
+
+P4 = CostModel.from_lists(4, [3, 3, 3, 4], [3, 3, 3, 5], [2, 2, 2, 3])
+P8 = CostModel.from_lists(8, [2, 3, 3, 3, 3, 3, 3, 4], [2, 3, 3, 3, 3, 3, 3, 5],
+                          [1, 3, 3, 3, 3, 3, 3, 2], comm_latency=0.2)
+# p=16: an embedding-light first stage, a vocabulary head twice a block, messages not free
+P16 = CostModel.from_lists(16, [2] + [3] * 14 + [6], [2] + [3] * 14 + [7], [1] + [3] * 14 + [3],
+                           comm_latency=0.2, send_overhead=0.05)
+
+CASES = [  # label, p, m, costs, caps
+    ("F=I=W=1, p=8, m=32", 8, 32, CostModel.uniform(8), (16, 8)),
+    ("p=4, m=12, uneven", 4, 12, P4, (8, 4)),
+    ("p=8, m=24, uneven, latency 0.2", 8, 24, P8, (16, 8)),
+    ("F=I=W=1, p=16, m=64", 16, 64, CostModel.uniform(16), (32, 16)),
+    ("p=16, m=64, heavy head, latency 0.2", 16, 64, P16, (32, 16)),
+]
+
+
+def table(limit: float) -> None:
+    print(f"| case | memory | zb-h1 | synthesized | LB | memory bound | gap to LB | won by | "
+          f"candidates | seconds |\n|{'---|' * 10}")
+    for label, p, m, costs, caps in CASES:
+        zb = steady_step(get_schedule("zb-h1", p, m), costs).step
+        for cap in caps:
+            found = synthesis(p, m, costs, max_stashed=cap, time_limit=limit)
+            bound = found.bounds
+            won = found.origin.split(" (")[0]
+            print(f"| {label} | {cap} | {zb:.2f} | {found.steady_step:.2f} | {bound.work:.2f} "
+                  f"| {bound.memory:.2f} | {found.gap:.1%} | {won} | {found.evaluations} | "
+                  f"{found.seconds:.2f} |")
+
+
+def v_table(limit: float) -> None:
+    print("\n| V placement | zbv | dualpipev | synthesized | LB | won by | seconds |\n"
+          f"|{'---|' * 7}")
+    for p, m in ((4, 8), (4, 16), (8, 16), (8, 32)):
+        costs = CostModel.uniform(2 * p, F=0.5, I=0.5, W=0.5)
+        theirs = [steady_step(get_schedule(n, p, m), costs).step for n in ("zbv", "dualpipev")]
+        found = synthesis(p, m, costs, placement="v", time_limit=limit)
+        print(f"| p={p}, m={m} | {theirs[0]:.1f} | {theirs[1]:.1f} | {found.steady_step:.1f} | "
+              f"{found.bounds.work:.1f} | {found.origin.split(' (')[0]} | {found.seconds:.2f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--time-limit", type=float, default=10.0)
+    args = parser.parse_args()
+    table(args.time_limit)
+    v_table(args.time_limit)
+
+
+if __name__ == "__main__":
+    main()
