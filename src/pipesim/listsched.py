@@ -54,6 +54,10 @@ class Knobs(NamedTuple):
     ahead: tuple[int, ...]  # per stage: most forwards ahead of its input-gradients
     w_slack: float = 1.0  # W fills a gap at least this many W's long (0: W whenever ready)
     deep_first: bool = True  # between a rank's stages, the deeper one's action first
+    # per stage: with more W's than this pending, a W comes before an F (zb-h1 lets rank r
+    # keep r); None: W only fills gaps or frees memory
+    lag: tuple[int, ...] | None = None
+    f_first: bool = False  # an F before an I when both can start (1F1B's alternation)
 
 
 def make_problem(ranks: int, microbatches: int, stage_to_rank: Sequence[int], costs: CostModel,
@@ -126,15 +130,21 @@ class _Pass:
             if mb < self.next[_F][s]:
                 ready = self._i_ready(s, mb)
                 if not math.isnan(ready):
-                    urgent.append((max(t, ready), 0, order, Action(s, _I, mb)))
+                    urgent.append((max(t, ready), 0 if not self.kn.f_first else 3, order,
+                                   Action(s, _I, mb)))
             mb = self.next[_F][s]
             if mb < m and self._may_forward(r, s):
                 ready = self._f_ready(s, mb)
                 if not math.isnan(ready):
-                    urgent.append((max(t, ready), 1, order, Action(s, _F, mb)))
+                    urgent.append((max(t, ready), 2, order, Action(s, _F, mb)))
             mb = self.next[_W][s]
-            if mb < self.next[_I][s] and fill is None:
-                fill = (max(t, self.end[_I][s][mb]), Action(s, _W, mb))
+            if mb < self.next[_I][s]:
+                w = (max(t, self.end[_I][s][mb]), Action(s, _W, mb))
+                lag = self.kn.lag
+                if lag is not None and self.next[_I][s] - mb > lag[s]:
+                    urgent.append((w[0], 1, order, w[1]))
+                elif fill is None:
+                    fill = w
         best = min(urgent) if urgent else None
         if fill is not None and (best is None or (best[0] > fill[0] and best[0] - fill[0]
                                  >= self.kn.w_slack * pb.dur[_W][fill[1].stage])):

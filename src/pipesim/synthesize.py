@@ -32,7 +32,7 @@ from pipesim.ir import Op, Schedule
 from pipesim.listsched import Knobs, Problem, list_schedule, make_problem
 from pipesim.schedules import SCHEDULES, ConfigError
 from pipesim.schedules._common import v_placement
-from pipesim.simulate import simulate, steady_step
+from pipesim.simulate import DeadlockError, simulate, steady_step
 from pipesim.validate import peak_activations, validate
 
 __all__ = ["OBJECTIVES", "PLACEMENTS", "Bounds", "Synthesis", "SynthesisError", "bounds",
@@ -121,6 +121,7 @@ def synthesis(ranks: int, microbatches: int, costs: CostModel | None = None, *,
     search = _Search(problem, full, objective, began + time_limit)
     search.seed_registered()
     search.run()
+    search.polish()
     if search.best is None:
         raise SynthesisError(f"no schedule fits {ranks} ranks with at most {max_stashed} "
                              f"microbatches stashed" + (f" and {memory_limit:g} bytes" if
@@ -236,6 +237,38 @@ class _Search:
             key, knobs = best
 
 
+    def polish(self) -> None:
+        """Swap neighbouring actions on a rank while that helps: the last few percent."""
+        improved = self.best is not None
+        while improved and not self.done():
+            assert self.best is not None
+            key, sched, origin = self.best
+            rows = [list(row) for row in sched.actions]
+            improved = False
+            for r, row in enumerate(rows):
+                for i in range(len(row) - 1):
+                    if self.done():
+                        return
+                    a, b = row[i], row[i + 1]
+                    if (a.stage, a.microbatch) == (b.stage, b.microbatch):
+                        continue  # W after its own I, I after its own F
+                    row[i], row[i + 1] = b, a
+                    moved = replace(sched, actions=tuple(map(tuple, rows)))
+                    if _fits(moved, self.pb) and self._try(moved, origin) < key:
+                        key, improved = self.best[0], True
+                    else:
+                        row[i], row[i + 1] = a, b
+                rows[r] = row
+
+    def _try(self, sched: Schedule, origin: str) -> tuple[float, ...]:
+        """``measure``, or infinity for an order that deadlocks."""
+        try:
+            return self.measure(sched, origin if origin.endswith("polished") else
+                                f"{origin}, polished")
+        except DeadlockError:
+            return (math.inf,)
+
+
 def _fits(sched: Schedule, pb: Problem) -> bool:
     peaks = peak_activations(sched)
     if pb.max_stashed is not None and max(peaks) > pb.max_stashed:
@@ -266,8 +299,12 @@ def _grid(pb: Problem) -> Iterator[Knobs]:
         ahead = tuple(max(1, min(pb.microbatches, pb.stages - s + extra))
                       for s in range(pb.stages))
         for deep_first in orders:
-            for slack in _SLACKS:
-                yield Knobs(ahead, slack, deep_first)
+            for f_first in (False, True):
+                for slack in _SLACKS:
+                    yield Knobs(ahead, slack, deep_first, None, f_first)
+                for keep in (0, 1):  # zb-h1's W lag: stage s keeps s (+ keep) W's pending
+                    lag = tuple(min(pb.microbatches, s + keep) for s in range(pb.stages))
+                    yield Knobs(ahead, 1.0, deep_first, lag, f_first)
 
 
 def _neighbours(knobs: Knobs, microbatches: int) -> Iterator[Knobs]:
@@ -276,15 +313,24 @@ def _neighbours(knobs: Knobs, microbatches: int) -> Iterator[Knobs]:
             value = knobs.ahead[s] + step
             if 1 <= value <= microbatches:
                 yield knobs._replace(ahead=(*knobs.ahead[:s], value, *knobs.ahead[s + 1:]))
+    lag = knobs.lag
+    for s in range(len(lag or ())):
+        assert lag is not None
+        for step in (-1, 1):
+            if 0 <= lag[s] + step <= microbatches:
+                yield knobs._replace(lag=(*lag[:s], lag[s] + step, *lag[s + 1:]))
     for slack in _SLACKS:
         if slack != knobs.w_slack:
             yield knobs._replace(w_slack=slack)
+    yield knobs._replace(f_first=not knobs.f_first)
 
 
 def _describe(knobs: Knobs) -> str:
     ahead = ",".join(map(str, knobs.ahead))
-    return f"(ahead {ahead}; W fills gaps >= {knobs.w_slack:g} W" + \
-        ("" if knobs.deep_first else "; shallow stage first") + ")"
+    lag = "" if knobs.lag is None else "; W before F past " + ",".join(map(str, knobs.lag))
+    return f"(ahead {ahead}; W fills gaps >= {knobs.w_slack:g} W{lag}" + \
+        ("" if knobs.deep_first else "; shallow stage first") + \
+        ("; F before I" if knobs.f_first else "") + ")"
 
 
 # ----------------------------------------------------------------------------- bounds
