@@ -15,7 +15,7 @@ from pipesim.cli import main
 from pipesim.costs import CostModel
 from pipesim.ir import parse_schedule
 from pipesim.listsched import make_problem
-from pipesim.schedules import SCHEDULES, get_schedule
+from pipesim.schedules import SCHEDULES, ConfigError, get_schedule
 from pipesim.simulate import simulate, steady_step
 from pipesim.synthesize import SynthesisError, bounds, synthesis, synthesize
 from pipesim.validate import validate
@@ -82,7 +82,10 @@ def _registered(p: int, m: int, placement: str) -> list[pipesim.Schedule]:
     out = []
     for name, spec in SCHEDULES.items():
         if spec.training and spec.virtual == (2 if placement == "v" else None):
-            out.append(get_schedule(name, p, m))
+            try:
+                out.append(get_schedule(name, p, m))
+            except ConfigError:  # dualpipev needs m >= 2p
+                continue
     return out
 
 
