@@ -295,7 +295,11 @@ def _grid(pb: Problem) -> Iterator[Knobs]:
     """Forwards ahead: the 1F1B depth (S - s) plus an extra; each W slack; each stage order."""
     cap = pb.max_stashed if pb.max_stashed is not None else pb.microbatches
     orders = (True, False) if pb.stages > pb.ranks else (True,)
-    for extra in _extras(min(cap, pb.microbatches)):
+    extras = _extras(min(cap, pb.microbatches))
+    fill = min(cap, pb.microbatches) - pb.stages // pb.ranks * pb.ranks  # rank 0 up to its cap
+    if fill > 0:  # with memory to spare, the lead that uses it is the likeliest winner: first
+        extras = [fill, *(x for x in extras if x != fill)]
+    for extra in extras:
         ahead = tuple(max(1, min(pb.microbatches, pb.stages - s + extra))
                       for s in range(pb.stages))
         for deep_first in orders:
