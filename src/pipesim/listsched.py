@@ -9,9 +9,11 @@ is still unscheduled could have made an earlier proposal ready: every pass is a 
 timeline, and every action follows its dependencies (``ir.dep_keys``), so the result validates.
 
 A rank's choice (``Knobs``): an I or F that can start now, I first (the input gradient is on the
-critical path); W only to fill a gap, when the next I or F is at least ``w_slack`` x W away; an F
-only while the stage has fewer than ``ahead[s]`` forwards ahead of its input-gradients and the
-rank's stash stays within the memory cap (``ir.STASH_DELTA``: F stashes, I keeps, W frees).
+critical path) or F first (``f_first``, 1F1B's alternation); W only to fill a gap, when the next I
+or F is at least ``w_slack`` x W away, or before an F once more than ``lag[s]`` W's are pending
+(zb-h1's pattern); an F only while the stage has fewer than ``ahead[s]`` forwards ahead of its
+input-gradients and the rank's stash stays within the memory cap (``ir.STASH_DELTA``: F stashes,
+I keeps, W frees).
 Microbatches run in order on each (stage, op). A pass whose cap leaves every rank stuck returns
 None.
 """

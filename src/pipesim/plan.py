@@ -206,21 +206,24 @@ def plan_world(layer_costs: LayerCosts, world_size: int, batch: int,
                optimizer_factor: float = 4.0,
                network: DPConfig | None = None,
                replicas: Sequence[int] | None = None,
-               keep: int | None = None) -> PlanResult:
+               keep: int | None = None,
+               synthesize: float | None = None) -> PlanResult:
     """Every split of ``world_size`` GPUs into D replicas x P pipeline ranks, ranked.
 
     ``network``: links and buckets of the all-reduce (its ``replicas`` is ignored);
     ``replicas``: the values of D to try (default every divisor of ``world_size``);
-    ``keep``: find the ``keep`` best exactly and prune what cannot join them (module docstring).
+    ``keep``: find the ``keep`` best exactly and prune what cannot join them (module docstring);
+    ``synthesize``: as in ``plan``.
     """
     network = network or DPConfig()
     _check_inputs(layer_costs, 1, batch, memory_limit_bytes, optimizer_factor)
     for label, value in (("world size", world_size), ("keep", 1 if keep is None else keep)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise PlanError(f"{label} must be an integer >= 1, got {value!r}")
-    search = _Search(layer_costs, check_partition(partition, len(layer_costs)),
-                     _schedule_virtuals(schedules, virtual), memory_limit_bytes,
-                     optimizer_factor, keep)
+    pairs = _schedule_virtuals(schedules, virtual)
+    pairs += synth_pairs(virtual) if synthesize else []
+    search = _Search(layer_costs, check_partition(partition, len(layer_costs)), pairs,
+                     memory_limit_bytes, optimizer_factor, keep, synth_seconds=synthesize)
     least = optimizer_factor * math.fsum(layer_costs.layer_params())  # over P: some rank's
     try:
         splits = world_splits(world_size, len(layer_costs), batch,

@@ -3,8 +3,10 @@
 Legend: p ranks, S stages (p, or 2p in a V), m microbatches; F I W as in ``pipesim.ir``.
 
 The search runs the list scheduler (``pipesim.listsched``) under many priority settings
-(``Knobs``): first a fixed grid (forwards allowed ahead of backwards, when W may fill a gap, which
-of a rank's stages goes first), then a hill climb over each stage's own limit from the grid's best.
+(``Knobs``): first a fixed grid (forwards allowed ahead of backwards, when W may fill a gap or must
+come before an F, F or I first, which of a rank's stages goes first), then a hill climb over each
+stage's own limits from the grid's best, then, while time is left, a polish that swaps
+neighbouring actions on a rank while that helps.
 Each result is measured with ``pipesim.simulate`` (``steady_step`` for the ``step`` objective,
 ``makespan`` for ``makespan``). The registered schedules of the same placement that fit the
 memory join as candidates, so the result is never worse than any of them. The search order is

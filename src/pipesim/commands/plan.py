@@ -205,7 +205,8 @@ def plan_from_layer_costs(layer_costs: LayerCosts, args: argparse.Namespace) -> 
             return plan_world(layer_costs, args.world_size, args.batch, args.memory_limit,
                               args.schedules, args.microbatches, args.virtual, partition,
                               args.optimizer_factor, network_from_args(args), args.dp,
-                              None if args.no_prune else args.top)
+                              None if args.no_prune else args.top,
+                              synthesize=args.synthesize)
         return plan(layer_costs, args.ranks, args.batch, args.memory_limit, args.schedules,
                     args.microbatches, args.virtual, partition, args.optimizer_factor,
                     synthesize=args.synthesize)
