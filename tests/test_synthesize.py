@@ -207,3 +207,14 @@ def test_plan_adds_synthesized_candidates() -> None:
                 and n in ("zb-h1", "1f1b", "gpipe", "zbv", "dualpipev")]
         assert all(step <= s * (1 + 1e-9) for s in same), (name, m, part)
     assert any("--file synth" in c.command for c in result.candidates)
+
+
+def test_plan_world_adds_synthesized_candidates() -> None:
+    from pipesim.layercosts import load_layer_costs
+    from pipesim.plan import plan_world
+    costs = load_layer_costs(str(Path(__file__).parent.parent / "examples" / "costs"
+                                 / "gpt-10b-48l.json"))
+    result = plan_world(costs, 8, 16, memory_limit_bytes=160e9, microbatch_counts=[4],
+                        replicas=[2], synthesize=0.1)
+    names = {c.config.schedule for c in result.candidates}
+    assert {"synth", "synth-v"} <= names and "zb-h1" in names
