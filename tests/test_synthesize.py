@@ -228,3 +228,8 @@ def test_readme_stage_file_is_what_stage_costs_writes() -> None:
     layers = load_layer_costs(str(examples / "gpt-10b-48l.json"))
     written = load_costs(str(examples / "gpt-10b-4stages.json"))
     assert written == stage_costs(layers, (13, 12, 12, 13), 1)
+
+
+def test_a_typo_sized_pipeline_is_refused() -> None:
+    with pytest.raises(SynthesisError, match="at most 5,000,000"):
+        synthesis(1000, 10_000)

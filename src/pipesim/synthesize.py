@@ -32,7 +32,7 @@ from typing import Any
 from pipesim.costs import CostModel
 from pipesim.ir import Op, Schedule
 from pipesim.listsched import Knobs, Problem, list_schedule, make_problem
-from pipesim.schedules import SCHEDULES, ConfigError
+from pipesim.schedules import SCHEDULES, ConfigError, _check_size
 from pipesim.schedules._common import v_placement
 from pipesim.simulate import DeadlockError, simulate, steady_step
 from pipesim.validate import peak_activations, validate
@@ -147,6 +147,10 @@ def _problem(ranks: int, microbatches: int, costs: CostModel | None, max_stashed
         raise SynthesisError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
     if placement not in PLACEMENTS:
         raise SynthesisError(f"unknown placement {placement!r}; valid: {', '.join(PLACEMENTS)}")
+    try:  # the registry's size limit: past it, a typo rather than a pipeline
+        _check_size("synthesize", ranks, microbatches, 1 if placement == "one" else 2)
+    except ConfigError as err:
+        raise SynthesisError(str(err)) from None
     stage_to_rank = tuple(range(ranks)) if placement == "one" else v_placement(ranks)
     stages = len(stage_to_rank)
     costs = costs or CostModel.uniform(stages)
