@@ -10,9 +10,10 @@ from typing import Any
 from pipesim.costs import CostModel
 from pipesim.ir import Action, Op, Schedule, deps, format_action, parse_action, parse_schedule
 from pipesim.planner.api import plan
+from pipesim.planner.synthesize import Synthesis, synthesis, synthesize
 from pipesim.schedules import SCHEDULES, get_schedule
 from pipesim.see import ascii, write_html, write_png, write_trace
-from pipesim.simulate import DeadlockError, simulate
+from pipesim.simulate import DeadlockError, simulate, steady_step
 from pipesim.timeline import Metrics, Timeline, metrics
 from pipesim.validate import InvalidScheduleError, Report, check, validate
 
@@ -74,6 +75,7 @@ __all__ = [
     "PipelineError",
     "Report",
     "Schedule",
+    "Synthesis",
     "Timeline",
     "ascii",
     "check",
@@ -90,6 +92,9 @@ __all__ = [
     "profile",
     "run",
     "simulate",
+    "steady_step",
+    "synthesis",
+    "synthesize",
     "validate",
     "write_html",
     "write_png",

@@ -45,8 +45,9 @@ def test_simulate_json_is_one_object(capsys: pytest.CaptureFixture[str]) -> None
     assert code == 0
     data = json.loads(out)
     assert list(data) == ["schedule", "ranks", "stages", "microbatches", "makespan",
-                          "bubble_fraction", "per_rank", "costs"]
+                          "steady_step", "bubble_fraction", "per_rank", "costs"]
     assert data["makespan"] == (8 + 4 - 1) * 7  # (m + p - 1)(F + B)
+    assert data["steady_step"] == data["makespan"]  # gpipe: every rank ends with its last B
     assert data["bubble_fraction"] == pytest.approx(3 / 11)
     assert [r["peak_activations"] for r in data["per_rank"]] == [8] * 4
     assert set(data["per_rank"][0]) == {"busy", "idle", "bubble_fraction", "peak_activations"}

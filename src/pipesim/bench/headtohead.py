@@ -82,9 +82,9 @@ def _build_sides(case: Case, rank: int, world: int) -> list[Any]:
 
     from pipesim.bench.probe import Probe
     from pipesim.bench.torchpp import TorchPipeline, torch_placement
+    from pipesim.models.mlp import build_mlp, split_layers, uniform_balance
     from pipesim.runtime.comm import Comm, exchange_shapes
     from pipesim.runtime.engine import Engine
-    from pipesim.models.mlp import build_mlp, split_layers, uniform_balance
     from pipesim.runtime.stage import StageRunner
     from pipesim.runtime.train import RunConfig, make_batch
     from pipesim.schedules import get_schedule

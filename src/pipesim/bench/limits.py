@@ -106,9 +106,9 @@ def _synthetic_engine(case: SyntheticCase, rank: int) -> tuple[Any, dict[Op, flo
     import torch
     from torch import nn
 
+    from pipesim.models.mlp import build_mlp, split_layers, uniform_balance
     from pipesim.runtime.comm import Comm, exchange_shapes
     from pipesim.runtime.engine import Engine
-    from pipesim.models.mlp import build_mlp, split_layers, uniform_balance
     from pipesim.runtime.stage import StageRunner
 
     sched = get_schedule(case.schedule, case.ranks, case.microbatches)

@@ -68,6 +68,10 @@ def register(sub: Any) -> None:
                    help="explicit layers per stage, e.g. 2,3,3,2")
     p.add_argument("--optimizer-factor", type=float, default=4.0,
                    help="memory per parameter byte: weights + grads + Adam moments (default 4)")
+    p.add_argument("--synthesize", nargs="?", const=1.0, type=positive_float, metavar="S",
+                   help="also search a schedule for each configuration's own costs (synth, "
+                        "synth-v), S seconds each (default 1); write one with 'pipesim "
+                        "synthesize -o'")
     p.add_argument("--top", type=positive_int, default=10, help="rows to print (default 10)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_network_args(p)
@@ -195,9 +199,11 @@ def plan_from_layer_costs(layer_costs: LayerCosts, args: argparse.Namespace) -> 
             return plan_world(layer_costs, args.world_size, args.batch, args.memory_limit,
                               schedules, args.microbatches, args.virtual, partition,
                               args.optimizer_factor, network_from_args(args), args.dp,
-                              None if args.no_prune else args.top)
+                              None if args.no_prune else args.top,
+                              synthesize=args.synthesize)
         return plan(layer_costs, args.ranks, args.batch, args.memory_limit, schedules,
-                    args.microbatches, args.virtual, partition, args.optimizer_factor)
+                    args.microbatches, args.virtual, partition, args.optimizer_factor,
+                    synthesize=args.synthesize)
     except PlanError as err:
         raise UserError(str(err)) from None
 

@@ -30,7 +30,7 @@ from pipesim.commands.plan import add_network_args, network_from_args
 from pipesim.costs import CostModel
 from pipesim.ir import Schedule
 from pipesim.planner.dataparallel import DPResult, simulate_dp
-from pipesim.simulate import DeadlockError
+from pipesim.simulate import DeadlockError, steady_step
 from pipesim.timeline import Metrics, Timeline, metrics
 from pipesim.validate import validate
 from pipesim.views.ascii import render_ascii
@@ -81,9 +81,10 @@ def run(args: argparse.Namespace) -> int:
         return 1
     timeline = result.timeline
     measured = metrics(timeline, stash_bytes(costs))
+    steady = steady_step(sched, costs).step  # steps back to back, no optimizer barrier
     write_views(args, [(f"{sched.name or 'schedule'} (simulated)", timeline)])
     if args.json:
-        data = simulate_json(sched, costs, measured)
+        data = simulate_json(sched, costs, measured, steady)
         if args.dp > 1:
             data |= {"dp": args.dp, "step_time": result.step_time,
                      "exposed_allreduce": result.exposed_allreduce,
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.ascii:
         print(render_ascii(timeline, chart_width(args)))
     else:
-        print(summary(sched, costs, measured))
+        print(summary(sched, costs, measured, steady))
         if args.dp > 1:
             print(dp_summary(result, costs.unit))
         print()
@@ -164,24 +165,30 @@ def _write_views(args: argparse.Namespace, timelines: list[tuple[str, Timeline]]
             raise UserError(str(err)) from None
 
 
-def simulate_json(sched: Schedule, costs: CostModel, measured: Metrics) -> dict[str, Any]:
+def simulate_json(sched: Schedule, costs: CostModel, measured: Metrics,
+                  steady: float | None = None) -> dict[str, Any]:
     data = measured.to_dict()
     return {
         "schedule": sched.name, "ranks": sched.ranks, "stages": sched.stages,
         "microbatches": sched.microbatches, "makespan": data["makespan"],
+        **({} if steady is None else {"steady_step": steady}),
         "bubble_fraction": data["bubble_fraction"], "per_rank": data["per_rank"],
         "costs": costs.to_dict(),
     }
 
 
-def summary(sched: Schedule, costs: CostModel, measured: Metrics) -> str:
-    """The short report: what was simulated, makespan, bubble, and a per-rank table."""
+def summary(sched: Schedule, costs: CostModel, measured: Metrics,
+            steady: float | None = None) -> str:
+    """The short report: what was simulated, makespan, bubble, and a per-rank table.
+
+    ``steady``: the step time when steps run back to back (``simulate.steady_step``)."""
     unit = costs.unit
     lines = [
         f"{sched.name or 'schedule'}: {sched.ranks} ranks, {sched.stages} stages, "
         f"{sched.microbatches} microbatches, {sched.num_actions} actions",
         f"costs: {describe(costs)}",
-        f"makespan {measured.makespan:g} {unit}, bubble {measured.bubble_fraction:.1%}",
+        f"makespan {measured.makespan:g} {unit}, bubble {measured.bubble_fraction:.1%}"
+        + ("" if steady is None else f"; steady step {steady:g} {unit} (steps back to back)"),
         "",
         f"{'rank':>4}  {'busy':>10}  {'idle':>10}  {'bubble':>7}  {'peak act.':>9}",
     ]

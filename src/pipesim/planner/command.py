@@ -61,7 +61,10 @@ def run_command(config: Config, ranks: int, profiled: ProfiledModel | None = Non
     for key, value in (profiled._asdict() if profiled else {}).items():
         if value is not None:
             words += ["--" + key.replace("_", "-"), shlex.quote(str(value))]
-    words += ["--schedule", config.schedule, "-w", str(ranks * config.dp)]
+    from pipesim.planner.synth import SYNTHESIZED
+    schedule = ["--schedule", config.schedule] if config.schedule not in SYNTHESIZED else \
+        ["--file", f"{config.schedule}.txt"]  # written by `pipesim synthesize -o`
+    words += [*schedule, "-w", str(ranks * config.dp)]
     words += ["--dp", str(config.dp)] if config.dp > 1 else []
     words += ["-m", str(config.microbatches),
               "-b", str(config.microbatch_size), "-v", str(config.virtual_stages),

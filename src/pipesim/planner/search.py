@@ -70,6 +70,7 @@ from pipesim.planner.space import (
     format_bytes,
     parse_bytes,
 )
+from pipesim.planner.synth import SYNTHESIZED, synth_pairs, synth_schedule
 from pipesim.schedules import SCHEDULES, ConfigError, get_schedule
 from pipesim.simulate import simulate
 from pipesim.timeline import bubble_fraction, peak_stash
@@ -185,19 +186,23 @@ def plan(layer_costs: LayerCosts, ranks: int, batch: int,
          virtual: Sequence[int] = (1, 2),
          partition: str | Sequence[int] = "auto",
          optimizer_factor: float = 4.0,
-         dp: DPConfig | None = None) -> PlanResult:
+         dp: DPConfig | None = None,
+         synthesize: float | None = None) -> PlanResult:
     """Rank every accepted configuration of a ``ranks``-rank pipeline by predicted step time.
 
     ``dp`` (default one replica): ``dp.replicas`` copies share the batch and all-reduce their
-    gradients over ``dp``'s network. See the module docstring.
+    gradients over ``dp``'s network. ``synthesize``: also search a schedule for each
+    configuration's costs, this many seconds each (``pipesim.planner.synth``). See the module
+    docstring.
     """
     dp = dp or DPConfig()
     _check_inputs(layer_costs, ranks, batch, memory_limit_bytes, optimizer_factor)
     if batch % dp.replicas:
         raise PlanError(f"batch {batch} does not split evenly over {dp.replicas} replicas")
-    search = _Search(layer_costs, check_partition(partition, len(layer_costs)),
-                     _schedule_virtuals(schedules, virtual), memory_limit_bytes,
-                     optimizer_factor)
+    pairs = _schedule_virtuals(schedules, virtual)
+    pairs += synth_pairs(virtual) if synthesize else []
+    search = _Search(layer_costs, check_partition(partition, len(layer_costs)), pairs,
+                     memory_limit_bytes, optimizer_factor, synth_seconds=synthesize)
     share = batch // dp.replicas
     search.add(ranks, dp, share, _microbatch_counts(share, ranks, microbatch_counts))
     meta = {"model": layer_costs.model, "ranks": ranks, "batch": batch, "layers": len(layer_costs),
@@ -214,21 +219,24 @@ def plan_world(layer_costs: LayerCosts, world_size: int, batch: int,
                optimizer_factor: float = 4.0,
                network: DPConfig | None = None,
                replicas: Sequence[int] | None = None,
-               keep: int | None = None) -> PlanResult:
+               keep: int | None = None,
+               synthesize: float | None = None) -> PlanResult:
     """Every split of ``world_size`` GPUs into D replicas x P pipeline ranks, ranked.
 
     ``network``: links and buckets of the all-reduce (its ``replicas`` is ignored);
     ``replicas``: the values of D to try (default every divisor of ``world_size``);
-    ``keep``: find the ``keep`` best exactly and prune what cannot join them (module docstring).
+    ``keep``: find the ``keep`` best exactly and prune what cannot join them (module docstring);
+    ``synthesize``: as in ``plan``.
     """
     network = network or DPConfig()
     _check_inputs(layer_costs, 1, batch, memory_limit_bytes, optimizer_factor)
     for label, value in (("world size", world_size), ("keep", 1 if keep is None else keep)):
         if not is_positive_int(value):
             raise PlanError(f"{label} must be an integer >= 1, got {value!r}")
-    search = _Search(layer_costs, check_partition(partition, len(layer_costs)),
-                     _schedule_virtuals(schedules, virtual), memory_limit_bytes,
-                     optimizer_factor, keep)
+    pairs = _schedule_virtuals(schedules, virtual)
+    pairs += synth_pairs(virtual) if synthesize else []
+    search = _Search(layer_costs, check_partition(partition, len(layer_costs)), pairs,
+                     memory_limit_bytes, optimizer_factor, keep, synth_seconds=synthesize)
     least = optimizer_factor * math.fsum(layer_costs.layer_params())  # over P: some rank's
     try:
         splits = world_splits(world_size, len(layer_costs), batch,
@@ -271,7 +279,8 @@ class _Search:
 
     def __init__(self, layer_costs: LayerCosts, partition: str | Sequence[int],
                  pairs: list[tuple[str, int]], limit: float | None, factor: float,
-                 keep: int | None = None) -> None:
+                 keep: int | None = None, synth_seconds: float | None = None) -> None:
+        self.synth_seconds = synth_seconds or 1.0
         self.data = _StageData(layer_costs)
         self.partition, self.pairs, self.limit, self.factor, self.keep = (
             partition, pairs, limit, factor, keep)
@@ -316,18 +325,28 @@ class _Search:
                 self.pruned += len(job.configs)
                 continue
             try:
-                sched = get_schedule(job.name, job.ranks, job.microbatches, job.virtual)
+                sched = None if job.name in SYNTHESIZED else \
+                    get_schedule(job.name, job.ranks, job.microbatches, job.virtual)
             except ConfigError as err:
                 self.skipped.append(Skipped(job.name, job.microbatches, job.virtual, str(err),
                                             job.dp.replicas))
                 continue
-            digest = _digest(sched)
+            digest = None if sched is None else _digest(sched)
             for bound, config in job.configs:
                 if bound > self.cutoff(job.dp.replicas):
                     self.pruned += 1
                     continue
-                outcome = _evaluate(sched, digest, config, self.data, self.limit, self.factor,
-                                    job.dp)
+                mine, mine_digest = sched, digest
+                if mine is None:  # synthesized for this configuration's own costs
+                    mine = synth_schedule(job.name, job.ranks, job.microbatches,
+                                          self.data.costs(config), *self.data.memory(config),
+                                          self.limit, self.factor, self.synth_seconds)
+                    if mine is None:
+                        continue
+                    mine_digest = _digest(mine)
+                assert mine_digest is not None
+                outcome = _evaluate(mine, mine_digest, config, self.data, self.limit,
+                                    self.factor, job.dp)
                 if isinstance(outcome, Rejected):
                     self.rejected.append(outcome)
                     continue
@@ -337,7 +356,7 @@ class _Search:
                 heapq.heappush(self.best, -outcome.predicted_step_seconds)
                 if self.keep is not None and len(self.best) > self.keep:
                     heapq.heappop(self.best)
-        order = list(SCHEDULES)
+        order = [*SCHEDULES, *SYNTHESIZED]
         self.candidates.sort(key=lambda c: (
             float(f"{c.predicted_step_seconds:.9g}"), max(c.peak_memory_bytes),
             order.index(c.config.schedule), c.config.microbatches, c.config.virtual_stages,
