@@ -143,3 +143,6 @@ def summary(found: Synthesis, costs: CostModel, others: list[Row], output: str |
     lines += [f"{name:<12} {step:>11.4g} {span:>9.4g} {peak:>5}"
               for name, _, step, span, peak in others]
     return "\n".join(lines)
+
+
+__all__ = ["register", "registered", "run", "summary"]

@@ -14,6 +14,7 @@ import shlex
 from typing import TYPE_CHECKING, Any
 
 from pipesim.layercosts import LayerCosts, ProfiledModel
+from pipesim.planner.space import SYNTHESIZED
 
 if TYPE_CHECKING:
     from pipesim.planner.search import Config
@@ -32,7 +33,8 @@ def command_for(config: Config, layer_costs: LayerCosts) -> str:
 def pipeline_args(config: Config) -> dict[str, Any]:
     """The keyword arguments of ``pipesim.Pipeline`` that run ``config`` (the model and
     ``loss_fn`` are the caller's). The planner's memory keeps every stash: no checkpointing."""
-    return {"schedule": config.schedule, "microbatches": config.microbatches,
+    schedule = f"{config.schedule}.txt" if config.schedule in SYNTHESIZED else config.schedule
+    return {"schedule": schedule, "microbatches": config.microbatches,
             "virtual_stages": config.virtual_stages, "balance": config.balance,
             "dp": config.dp, "checkpoint_activations": False}
 
@@ -47,7 +49,7 @@ def pipeline_call(config: Config) -> str:
     words = [f"{k}={v!r}" for k, v in args.items()
              if k not in ("schedule", "microbatches") and _PIPELINE_DEFAULTS.get(k) != v]
     world = config.world_size
-    return (f"pipesim.Pipeline(model, schedule={json.dumps(config.schedule)}, "
+    return (f"pipesim.Pipeline(model, schedule={json.dumps(args['schedule'])}, "
             f"microbatches={config.microbatches}, loss_fn=loss_fn, {', '.join(words)})  "
             f"# {world} process{'es' if world > 1 else ''}, microbatches of "
             f"{config.microbatch_size} sample{'s' if config.microbatch_size > 1 else ''}")
@@ -61,7 +63,6 @@ def run_command(config: Config, ranks: int, profiled: ProfiledModel | None = Non
     for key, value in (profiled._asdict() if profiled else {}).items():
         if value is not None:
             words += ["--" + key.replace("_", "-"), shlex.quote(str(value))]
-    from pipesim.planner.synth import SYNTHESIZED
     schedule = ["--schedule", config.schedule] if config.schedule not in SYNTHESIZED else \
         ["--file", f"{config.schedule}.txt"]  # written by `pipesim synthesize -o`
     words += [*schedule, "-w", str(ranks * config.dp)]

@@ -14,6 +14,9 @@ from pipesim.checks import is_positive_int
 from pipesim.layercosts import LayerCosts
 from pipesim.schedules import SCHEDULES
 
+# schedules the planner synthesizes (planner/synth.py): name -> (placement, stages per rank)
+SYNTHESIZED = {"synth": ("one", 1), "synth-v": ("v", 2)}
+
 PARTITIONS = ("auto", "time", "params", "uniform")
 
 
@@ -144,4 +147,5 @@ def check_partition(partition: str | Sequence[int], n_layers: int) -> str | list
         raise PlanError(str(err)) from None
 
 
-__all__ = ["PARTITIONS", "PlanError", "check_partition", "format_bytes", "parse_bytes"]
+__all__ = ["PARTITIONS", "SYNTHESIZED", "PlanError", "check_partition", "format_bytes",
+           "parse_bytes"]

@@ -16,12 +16,12 @@ from collections.abc import Sequence
 
 from pipesim.costs import CostModel
 from pipesim.ir import Schedule
+from pipesim.planner.space import SYNTHESIZED
 from pipesim.planner.synthesize import SynthesisError, synthesize
 from pipesim.schedules._common import v_placement
 
 __all__ = ["SYNTHESIZED", "synth_pairs", "synth_schedule"]
 
-SYNTHESIZED = {"synth": ("one", 1), "synth-v": ("v", 2)}  # name -> (placement, stages per rank)
 
 
 def synth_pairs(virtual: Sequence[int]) -> list[tuple[str, int]]:

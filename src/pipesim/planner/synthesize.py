@@ -35,6 +35,7 @@ from pipesim.planner.listsched import Knobs, Problem, list_schedule, make_proble
 from pipesim.schedules import SCHEDULES, ConfigError, _check_size
 from pipesim.schedules._common import v_placement
 from pipesim.simulate import DeadlockError, simulate, steady_step
+from pipesim.timeline import peak_stash
 from pipesim.validate import peak_activations, validate
 
 __all__ = ["OBJECTIVES", "PLACEMENTS", "Bounds", "Synthesis", "SynthesisError", "bounds",
@@ -290,10 +291,7 @@ def _fits(sched: Schedule, pb: Problem) -> bool:
 
 
 def _stash_bytes(sched: Schedule, stash: Sequence[float]) -> list[float]:
-    from pipesim.planner.search import (
-        peak_memory,  # the byte walk's owner (imported late: plan is big)
-    )
-    return peak_memory(sched, stash, [0.0] * sched.stages, 0.0)
+    return list(peak_stash(sched.actions, stash))  # the one peak-stash walk, in bytes
 
 
 def _extras(limit: int) -> list[int]:
