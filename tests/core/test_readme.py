@@ -18,6 +18,9 @@ How a block is read (so new README sections are picked up with no change here):
   command is otherwise run as written.
 - A block that imports torch (``pipesim run``/``profile``, ``plan --model``, ``torchrun``,
   ``python examples/``) is in the runtime tier (``-m runtime``); the rest are pure.
+- ```python blocks run as scripts in the same directory (runtime tier when they import torch),
+  except one that is a file of examples/ verbatim (its own command runs it): that one must stay
+  equal to the file.
 """
 
 from __future__ import annotations
@@ -179,3 +182,32 @@ def test_readme_command_runs(cmd: Command, scratch: Path) -> None:
         assert done.returncode in (1, 2), shown
         said = done.stdout if failure == "invalid:" else done.stderr
         assert any(line.startswith(failure) for line in said.splitlines()), shown
+
+
+def python_blocks() -> list[tuple[int, str]]:
+    return [(start, "\n".join(lines) + "\n")
+            for start, lang, lines in blocks(README.read_text(encoding="utf-8"))
+            if lang == "python"]
+
+
+EXAMPLES = {p.read_text(encoding="utf-8"): p for p in sorted((ROOT / "examples").glob("*.py"))}
+
+
+@pytest.mark.parametrize("start, code", [
+    pytest.param(start, code, id=f"L{start}",
+                 marks=[pytest.mark.runtime] if "import torch" in code else [])
+    for start, code in python_blocks()])
+def test_readme_python_block_runs(start: int, code: str, scratch: Path) -> None:
+    if code in EXAMPLES:
+        return  # examples/<file> verbatim: its `python examples/...` command runs it
+    path = scratch / f"readme_block_{start}.py"
+    path.write_text(code, encoding="utf-8")
+    env = os.environ | {"PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run([sys.executable, str(path)], cwd=scratch, env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode == 0, f"README.md:{start}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+
+
+def test_the_library_example_in_readme_is_the_file() -> None:
+    assert (ROOT / "examples" / "own_model.py").read_text(encoding="utf-8") in \
+        [code for _, code in python_blocks()]

@@ -107,7 +107,7 @@ def reference(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]
     for x, y in batches:
         loss = loss_fn(run_layers(list(model), x), y)  # type: ignore[operator]
         torch.autograd.backward(loss)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         opt.step()
         opt.zero_grad()
