@@ -8,9 +8,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from pipesim.costs import CostModel
-from pipesim.ir import Action, Op, Schedule, deps, format_action, parse_action, parse_schedule
+from pipesim.ir import Action, Op, Schedule, deps, format_action, parse_action
 from pipesim.planner.api import plan
 from pipesim.planner.synthesize import Synthesis, synthesis, synthesize
+from pipesim.schedule_io import parse_schedule
 from pipesim.schedules import SCHEDULES, get_schedule
 from pipesim.see import ascii, write_html, write_png, write_trace
 from pipesim.simulate import DeadlockError, simulate, steady_step

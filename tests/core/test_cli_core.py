@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipesim.cli import main
-from pipesim.ir import format_text, parse_csv, parse_text
+from pipesim.schedule_io import format_text, parse_csv, parse_text
 from pipesim.schedules import SCHEDULES, get_schedule
 
 WriteFile = Callable[[str, "str | bytes"], str]

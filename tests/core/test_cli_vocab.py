@@ -20,8 +20,8 @@ from pipesim.commands._vocab import (
     warn_oversubscribed,
 )
 from pipesim.costs import CostModel
-from pipesim.ir import parse_schedule
 from pipesim.layercosts import LayerCost, LayerCosts, cost_file_kind, costs_for_stages
+from pipesim.schedule_io import parse_schedule
 from pipesim.schedules import get_schedule
 from pipesim.validate import validate
 

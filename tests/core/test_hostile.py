@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 
 from pipesim.cli import main
 from pipesim.costs import CostError, CostModel
-from pipesim.ir import ParseError, parse_schedule
+from pipesim.ir import ParseError
 from pipesim.layercosts import CostFileError, parse_layer_costs
+from pipesim.schedule_io import parse_schedule
 from pipesim.validate import validate
 
 _FAST = settings(max_examples=150, deadline=None, derandomize=True,

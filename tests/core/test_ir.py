@@ -17,11 +17,13 @@ from pipesim.ir import (
     crosses_ranks,
     dep_keys,
     deps,
-    detect_format,
     format_action,
+    parse_action,
+)
+from pipesim.schedule_io import (
+    detect_format,
     format_csv,
     format_text,
-    parse_action,
     parse_csv,
     parse_schedule,
     parse_text,

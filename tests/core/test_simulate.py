@@ -12,7 +12,8 @@ from collections.abc import Iterator
 import pytest
 
 from pipesim.costs import CostModel
-from pipesim.ir import Action, Op, Schedule, deps, parse_text
+from pipesim.ir import Action, Op, Schedule, deps
+from pipesim.schedule_io import parse_text
 from pipesim.schedules import SCHEDULES, ConfigError, get_schedule
 from pipesim.simulate import DeadlockError, simulate, steady_step
 from pipesim.timeline import Event, MessageEvent, Timeline, metrics

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 import pipesim
 from pipesim.cli import main
 from pipesim.costs import CostModel
-from pipesim.ir import parse_schedule
 from pipesim.planner.listsched import make_problem
 from pipesim.planner.synthesize import SynthesisError, bounds, synthesis, synthesize
+from pipesim.schedule_io import parse_schedule
 from pipesim.schedules import SCHEDULES, ConfigError, get_schedule
 from pipesim.simulate import simulate, steady_step
 from pipesim.validate import validate

@@ -35,7 +35,7 @@ from torch.distributed.pipelining._schedule_visualizer import get_schedule_ops
 
 from pipesim.cli import main
 from pipesim.costs import CostModel
-from pipesim.ir import format_csv, parse_csv, row_tokens, schedule_from_rows
+from pipesim.schedule_io import format_csv, parse_csv, row_tokens, schedule_from_rows
 from pipesim.schedules import ConfigError, get_schedule
 from pipesim.simulate import simulate
 from pipesim.validate import validate

@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from pipesim.ir import Action, Op, Schedule, deps, parse_action, parse_text
+from pipesim.ir import Action, Op, Schedule, deps, parse_action
+from pipesim.schedule_io import parse_text
 from pipesim.schedules import SCHEDULES, get_schedule
 from pipesim.validate import (
     InvalidScheduleError,

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 import pipesim
-from pipesim.ir import format_text
 from pipesim.runtime.layers import run_layers
+from pipesim.schedule_io import format_text
 from pipesim.schedules import SCHEDULES, get_schedule
 from tests.runtime.library_models import (
     mixed,

@@ -14,10 +14,10 @@ import torch.distributed as dist
 from torch import nn
 
 from pipesim.costs import CostModel
-from pipesim.ir import format_csv, format_text, parse_schedule
 from pipesim.planner.synthesize import synthesis
 from pipesim.processes.launch import launch
 from pipesim.runtime.train import RunConfig
+from pipesim.schedule_io import format_csv, format_text, parse_schedule
 from tests.runtime.helpers import assert_step_matches
 
 

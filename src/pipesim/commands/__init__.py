@@ -23,7 +23,8 @@ from pipesim.commands._vocab import (
     resolve_sizes,
     warn_oversubscribed,
 )
-from pipesim.ir import ParseError, Schedule, parse_schedule
+from pipesim.ir import ParseError, Schedule
+from pipesim.schedule_io import parse_schedule
 from pipesim.schedules import ConfigError, UnknownScheduleError, get_schedule
 
 # Subcommand modules found in this package, in this order first. Each defines register(subparsers).

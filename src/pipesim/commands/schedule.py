@@ -12,7 +12,8 @@ from pipesim.commands import (
     schedule_from_args,
     write_atomic,
 )
-from pipesim.ir import Schedule, format_csv, format_text
+from pipesim.ir import Schedule
+from pipesim.schedule_io import format_csv, format_text
 from pipesim.schedules import SCHEDULES
 from pipesim.validate import InvalidScheduleError, validate
 from pipesim.views.grid import format_step_grid

@@ -17,9 +17,10 @@ from pipesim.commands import UserError, dump_json, positive_float, positive_int,
 from pipesim.commands._costargs import add_cost_args, costs_from_args, describe
 from pipesim.commands.simulate import chart_width, write_views
 from pipesim.costs import CostModel
-from pipesim.ir import Schedule, format_csv, format_text
+from pipesim.ir import Schedule
 from pipesim.planner.space import parse_bytes
 from pipesim.planner.synthesize import OBJECTIVES, PLACEMENTS, Synthesis, SynthesisError, synthesis
+from pipesim.schedule_io import format_csv, format_text
 from pipesim.schedules import SCHEDULES, ConfigError
 from pipesim.schedules._common import v_placement
 from pipesim.simulate import simulate, steady_step

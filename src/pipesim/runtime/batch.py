@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
-from pipesim.ir import Op, ParseError, Schedule, parse_schedule
+from pipesim.ir import Op, ParseError, Schedule
 from pipesim.runtime.agree import PipelineError, crc
 from pipesim.runtime.stage import Payload
+from pipesim.schedule_io import parse_schedule
 from pipesim.schedules import ConfigError, UnknownScheduleError, get_schedule
 from pipesim.validate import validate
 

@@ -248,8 +248,8 @@ def _watchdog_observers() -> list[Observer]:
 
 def _agree_on_model(pipe: Pipeline, names: list[str], layers: list[nn.Module]) -> None:
     """Every rank built the same model, schedule and balance; else every rank raises."""
-    from pipesim.ir import format_text
     from pipesim.runtime.agree import crc, structure
+    from pipesim.schedule_io import format_text
     mine = [crc(structure(names, layers)), crc([format_text(pipe.schedule)]),
             crc(pipe.balance), pipe.dp]
     everyone = all_ints(mine, pipe.device)

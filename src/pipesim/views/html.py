@@ -39,7 +39,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from pipesim.ir import Action, Schedule, dep_keys, schedule_from_rows, start_deps
+from pipesim.ir import Action, Schedule, dep_keys, start_deps
+from pipesim.schedule_io import schedule_from_rows
 from pipesim.timeline import Event, Metrics, Timeline, metrics
 
 __all__ = ["HtmlSection", "render_html", "render_timeline_html"]
