@@ -52,6 +52,9 @@ class CostModel:
     # the sending rank's own time to hand a message to the transport: its action ends, and
     # the message leaves, that much later (0: sends cost the sender nothing)
     send_overhead: float = 0.0
+    # bytes stage s's forward keeps alive for its backward, per microbatch (() when unknown:
+    # memory is then counted in stashes, not bytes); not the output, which is activation_bytes
+    stash_bytes: tuple[float, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -93,6 +96,7 @@ class CostModel:
         comm_bandwidth: float = math.inf,
         unit: str = "units",
         send_overhead: float = 0.0,
+        stash_bytes: float | Sequence[float] | None = None,
     ) -> CostModel:
         if stages < 1:
             raise CostError("stages must be >= 1")
@@ -110,7 +114,8 @@ class CostModel:
             raise CostError("comm_bandwidth must be > 0")
         return cls(f, i, w, b, _per_stage("activation_bytes", activation_bytes, stages),
                    _per_stage("param_bytes", param_bytes, stages), float(comm_latency),
-                   float(comm_bandwidth), unit, float(send_overhead))
+                   float(comm_bandwidth), unit, float(send_overhead),
+                   () if stash_bytes is None else _per_stage("stash_bytes", stash_bytes, stages))
 
     def duration(self, action: Action) -> float:
         table = {Op.F: self.forward, Op.I: self.backward_input, Op.W: self.backward_weight,
@@ -127,6 +132,8 @@ class CostModel:
         d = asdict(self)
         d.pop("extra")
         d["stages"] = self.stages
+        if not self.stash_bytes:
+            d.pop("stash_bytes")
         if math.isinf(self.comm_bandwidth):
             d["comm_bandwidth"] = None
         for k, v in d.items():
@@ -141,7 +148,7 @@ class CostModel:
             raise CostError("a cost file holds a JSON object")
         known = {"forward", "backward_input", "backward_weight", "backward", "activation_bytes",
                  "param_bytes", "comm_latency", "comm_bandwidth", "send_overhead", "unit",
-                 "stages", "layers", "model", "microbatch_size", "source"}
+                 "stash_bytes", "stages", "layers", "model", "microbatch_size", "source"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise CostError(f"unknown field {unknown[0]!r}; valid: {', '.join(sorted(known))}")
@@ -171,7 +178,7 @@ class CostModel:
         return cls.from_lists(
             n, fwd, bi, bw, bwd, data.get("activation_bytes", 0.0), data.get("param_bytes", 0.0),
             data.get("comm_latency", 0.0), math.inf if bandwidth is None else bandwidth, unit,
-            data.get("send_overhead", 0.0),
+            data.get("send_overhead", 0.0), data.get("stash_bytes"),
         )
 
 

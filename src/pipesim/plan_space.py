@@ -38,12 +38,18 @@ def parse_bytes(text: str) -> int:
     return value
 
 
-def format_bytes(n: float) -> str:
-    """Decimal units with one decimal: 3_100_000_000 -> '3.1 GB'."""
+def byte_unit(n: float) -> tuple[float, str]:
+    """The decimal unit ``n`` bytes are shown in: (its size, its name), e.g. (1e9, 'GB')."""
     for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if abs(n) >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n:.0f} B"
+            return size, unit
+    return 1.0, "B"
+
+
+def format_bytes(n: float) -> str:
+    """Decimal units with one decimal: 3_100_000_000 -> '3.1 GB'."""
+    size, unit = byte_unit(n)
+    return f"{n / size:.1f} {unit}" if size > 1 else f"{n:.0f} B"
 
 
 # ----------------------------------------------------------------------------- search space

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate
 from operator import itemgetter
 from typing import Any, NamedTuple
 
@@ -61,6 +60,7 @@ class Timeline:
     microbatches: int = 0
     spans: tuple[Span, ...] = ()
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
+    stash_bytes: tuple[float, ...] = ()  # per stage, what an F keeps for backward; () unknown
 
     @property
     def start(self) -> float:
@@ -93,6 +93,7 @@ class Timeline:
                          for m in self.messages],
             "spans": [[s.rank, s.name, s.start, s.end] for s in self.spans],
             "meta": self.meta,
+            **({"stash_bytes": list(self.stash_bytes)} if self.stash_bytes else {}),
         }
 
     @classmethod
@@ -110,6 +111,7 @@ class Timeline:
             spans=tuple(Span(int(r), str(n), float(s), float(e))
                         for r, n, s, e in d.get("spans", [])),
             meta=dict(d.get("meta", {})),
+            stash_bytes=tuple(float(x) for x in d.get("stash_bytes", [])),
         )
 
     def to_json(self) -> str:
@@ -125,8 +127,9 @@ class RankMetrics:
     busy: float
     idle: float
     bubble_fraction: float
-    peak_activations: int
+    peak_activations: int  # stashes alive at once, each counted 1 whatever its stage's size
     peak_activation_bytes: float | None = None
+    peak_stash: float = 0.0  # in rank stashes (see stash_over_time): compares across v
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,7 @@ class Metrics:
             "bubble_fraction": self.bubble_fraction,
             "per_rank": [
                 {"busy": r.busy, "idle": r.idle, "bubble_fraction": r.bubble_fraction,
-                 "peak_activations": r.peak_activations,
+                 "peak_activations": r.peak_activations, "peak_stash": r.peak_stash,
                  **({"peak_activation_bytes": r.peak_activation_bytes}
                     if r.peak_activation_bytes is not None else {})}
                 for r in self.per_rank
@@ -149,30 +152,72 @@ class Metrics:
         }
 
 
-def _peak_stash(events: Sequence[Event], stash_bytes: Sequence[float] | None,
-                forward_only: bool) -> tuple[int, float | None]:
-    """Most activations alive at once on one rank (F stashes; B, or W when split, frees)."""
-    if forward_only:
-        return 0, (0.0 if stash_bytes else None)
-    deltas = [STASH_DELTA[e[1][1]] for e in events]
-    peak = max(accumulate(deltas, initial=0))
-    if not stash_bytes:
-        return peak, None
-    sizes = [d * stash_bytes[e[1][0]] for d, e in zip(deltas, events, strict=True)]
-    return peak, max(accumulate(sizes, initial=0.0))
+class StashChange(NamedTuple):
+    """When ``event`` starts (an F stashes) or ends (a B, or W, frees), its rank holds ``level``."""
+
+    time: float
+    level: float
+    event: Event
+
+
+def stage_shares(timeline: Timeline) -> dict[int, float]:
+    """Each stage's share of its rank's model: 1/v on a rank that holds v stages."""
+    held: dict[int, set[int]] = {}
+    for s, r in enumerate(timeline.stage_to_rank):
+        held.setdefault(r, set()).add(s)
+    for e in timeline.events:
+        held.setdefault(e[0], set()).add(e[1][0])
+    return {s: 1 / len(stages) for stages in held.values() for s in stages}
+
+
+def stash_over_time(timeline: Timeline, sizes: Sequence[float] | dict[int, float] | None = None,
+                    ) -> list[list[StashChange]]:
+    """Per rank, every change of the activations it keeps for backward, in time order.
+
+    The one memory rule, ``ir.STASH_DELTA``, says what each op does; an F's stash counts from
+    its start, a freeing action's until its end. ``sizes[stage]`` is what one F of the stage
+    keeps: by default ``timeline.stash_bytes`` when known, else the stage's share of its rank
+    (``stage_shares``), so the level is in *rank stashes*: one microbatch's activations of a
+    rank's whole share of the model, whether the rank holds it as one stage or as v (zbv's
+    chunks count 1/2 each). A forward-only timeline keeps nothing.
+    """
+    if sizes is None:
+        sizes = timeline.stash_bytes or stage_shares(timeline)
+    rows: list[list[StashChange]] = [[] for _ in range(timeline.ranks)]
+    if all(e[1][1] is Op.F for e in timeline.events):
+        return rows
+    for rank, row in enumerate(timeline.by_rank()):
+        level = 0.0
+        for e in row:
+            delta = STASH_DELTA[e[1][1]]
+            if delta:
+                level += delta * sizes[e[1][0]]
+                rows[rank].append(StashChange(e[2] if delta > 0 else e[3], level, e))
+    return rows
+
+
+def _peak(changes: Sequence[StashChange]) -> float:
+    return max((c.level for c in changes), default=0.0)
 
 
 def metrics(timeline: Timeline, stash_bytes: Sequence[float] | None = None) -> Metrics:
-    """Makespan, busy/idle/bubble per rank and in total, peak stashed activations."""
+    """Makespan, busy/idle/bubble per rank and in total, peak stash (count, rank stashes, bytes).
+
+    Bytes come from ``stash_bytes`` or else ``timeline.stash_bytes``; None when neither knows.
+    """
     span = timeline.makespan
-    forward = Op.F
-    forward_only = all(e[1][1] is forward for e in timeline.events)
+    stash_bytes = stash_bytes or timeline.stash_bytes or None
+    counts = stash_over_time(timeline, [1.0] * (1 + max((e[1][0] for e in timeline.events),
+                                                        default=0)))
+    shares = stash_over_time(timeline, stage_shares(timeline))
+    sized = stash_over_time(timeline, stash_bytes) if stash_bytes else None
     per_rank = []
-    for row in timeline.by_rank():
+    for rank, row in enumerate(timeline.by_rank()):
         busy = sum(e[3] - e[2] for e in row)
-        peak, peak_b = _peak_stash(row, stash_bytes, forward_only)
         per_rank.append(RankMetrics(busy, span - busy, 1 - busy / span if span else 0.0,
-                                    peak, peak_b))
+                                    round(_peak(counts[rank])),
+                                    None if sized is None else _peak(sized[rank]),
+                                    _peak(shares[rank])))
     total_busy = sum(r.busy for r in per_rank)
     bubble = 1 - total_busy / (timeline.ranks * span) if span else 0.0
     return Metrics(span, bubble, tuple(per_rank))

@@ -155,9 +155,9 @@ def _legend(fig: Any, timelines: Sequence[Timeline]) -> None:
     fig.legend(handles=handles, loc="upper right", ncol=len(handles), fontsize=8, frameon=False)
 
 
-def render_bars_png(rows: Sequence[tuple[str, float, float, int]], title: str,
+def render_bars_png(rows: Sequence[tuple[str, float, float, str]], title: str,
                     unit: str = "units", dpi: int = 110) -> bytes:
-    """compare's chart: per schedule (name, makespan, bubble fraction, peak activations)."""
+    """compare's chart: per schedule (name, makespan, bubble fraction, peak stash as text)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.4))
     try:
@@ -170,7 +170,7 @@ def render_bars_png(rows: Sequence[tuple[str, float, float, int]], title: str,
         ax.set_yticklabels(names, fontsize=9)
         ax.invert_yaxis()
         for i, (_, span, bubble, peak) in enumerate(rows):
-            ax.text(span, i, f"  {span:.4g}  (bubble {bubble:.1%}, peak {peak} act.)",
+            ax.text(span, i, f"  {span:.4g}  (bubble {bubble:.1%}, peak stash {peak})",
                     va="center", fontsize=8)
         ax.set_xlim(0, max(spans, default=1.0) * 1.45)
         ax.set_xlabel(f"makespan ({unit}); green = best", fontsize=9)
