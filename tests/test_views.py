@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from itertools import pairwise
 
 import pytest
@@ -12,7 +13,7 @@ from pipesim.ir import Action, Op
 from pipesim.schedules import get_schedule
 from pipesim.simulate import simulate
 from pipesim.timeline import Event, Span, Timeline
-from pipesim.views.ascii import render_ascii
+from pipesim.views.ascii import LEGEND, render_ascii
 from pipesim.views.chrome_trace import render_chrome_trace
 from pipesim.views.tutorial import render_tutorial_diagram
 
@@ -26,13 +27,48 @@ def lines(text: str) -> str:
 
 def test_ascii_golden_1f1b() -> None:
     # F=1, B=2, two columns per unit: F0 fills its two columns, B0-- its four
+    # under each rank its memory lane: rank 0 holds 1, then 2 stashes (the chart's peak, a full
+    # block) from F1's start to B1's end; rank 1 never more than 1, half the peak
     chart = render_ascii(simulate(get_schedule("1f1b", 2, 3)), width=60, legend=False)
     assert chart == lines("""
         1f1b: 2 ranks, makespan 12 units, bubble 25.0%; 1 column = 0.5 units
                 0         5         10
         rank 0 |F0F1....B0--F2B1--..B2--| 25.0%
+               |▄▄████████████████▄▄▄▄▄▄  2 rank stashes
         rank 1 |..F0B0--F1B1--F2B2--....| 25.0%
+               |  ▄▄▄▄▄▄▄▄▄▄▄▄▄▄▄▄▄▄      1 rank stash
     """)
+
+
+def lane_peaks(chart: str) -> list[str]:
+    """The peak printed at the right of each memory lane."""
+    return re.findall(r"^ +\|.*  ([\d.]+ [a-zA-Z ]+)$", chart, re.MULTILINE)
+
+
+def test_ascii_memory_lane_shows_gpipe_keeping_every_microbatch() -> None:
+    gpipe = render_ascii(simulate(get_schedule("gpipe", 4, 8)), width=80)
+    ofb = render_ascii(simulate(get_schedule("1f1b", 4, 8)), width=80)
+    assert lane_peaks(gpipe) == ["8 rank stashes"] * 4
+    assert lane_peaks(ofb) == ["4 rank stashes", "3 rank stashes", "2 rank stashes",
+                               "1 rank stash"]
+    assert "█ = 8 rank stashes" in gpipe.splitlines()[-1]
+    # zbv's two half-size chunks per rank count 1/2 each: 4 rank stashes, as 1f1b, not 8
+    zbv = render_ascii(simulate(get_schedule("zbv", 4, 8)), width=80)
+    assert lane_peaks(zbv) == ["4 rank stashes"] * 4
+
+
+def test_ascii_memory_lane_in_bytes_when_the_timeline_knows_them() -> None:
+    costs = CostModel.from_lists(2, 1.0, 1.0, 1.0, stash_bytes=[3e6, 1e6])
+    chart = render_ascii(simulate(get_schedule("1f1b", 2, 3), costs), width=60)
+    assert lane_peaks(chart) == ["6 MB", "1 MB"]
+
+
+def test_ascii_time_axis_in_ms_or_us_as_the_span_suits() -> None:
+    events = (Event(0, Action(0, Op.F, 0), 0.0, 0.0002),
+              Event(0, Action(0, Op.B, 0), 0.0002, 0.0005))
+    chart = render_ascii(Timeline(1, events, unit="s", name="t"), width=40, legend=False)
+    assert chart.splitlines()[0] == "t: 1 ranks, makespan 500 us, bubble 0.0%; 1 column = 20 us"
+    assert chart.splitlines()[1].split() == ["0", "200", "400"]
 
 
 def test_ascii_compresses_to_the_width() -> None:
@@ -43,7 +79,7 @@ def test_ascii_compresses_to_the_width() -> None:
     assert all(len(row) <= 80 for row in rows)
     assert "1 column = 10 units" in chart  # 405 units in at most 64 columns: a round 10
     assert set("".join(r.split("|")[1] for r in rows)) <= set("FB.")
-    assert chart.splitlines()[-1].startswith("F forward")  # the legend
+    assert LEGEND in chart
 
 
 def test_ascii_keeps_idle_and_short_labels_honest() -> None:
@@ -64,12 +100,12 @@ def test_ascii_draws_each_ranks_spans_below_it_even_past_the_last_action() -> No
     spans = (Span(0, "allreduce stage 0", 2.0, 4.0), Span(1, "allreduce stage 1", 3.0, 8.0),
              Span(1, "allreduce stage 1", 8.0, 8.2))
     tl = Timeline(2, events, name="t", stage_to_rank=(0, 1), microbatches=1, spans=spans)
-    chart = render_ascii(tl, width=30).splitlines()
+    chart = render_ascii(tl, width=30, memory=False).splitlines()
     assert [line.split("|")[1] for line in chart[2:6]] == [
         "F...B0...", "  ==     ", ".FB......", "   ===== "]
     assert chart[-1].endswith("; = all-reduce")
-    plain = render_ascii(simulate(get_schedule("1f1b", 2, 3)), width=60)
-    assert len(plain.splitlines()) == 5 and "all-reduce" not in plain  # no spans, no lines
+    plain = render_ascii(simulate(get_schedule("1f1b", 2, 3)), width=60, memory=False)
+    assert len(plain.splitlines()) == 6 and "all-reduce" not in plain  # no spans, no lines
 
 
 # ----------------------------------------------------------------------------- chrome trace
