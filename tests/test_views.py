@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from itertools import pairwise
+from typing import Any
 
 import pytest
 
@@ -160,6 +161,51 @@ def test_png_renders_stacked_timelines(tmp_path: pytest.TempPathFactory) -> None
     assert path.read_bytes().startswith(b"\x89PNG")
     bars = render_bars_png([("1f1b", 33.0, 0.27, 4), ("zb-h1", 27.0, 0.11, 4)], "compare")
     assert bars.startswith(b"\x89PNG")
+
+
+def _figure_axes(timelines: list[tuple[str, Timeline]]) -> dict[str, Any]:
+    import matplotlib.pyplot as plt
+
+    from pipesim.views.png import png_figure
+    fig = png_figure(timelines)
+    axes = {ax.get_label(): ax for ax in fig.axes}
+    plt.close(fig)
+    return axes
+
+
+def test_png_panels_cover_every_timeline_and_span() -> None:
+    # run --predict --plot: a predicted step longer than the measured one must not be cut by the
+    # measured panel's axis; an all-reduce past the last action must not run off the axis
+    pytest.importorskip("matplotlib")
+    predicted = simulate(get_schedule("1f1b", 2, 4), CostModel.uniform(2, F=0.001, unit="s"))
+    measured = Timeline(2, tuple(Event(e.rank, e.action, e.start * 0.8, e.end * 0.8)
+                                 for e in predicted.events), unit="s", name="1f1b",
+                        spans=(Span(1, "allreduce stage 1", 0.0095, 0.0125),))
+    axes = _figure_axes([("predicted", predicted), ("measured", measured)])
+    assert set(axes) == {"timeline 0", "memory 0", "timeline 1", "memory 1"}
+    for ax in axes.values():  # one axis for both, as long as the predicted step (15 ms)
+        assert ax.get_xlim() == pytest.approx((0, 0.015))
+        assert ax.get_xlabel() == "time (ms)"
+    assert "makespan 15 ms" in axes["timeline 0"].get_title(loc="left")
+    alone = _figure_axes([("measured", measured)])  # actions end at 12 ms, the span at 12.5
+    assert alone["timeline 0"].get_xlim() == pytest.approx((0, 0.0125))
+    ax = axes["timeline 1"]
+    ticks = ax.xaxis.get_major_formatter()
+    assert ticks(0.01, 0) == "10"  # 0.01 s reads 10 (ms), not 0.01
+
+
+def test_png_memory_lanes_and_one_colour_map() -> None:
+    pytest.importorskip("matplotlib")
+    from pipesim.views.style import OP_COLORS
+    axes = _figure_axes([("gpipe", simulate(get_schedule("gpipe", 4, 8)))])
+    lanes = axes["memory 0"]
+    assert "a full lane = 8 rank stashes" in lanes.get_title(loc="left")
+    assert [t.get_text() for t in lanes.get_yticklabels()] == [
+        f"rank {r}" for r in range(4)]
+    assert [t.get_text() for t in lanes.texts] == ["8"] * 4
+    from matplotlib.colors import to_hex
+    colours = {to_hex(c.get_facecolor()[0]) for c in axes["timeline 0"].collections}
+    assert colours == {OP_COLORS[Op.F].lower(), OP_COLORS[Op.B].lower()}
 
 
 # ----------------------------------------------------------------------------- tutorial

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 from pipesim.ir import Op
 from pipesim.timeline import Event, Span, StashChange, Timeline, metrics, stash_over_time
-from pipesim.views.style import OP_COLOR_NAMES, memory_unit, peak_of, time_unit
+from pipesim.views.style import OP_COLOR_NAMES, drawn_range, memory_unit, peak_of, time_unit
 
 LEGEND = ("F forward, I input-grad, W weight-grad, B backward (I+W); "
           "F3 = op + microbatch, - its extent, . idle\n"
@@ -41,8 +41,8 @@ def render_ascii(timeline: Timeline, width: int = 100, legend: bool = True,
     suffix = 7  # "| 33.3%"
     columns = max(10, width - label - 2 - suffix)
     span = timeline.makespan
-    origin = min([timeline.start, *(s.start for s in timeline.spans)])
-    drawn = max([timeline.end, *(s.end for s in timeline.spans)]) - origin  # spans may end later
+    origin, end = drawn_range(timeline)
+    drawn = end - origin
     scale = _scale(drawn, columns)  # columns per time unit
     columns = max(1, min(columns, math.ceil(drawn * scale - 1e-9))) if drawn else 1
     factor, unit = time_unit(drawn, timeline.unit)

@@ -13,8 +13,8 @@ from pipesim.ir import Op
 from pipesim.plan_space import byte_unit, format_bytes
 from pipesim.timeline import RankMetrics, StashChange, Timeline
 
-__all__ = ["OP_COLORS", "OP_COLOR_NAMES", "OP_LABELS", "PEAK_NOTE", "STASH_COLOR",
-           "memory_unit", "peak_text", "time_unit"]
+__all__ = ["OP_COLORS", "OP_COLOR_NAMES", "OP_LABELS", "PEAK_NOTE", "STASH_COLOR", "drawn_range",
+           "memory_unit", "peak_of", "peak_text", "time_unit"]
 
 OP_COLORS = {Op.F: "#4C72B0", Op.I: "#DD8452", Op.W: "#55A868", Op.B: "#C44E52"}
 OP_COLOR_NAMES = {Op.F: "blue", Op.I: "orange", Op.W: "green", Op.B: "red"}
@@ -37,6 +37,15 @@ def time_unit(span: float, unit: str) -> tuple[float, str]:
         if span * 10.0 ** _EXPONENT[unit] >= 10.0 ** exp or name == "us":
             return 10.0 ** (_EXPONENT[unit] - exp), name
     raise AssertionError("unreachable")
+
+
+def drawn_range(timeline: Timeline) -> tuple[float, float]:
+    """(origin, end) of everything a view draws: actions and spans (an all-reduce may end last)."""
+    starts = [timeline.start, *(x.start for x in timeline.spans)] if timeline.events else \
+        [x.start for x in timeline.spans]
+    ends = [timeline.end, *(x.end for x in timeline.spans)] if timeline.events else \
+        [x.end for x in timeline.spans]
+    return min(starts, default=0.0), max(ends, default=0.0)
 
 
 def memory_unit(timeline: Timeline, peak: float) -> tuple[float, str]:
