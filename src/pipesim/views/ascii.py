@@ -65,8 +65,8 @@ def render_ascii(timeline: Timeline, width: int = 100, legend: bool = True,
     if legend:
         lines.append(LEGEND + ("; = all-reduce" if timeline.spans else ""))
         if peak > 0:
-            lines.append(f"memory lanes: activations kept for backward, █ = "
-                         f"{_amount(timeline, [], peak)} (the highest peak), rank's peak at right")
+            lines.append(f"memory lanes: activations kept for backward; █ = "
+                         f"{_amount(timeline, [], peak)}, each rank's peak at its right")
     return "\n".join(lines)
 
 
