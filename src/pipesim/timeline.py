@@ -138,6 +138,12 @@ class Metrics:
     bubble_fraction: float  # 1 - total busy / (ranks x makespan)
     per_rank: tuple[RankMetrics, ...]
 
+    @property
+    def peak(self) -> RankMetrics:
+        """The rank that keeps the most for backward: by bytes when known, else rank stashes."""
+        return max(self.per_rank, key=lambda r: (r.peak_activation_bytes or 0.0, r.peak_stash),
+                   default=RankMetrics(0.0, 0.0, 0.0, 0))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "makespan": self.makespan,

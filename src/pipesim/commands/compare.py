@@ -41,9 +41,7 @@ class Entry:
 
     @property
     def peak(self) -> RankMetrics:
-        """The rank with the most stashed: bytes when the costs know them, else rank stashes."""
-        return max(self.metrics.per_rank, key=lambda r: (r.peak_activation_bytes or 0.0,
-                                                         r.peak_stash))
+        return self.metrics.peak
 
 
 @dataclass(frozen=True)

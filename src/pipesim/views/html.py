@@ -304,8 +304,7 @@ def _summary_table(sections: Sequence[HtmlSection], measured: Sequence[Metrics])
     for i in order:
         s, m = sections[i], measured[i]
         ratio = f"{m.makespan / best:.2f}×" if best > 0 else "–"
-        peak = esc(peak_text(max(m.per_rank, key=lambda r: (r.peak_activation_bytes or 0.0,
-                                                             r.peak_stash))))
+        peak = esc(peak_text(m.peak))
         cells = "".join(f"<td>{esc(_fmt(s.facts[k]))}</td>" if k in s.facts else "<td>–</td>"
                         for k in keys)
         body.append(f'<tr data-section="{i}"><td class="name">{esc(s.title)}</td>'
