@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from operator import itemgetter
 from typing import Any, NamedTuple
 
@@ -169,10 +170,10 @@ class StashChange(NamedTuple):
 def stage_shares(timeline: Timeline) -> dict[int, float]:
     """Each stage's share of its rank's model: 1/v on a rank that holds v stages."""
     held: dict[int, set[int]] = {}
-    for s, r in enumerate(timeline.stage_to_rank):
+    pairs = {(e[0], e[1][0]) for e in timeline.events} | {
+        (r, s) for s, r in enumerate(timeline.stage_to_rank)}
+    for r, s in pairs:
         held.setdefault(r, set()).add(s)
-    for e in timeline.events:
-        held.setdefault(e[0], set()).add(e[1][0])
     return {s: 1 / len(stages) for stages in held.values() for s in stages}
 
 
@@ -202,28 +203,37 @@ def stash_over_time(timeline: Timeline, sizes: Sequence[float] | dict[int, float
     return rows
 
 
-def _peak(changes: Sequence[StashChange]) -> float:
-    return max((c.level for c in changes), default=0.0)
+def _peaks(row: Sequence[Event], sizes: Sequence[dict[int, float] | Sequence[float]],
+           ) -> list[float]:
+    """The highest level of ``stash_over_time``'s walk of one rank: first counting each stash
+    1, then for each table of sizes."""
+    delta = STASH_DELTA
+    moves = [(d, e[1][0]) for e in row if (d := delta[e[1][1]])]
+    counts = max(accumulate((d for d, _ in moves), initial=0))
+    return [float(counts), *(max(accumulate([d * table[s] for d, s in moves], initial=0.0))
+                             for table in sizes)]
 
 
 def metrics(timeline: Timeline, stash_bytes: Sequence[float] | None = None) -> Metrics:
     """Makespan, busy/idle/bubble per rank and in total, peak stash (count, rank stashes, bytes).
 
-    Bytes come from ``stash_bytes`` or else ``timeline.stash_bytes``; None when neither knows.
+    Peaks are ``stash_over_time``'s highest levels; bytes come from ``stash_bytes`` or else
+    ``timeline.stash_bytes``, None when neither knows them.
     """
     span = timeline.makespan
     stash_bytes = stash_bytes or timeline.stash_bytes or None
-    counts = stash_over_time(timeline, [1.0] * (1 + max((e[1][0] for e in timeline.events),
-                                                        default=0)))
-    shares = stash_over_time(timeline, stage_shares(timeline))
-    sized = stash_over_time(timeline, stash_bytes) if stash_bytes else None
+    forward_only = all(e[1][1] is Op.F for e in timeline.events)
+    shares = stage_shares(timeline)
+    sizes: list[dict[int, float] | Sequence[float]] = [shares]
+    if stash_bytes:
+        sizes.append(stash_bytes)
     per_rank = []
-    for rank, row in enumerate(timeline.by_rank()):
+    for row in timeline.by_rank():
         busy = sum(e[3] - e[2] for e in row)
+        peaks = [0.0] * (1 + len(sizes)) if forward_only else _peaks(row, sizes)
         per_rank.append(RankMetrics(busy, span - busy, 1 - busy / span if span else 0.0,
-                                    round(_peak(counts[rank])),
-                                    None if sized is None else _peak(sized[rank]),
-                                    _peak(shares[rank])))
+                                    round(peaks[0]), peaks[2] if stash_bytes else None,
+                                    peaks[1]))
     total_busy = sum(r.busy for r in per_rank)
     bubble = 1 - total_busy / (timeline.ranks * span) if span else 0.0
     return Metrics(span, bubble, tuple(per_rank))
