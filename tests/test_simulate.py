@@ -15,7 +15,14 @@ from pipesim.costs import CostModel
 from pipesim.ir import Action, Op, Schedule, deps
 from pipesim.schedules import SCHEDULES, ConfigError, get_schedule
 from pipesim.simulate import DeadlockError, simulate, steady_step
-from pipesim.timeline import Event, MessageEvent, Timeline, metrics, stash_over_time
+from pipesim.timeline import (
+    Event,
+    MessageEvent,
+    Timeline,
+    metrics,
+    stage_shares,
+    stash_over_time,
+)
 
 # ----------------------------------------------------------------------------- the reference
 
@@ -353,6 +360,20 @@ def test_stash_over_time_follows_the_one_rule_and_counts_rank_stashes() -> None:
     assert metrics(sized).peak.peak_activation_bytes == 8e6
     forward = metrics(simulate(get_schedule("forward", 2, 2)))  # inference keeps nothing
     assert [r.peak_stash for r in forward.per_rank] == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("name", ["gpipe", "1f1b", "zb-h1", "zbv", "dualpipev",
+                                  "interleaved-1f1b", "looped-bfs"])
+def test_metrics_peaks_are_the_highest_levels_of_stash_over_time(name: str) -> None:
+    sched = get_schedule(name, 4, 8)
+    tl = simulate(sched, CostModel.uniform(sched.stages, stash_bytes=[1e6 * (s + 1) for s in
+                                                                      range(sched.stages)]))
+    got = metrics(tl).per_rank
+    for sizes, field in ((None, "peak_activation_bytes"), (stage_shares(tl), "peak_stash"),
+                         ([1.0] * sched.stages, "peak_activations")):
+        walk = stash_over_time(tl, sizes)
+        assert [max(c.level for c in row) for row in walk] == pytest.approx(
+            [getattr(r, field) for r in got])
 
 
 def test_unit_and_identity_travel_into_the_timeline() -> None:
