@@ -13,7 +13,7 @@ from pipesim.costs import CostModel
 from pipesim.ir import Action, Op
 from pipesim.schedules import get_schedule
 from pipesim.simulate import simulate
-from pipesim.timeline import Event, Span, Timeline
+from pipesim.timeline import Event, Span, Timeline, metrics
 from pipesim.views.ascii import LEGEND, render_ascii
 from pipesim.views.chrome_trace import render_chrome_trace
 from pipesim.views.tutorial import render_tutorial_diagram
@@ -132,6 +132,11 @@ def test_chrome_trace_has_one_event_per_action_and_flows() -> None:
     ends = [e for e in events if e["ph"] == "f"]
     assert len(starts) == len(ends) == len(tl.messages) > 0
     assert sorted(e["id"] for e in starts) == sorted(e["id"] for e in ends)
+    # a memory counter per rank, in rank stashes (zbv's chunks count 1/2), peaking as metrics
+    counters = [e for e in events if e["ph"] == "C"]
+    assert {e["name"] for e in counters} == {"activations kept"}
+    peaks = [max(e["args"]["rank stashes"] for e in counters if e["pid"] == r) for r in (0, 1)]
+    assert peaks == [r.peak_stash for r in metrics(tl).per_rank]
 
 
 def test_chrome_trace_units_and_spans() -> None:
