@@ -26,9 +26,9 @@
   function fmt(x) { return String(Number(x.toPrecision(5))); }
   // a time of the section, in the unit it is shown in (s, ms or us as its span suits)
   function fmtT(sec, t) { return fmt(t * sec.timeScale); }
-  function fmtMem(mem, level) { return fmt(level * mem.scale) + " " + mem.unit; }
-  function fmtMemShort(mem, level) {  // fits under "rank 0": rank stashes go without their unit
-    return mem.kind === "bytes" ? fmtMem(mem, level) : fmt(level * mem.scale);
+  function fmtMem(mem, level) { return String(Number((level * mem.scale).toPrecision(3))) + " " + mem.unit; }
+  function fmtMemShort(mem, level) {  // fits under "rank 0": "16.9 MB", or "peak 4" rank stashes
+    return mem.kind === "bytes" ? fmtMem(mem, level) : "peak " + Number((level * mem.scale).toPrecision(3));
   }
 
   // Full extent of the x axis: per unit in time mode (sections with one unit share an axis).
@@ -77,7 +77,7 @@
         el("title", {}, path).textContent = "rank " + r + ": activations kept for backward, peak " + fmtMem(mem, peak);
         v.memPaths.push({ path: path, changes: changes, base: top + memLane - 4 });
         var label = el("text", { class: "mem-peak", x: 4, y: top + (memLane - 4) / 2 }, bg);
-        label.textContent = "peak " + fmtMemShort(mem, peak);
+        label.textContent = fmtMemShort(mem, peak);
       });
     }
     sec.events.forEach(function (ev, j) {
