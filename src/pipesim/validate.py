@@ -266,3 +266,10 @@ def peak_activations(schedule: Schedule) -> tuple[int, ...]:
         return tuple(0 for _ in schedule.actions)
     return tuple(max(accumulate((STASH_DELTA[a.op] for a in row), initial=0))
                  for row in schedule.actions)
+
+
+def peak_stash(schedule: Schedule) -> tuple[float, ...]:
+    """``peak_activations`` in rank stashes, as ``timeline.stash_over_time`` counts them: every
+    stage of a rank holding v stages stashes 1/v of the rank's share, so the count divides by v."""
+    return tuple(n / max(1, len(schedule.stages_of(r)))
+                 for r, n in enumerate(peak_activations(schedule)))

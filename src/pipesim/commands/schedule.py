@@ -14,7 +14,7 @@ from pipesim.commands import (
 )
 from pipesim.ir import Schedule, format_csv, format_text
 from pipesim.schedules import SCHEDULES
-from pipesim.validate import InvalidScheduleError, validate
+from pipesim.validate import InvalidScheduleError, peak_stash, validate
 from pipesim.views.grid import format_step_grid
 
 
@@ -37,6 +37,7 @@ def schedule_json(args: argparse.Namespace) -> dict[str, Any]:
         "microbatches": sched.microbatches, "stage_to_rank": list(sched.stage_to_rank),
         "actions": [[str(a) for a in row] for row in sched.actions],
         "peak_activations": list(validate(sched).peak_activations),
+        "peak_stash": list(peak_stash(sched)),
     }
 
 
