@@ -47,6 +47,7 @@ from pipesim.ir import STASH_DELTA, Action, Schedule, dep_keys, schedule_from_ro
 from pipesim.timeline import Event, Metrics, Timeline, metrics, stash_over_time
 from pipesim.views.style import (
     OP_COLORS,
+    OP_LABELS,
     STASH_COLOR,
     memory_unit,
     peak_of,
@@ -81,7 +82,8 @@ def render_html(sections: Sequence[HtmlSection], title: str = "pipesim",
     if not sections:
         raise ValueError("render_html needs at least one section")
     measured = [metrics(s.timeline) for s in sections]
-    payload = {"sections": [_section_data(s) for s in sections]}
+    payload: dict[str, Any] = {"sections": [_section_data(s) for s in sections],
+                               "ops": {op.value: label for op, label in OP_LABELS.items()}}
     _share_units(payload["sections"], [s.timeline for s in sections])
     cards = "\n".join(_card_html(i, s, m)
                       for i, (s, m) in enumerate(zip(sections, measured, strict=True)))
@@ -316,11 +318,9 @@ def _summary_table(sections: Sequence[HtmlSection], measured: Sequence[Metrics])
             f"{head}</tr></thead><tbody>{''.join(body)}</tbody></table></section>")
 
 
-_LEGEND = """<div class="legend">
-<span><i class="sw op-F"></i>F forward</span>
-<span><i class="sw op-I"></i>I backward (input)</span>
-<span><i class="sw op-W"></i>W backward (weights)</span>
-<span><i class="sw op-B"></i>B backward (full)</span>
+_LEGEND = '<div class="legend">\n' + "".join(
+    f'<span><i class="sw op-{op.value}"></i>{op.value} {label}</span>\n'
+    for op, label in OP_LABELS.items()) + """\
 <span><i class="sw op-F odd"></i>pale: a rank's 2nd, 4th… stage</span>
 <span><i class="sw mem"></i>activations kept (memory lane)</span>
 <span><i class="sw span"></i>span</span>

@@ -5,7 +5,7 @@
   var t0 = performance.now();
   var DATA = JSON.parse(document.getElementById("pipesim-data").textContent);
   var tParsed = performance.now();
-  var OPS = { F: "forward", I: "backward (input)", W: "backward (weights)", B: "backward" };
+  var OPS = DATA.ops;  // op letter -> its name, from pipesim.views.style
   var LABEL_W = 58, AXIS_H = 24, ROW_H = 26, BOX_H = 20, SPAN_LANE = 8, MEM_LANE = 24, RIGHT = 8;
   var state = { mode: "time", a: 0, b: 1, messages: false };
   var tip = document.getElementById("tooltip");
