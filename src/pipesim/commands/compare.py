@@ -151,7 +151,8 @@ def compare_json(result: Comparison) -> dict[str, Any]:
 
 def _plot(result: Comparison) -> bytes:
     from pipesim.views.png import PlotUnavailableError, render_bars_png
-    rows = [(e.name, e.metrics.makespan, e.metrics.bubble_fraction, peak_text(e.peak))
+    rows = [(e.name, e.metrics.makespan, e.metrics.bubble_fraction, peak_text(e.peak)
+             + ("" if e.peak.peak_activation_bytes is not None else " rank stashes"))
             for e in sorted(result.entries, key=lambda e: e.metrics.makespan)]
     try:
         return render_bars_png(rows, f"compare: {result.ranks} ranks, {result.microbatches} "

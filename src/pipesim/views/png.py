@@ -257,7 +257,7 @@ def render_bars_png(rows: Sequence[tuple[str, float, float, str]], title: str,
         for i, (_, span, bubble, peak) in enumerate(rows):
             ax.text(span, i, f"  {span:.4g}  (bubble {bubble:.1%}, peak stash {peak})",
                     va="center", fontsize=8)
-        ax.set_xlim(0, max(spans, default=1.0) * 1.45)
+        ax.set_xlim(0, max(spans, default=1.0) * 1.75)
         ax.set_xlabel(f"makespan ({unit}); green = best", fontsize=9)
         ax.set_title(title, fontsize=10, loc="left")
         fig.tight_layout()
