@@ -82,6 +82,9 @@ class CostModel:
     # an overlapped pair (F;B) takes overlap x (F + B): 1 runs its parts one after the other
     # (CPU, torch's runtime); DualPipe's F&B on a GPU is below 1
     overlap: float = 1.0
+    # bytes stage s's forward keeps alive for its backward, per microbatch (() when unknown:
+    # memory is then counted in stashes, not bytes); not the output, which is activation_bytes
+    stash_bytes: tuple[float, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -124,6 +127,7 @@ class CostModel:
         unit: str = "units",
         send_overhead: float = 0.0,
         overlap: float = 1.0,
+        stash_bytes: float | Sequence[float] | None = None,
     ) -> CostModel:
         if stages < 1:
             raise CostError("stages must be >= 1")
@@ -142,7 +146,8 @@ class CostModel:
         _check_overlap(overlap)
         return cls(f, i, w, b, _per_stage("activation_bytes", activation_bytes, stages),
                    _per_stage("param_bytes", param_bytes, stages), float(comm_latency),
-                   float(comm_bandwidth), unit, float(send_overhead), float(overlap))
+                   float(comm_bandwidth), unit, float(send_overhead), float(overlap),
+                   () if stash_bytes is None else _per_stage("stash_bytes", stash_bytes, stages))
 
     def duration(self, action: Action) -> float:
         table = {Op.F: self.forward, Op.I: self.backward_input, Op.W: self.backward_weight,
@@ -159,6 +164,8 @@ class CostModel:
         d = {"kind": KIND, **asdict(self)}
         d.pop("extra")
         d["stages"] = self.stages
+        if not self.stash_bytes:
+            d.pop("stash_bytes")
         if math.isinf(self.comm_bandwidth):
             d["comm_bandwidth"] = None
         for k, v in d.items():
@@ -173,7 +180,7 @@ class CostModel:
             raise CostError("a cost file holds a JSON object")
         known = {"kind", "forward", "backward_input", "backward_weight", "backward",
                  "activation_bytes", "param_bytes", "comm_latency", "comm_bandwidth",
-                 "send_overhead", "overlap", "unit", "stages", "layers", "model",
+                 "send_overhead", "overlap", "stash_bytes", "unit", "stages", "layers", "model",
                  "microbatch_size", "source"}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -212,7 +219,7 @@ class CostModel:
         return cls.from_lists(
             n, fwd, bi, bw, bwd, data.get("activation_bytes", 0.0), data.get("param_bytes", 0.0),
             data.get("comm_latency", 0.0), math.inf if bandwidth is None else bandwidth, unit,
-            data.get("send_overhead", 0.0), data.get("overlap", 1.0),
+            data.get("send_overhead", 0.0), data.get("overlap", 1.0), data.get("stash_bytes"),
         )
 
 

@@ -361,7 +361,8 @@ def stage_costs(layer_costs: LayerCosts, balance: Sequence[int],
 
     Times and activation bytes scale linearly from the profiled microbatch size to
     ``microbatch_size`` (a simplification: real kernels are less efficient on small inputs).
-    A stage's activation bytes are its last layer's output; the unit is seconds.
+    A stage's activation bytes are its last layer's output, its stash bytes the sum of its
+    layers' (as ``stage_memory``); the unit is seconds.
     """
     check_balance(balance, len(layer_costs))
     k = _scale(layer_costs, microbatch_size)
@@ -379,6 +380,7 @@ def stage_costs(layer_costs: LayerCosts, balance: Sequence[int],
         param_bytes=_stage_sums(layer_costs.layer_params(), balance),
         comm_latency=layer_costs.comm_latency, comm_bandwidth=layer_costs.comm_bandwidth,
         unit="s", send_overhead=layer_costs.comm_send_overhead,
+        stash_bytes=stage_memory(layer_costs, balance, microbatch_size)[0],
     )
 
 

@@ -86,7 +86,8 @@ def simulate(schedule: Schedule, costs: CostModel | None = None,
             gc.enable()
     sim.raise_if_stuck()
     return Timeline(schedule.ranks, events, messages, costs.unit, schedule.name,
-                    schedule.stage_to_rank, schedule.microbatches, pairs=schedule.pairs)
+                    schedule.stage_to_rank, schedule.microbatches, pairs=schedule.pairs,
+                    stash_bytes=costs.stash_bytes)
 
 
 class SteadyStep(NamedTuple):

@@ -63,6 +63,7 @@ class Timeline:
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
     # the schedule's overlapped pairs (``Schedule.pairs``): each drawn as its two adjacent events
     pairs: frozenset[tuple[Action, Action]] = frozenset()
+    stash_bytes: tuple[float, ...] = ()  # per stage, what an F keeps for backward; () unknown
 
     @property
     def start(self) -> float:
@@ -96,6 +97,7 @@ class Timeline:
             "spans": [[s.rank, s.name, s.start, s.end] for s in self.spans],
             "meta": self.meta,
             **({"pairs": sorted([str(f), str(b)] for f, b in self.pairs)} if self.pairs else {}),
+            **({"stash_bytes": list(self.stash_bytes)} if self.stash_bytes else {}),
         }
 
     @classmethod
@@ -114,6 +116,7 @@ class Timeline:
                         for r, n, s, e in d.get("spans", [])),
             meta=dict(d.get("meta", {})),
             pairs=frozenset((parse_action(f), parse_action(b)) for f, b in d.get("pairs", [])),
+            stash_bytes=tuple(float(x) for x in d.get("stash_bytes", [])),
         )
 
     def to_json(self) -> str:
@@ -129,8 +132,9 @@ class RankMetrics:
     busy: float
     idle: float
     bubble_fraction: float
-    peak_activations: int
+    peak_activations: int  # stashes alive at once, each counted 1 whatever its stage's size
     peak_activation_bytes: float | None = None
+    peak_stash: float = 0.0  # in rank stashes (see stash_over_time): compares across v
 
 
 @dataclass(frozen=True)
@@ -139,13 +143,19 @@ class Metrics:
     bubble_fraction: float  # 1 - total busy / (ranks x makespan)
     per_rank: tuple[RankMetrics, ...]
 
+    @property
+    def peak(self) -> RankMetrics:
+        """The rank that keeps the most for backward: by bytes when known, else rank stashes."""
+        return max(self.per_rank, key=lambda r: (r.peak_activation_bytes or 0.0, r.peak_stash),
+                   default=RankMetrics(0.0, 0.0, 0.0, 0))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "makespan": self.makespan,
             "bubble_fraction": self.bubble_fraction,
             "per_rank": [
                 {"busy": r.busy, "idle": r.idle, "bubble_fraction": r.bubble_fraction,
-                 "peak_activations": r.peak_activations,
+                 "peak_activations": r.peak_activations, "peak_stash": r.peak_stash,
                  **({"peak_activation_bytes": r.peak_activation_bytes}
                     if r.peak_activation_bytes is not None else {})}
                 for r in self.per_rank
@@ -185,22 +195,84 @@ def peak_stash(rows: Sequence[Sequence[ActionKey]], stash_bytes: Sequence[float]
                                 initial=0.0)) for row in rows)
 
 
+class StashChange(NamedTuple):
+    """When ``event`` starts (an F stashes) or ends (a B, or W, frees), its rank holds ``level``."""
+
+    time: float
+    level: float
+    event: Event
+
+
+def stage_shares(timeline: Timeline) -> dict[int, float]:
+    """Each stage's share of its rank's model: 1/v on a rank that holds v stages."""
+    held: dict[int, set[int]] = {}
+    pairs = {(e[0], e[1][0]) for e in timeline.events} | {
+        (r, s) for s, r in enumerate(timeline.stage_to_rank)}
+    for r, s in pairs:
+        held.setdefault(r, set()).add(s)
+    return {s: 1 / len(stages) for stages in held.values() for s in stages}
+
+
+def stash_over_time(timeline: Timeline, sizes: Sequence[float] | dict[int, float] | None = None,
+                    ) -> list[list[StashChange]]:
+    """Per rank, every change of the activations it keeps for backward, in time order.
+
+    The one memory rule, ``ir.STASH_DELTA``, says what each op does; an F's stash counts from
+    its start, a freeing action's until its end. ``sizes[stage]`` is what one F of the stage
+    keeps: by default ``timeline.stash_bytes`` when known, else the stage's share of its rank
+    (``stage_shares``), so the level is in *rank stashes*: one microbatch's activations of a
+    rank's whole share of the model, whether the rank holds it as one stage or as v (zbv's
+    chunks count 1/2 each). A forward-only timeline keeps nothing.
+    """
+    if sizes is None:
+        sizes = timeline.stash_bytes or stage_shares(timeline)
+    rows: list[list[StashChange]] = [[] for _ in range(timeline.ranks)]
+    if all(e[1][1] is Op.F for e in timeline.events):
+        return rows
+    for rank, row in enumerate(timeline.by_rank()):
+        level = 0.0
+        for e in row:
+            delta = STASH_DELTA[e[1][1]]
+            if delta:
+                level += delta * sizes[e[1][0]]
+                rows[rank].append(StashChange(e[2] if delta > 0 else e[3], level, e))
+    return rows
+
+
+def _peaks(row: Sequence[Event], sizes: Sequence[dict[int, float] | Sequence[float]],
+           ) -> list[float]:
+    """The highest level of ``stash_over_time``'s walk of one rank: first counting each stash
+    1, then for each table of sizes."""
+    delta = STASH_DELTA
+    moves = [(d, e[1][0]) for e in row if (d := delta[e[1][1]])]
+    counts = max(accumulate((d for d, _ in moves), initial=0))
+    return [float(counts), *(max(accumulate([d * table[s] for d, s in moves], initial=0.0))
+                             for table in sizes)]
+
+
 def metrics(timeline: Timeline, stash_bytes: Sequence[float] | None = None) -> Metrics:
-    """Makespan, busy/idle/bubble per rank and in total, peak stashed activations."""
+    """Makespan, busy/idle/bubble per rank and in total, peak stash (count, rank stashes, bytes).
+
+    Peaks are ``stash_over_time``'s highest levels; bytes come from ``stash_bytes`` or else
+    ``timeline.stash_bytes``, None when neither knows them.
+    """
     span = timeline.makespan
-    rows = timeline.by_rank()
-    actions = [[e[1] for e in row] for row in rows]
-    peaks = peak_stash(actions)
-    peak_bytes: Sequence[float | None] = (
-        peak_stash(actions, stash_bytes) if stash_bytes else [None] * len(rows))
+    stash_bytes = stash_bytes or timeline.stash_bytes or None
+    forward_only = all(e[1][1] is Op.F for e in timeline.events)
+    shares = stage_shares(timeline)
+    sizes: list[dict[int, float] | Sequence[float]] = [shares]
+    if stash_bytes:
+        sizes.append(stash_bytes)
     per_rank = []
-    for row, peak, peak_b in zip(rows, peaks, peak_bytes, strict=True):
+    for row in timeline.by_rank():
         busy = sum(e[3] - e[2] for e in row)
+        peaks = [0.0] * (1 + len(sizes)) if forward_only else _peaks(row, sizes)
         per_rank.append(RankMetrics(busy, span - busy, bubble_fraction(busy, 1, span),
-                                    peak, peak_b))
+                                    round(peaks[0]), peaks[2] if stash_bytes else None,
+                                    peaks[1]))
     total_busy = sum(r.busy for r in per_rank)
     return Metrics(span, bubble_fraction(total_busy, timeline.ranks, span), tuple(per_rank))
 
 
-__all__ = ["Event", "MessageEvent", "Metrics", "RankMetrics", "Span", "Timeline",
-           "bubble_fraction", "metrics", "peak_stash"]
+__all__ = ["Event", "MessageEvent", "Metrics", "RankMetrics", "Span", "StashChange", "Timeline",
+           "bubble_fraction", "metrics", "peak_stash", "stage_shares", "stash_over_time"]

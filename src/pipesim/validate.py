@@ -313,7 +313,14 @@ def peak_activations(schedule: Schedule) -> tuple[int, ...]:
     return peak_stash(schedule.actions)
 
 
+def peak_in_rank_stashes(schedule: Schedule) -> tuple[float, ...]:
+    """``peak_activations`` in rank stashes, as ``timeline.stash_over_time`` counts them: every
+    stage of a rank holding v stages stashes 1/v of the rank's share, so the count divides by v."""
+    return tuple(n / max(1, len(schedule.stages_of(r)))
+                 for r, n in enumerate(peak_activations(schedule)))
+
+
 __all__ = [
     "InvalidScheduleError", "Message", "Report", "channel_order_warnings", "check", "find_cycle",
-    "format_listing", "messages", "peak_activations", "validate"
+    "format_listing", "messages", "peak_activations", "peak_in_rank_stashes", "validate"
 ]

@@ -264,6 +264,36 @@ def test_step_view_moves_boxes_onto_the_unit_grid(driver: Any, pages: dict[str, 
     wait_for(driver, lambda: float(box.get_attribute("x")) == time_x)
 
 
+def test_memory_lanes_follow_the_axis_in_both_modes(driver: Any, pages: dict[str, Path],
+                                                    tmp_path: Path) -> None:
+    load(driver, pages["compare"])
+
+    def lanes() -> list[dict[str, float]]:
+        boxes: list[dict[str, float]] = driver.execute_script(
+            "return Array.from(document.querySelectorAll('svg[data-section=\"0\"] path.mem'))"
+            ".map(function (p) { var b = p.getBBox(); return {x: b.x, w: b.width, h: b.height,"
+            " plot: p.ownerSVGElement.clientWidth, d: p.getAttribute('d')}; });")
+        return boxes
+
+    time = lanes()
+    assert len(time) == 4  # one lane per rank
+    heights = [b["h"] for b in time]
+    assert heights == sorted(heights, reverse=True) and heights[3] > 0  # 1F1B keeps 4, 3, 2, 1
+    assert all(b["x"] >= 57 and b["x"] + b["w"] <= b["plot"] for b in time)
+    driver.find_element("id", "mode-step").click()
+    wait_for(driver, lambda: [b["d"] for b in lanes()] != [b["d"] for b in time])
+    steps = lanes()
+    assert [b["h"] for b in steps] == heights  # the same levels, placed on the step grid
+    driver.find_element("id", "mode-time").click()
+    short = Timeline(1, (Event(0, Action(0, Op.F, 0), 0.0, 0.0002),
+                         Event(0, Action(0, Op.B, 0), 0.0002, 0.0005)), unit="s", name="short")
+    page = tmp_path / "short.html"
+    page.write_text(render_timeline_html(short), encoding="utf-8")
+    load(driver, page)
+    ticks = [t.text for t in driver.find_elements("css selector", "svg .grid text")]
+    assert ticks[-1] == "us" and "500" in ticks  # 500 us, not 0.0005 s
+
+
 def test_messages_are_drawn_on_demand(driver: Any, pages: dict[str, Path]) -> None:
     load(driver, pages["compare"])
     data = page_data(pages["compare"])

@@ -71,12 +71,13 @@ def test_schedule_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     data = json.loads(out)
     assert set(data) == {"ranks", "stages", "microbatches", "stage_to_rank", "actions",
-                         "peak_activations", "schedule"}
+                         "peak_activations", "peak_stash", "schedule"}
     assert (data["schedule"], data["ranks"], data["stages"], data["microbatches"]) == \
         ("zbv", 2, 4, 3)
     assert data["stage_to_rank"] == [0, 1, 1, 0]
     assert data["actions"] == [[str(a) for a in row] for row in get_schedule("zbv", 2, 3).actions]
     assert data["peak_activations"] == [4, 4]
+    assert data["peak_stash"] == [2, 2]  # zbv's two half-size chunks per rank count 1/2 each
 
 
 def test_schedule_json_lists_overlapped_pairs(capsys: pytest.CaptureFixture[str]) -> None:
@@ -130,7 +131,7 @@ def test_validate_a_valid_file(capsys: pytest.CaptureFixture[str], write_file: W
     assert code == 0 and err == ""
     lines = out.splitlines()
     assert lines[:2] == ["valid: 2 ranks, 4 stages, 3 microbatches, 36 actions",
-                         "peak stashed activations per rank: 4 4"]
+                         "peak stash per rank: 2 2 rank stashes (stashes of one stage: 4 4)"]
     assert lines[2].startswith("warning: channel rank 0 -> rank 1: ")
 
 
@@ -151,7 +152,7 @@ def test_validate_json(capsys: pytest.CaptureFixture[str], write_file: WriteFile
     data = json.loads(out)
     assert data == {"valid": True, "ranks": 2, "stages": 2, "microbatches": 1,
                     "stage_to_rank": [0, 1], "errors": [], "warnings": [],
-                    "peak_activations": [1, 1]}
+                    "peak_activations": [1, 1], "peak_stash": [1, 1]}
     bad = write_file("bad.csv", "0F0,0B0,0F1,0B1\n1F1,1F0,1B0,1B1\n")
     code, out, _ = run(capsys, "validate", bad, "--json")
     assert code == 1

@@ -50,7 +50,8 @@ def test_simulate_json_is_one_object(capsys: pytest.CaptureFixture[str]) -> None
     assert data["steady_step"] == data["makespan"]  # gpipe: every rank ends with its last B
     assert data["bubble_fraction"] == pytest.approx(3 / 11)
     assert [r["peak_activations"] for r in data["per_rank"]] == [8] * 4
-    assert set(data["per_rank"][0]) == {"busy", "idle", "bubble_fraction", "peak_activations"}
+    assert set(data["per_rank"][0]) == {"busy", "idle", "bubble_fraction", "peak_activations",
+                                        "peak_stash"}
     assert data["costs"]["forward"] == [2.0] * 4 and data["costs"]["backward"] == [5.0] * 4
 
 
@@ -62,7 +63,25 @@ def test_simulate_comm_flags_change_the_result(capsys: pytest.CaptureFixture[str
     # two messages (activation down, gradient up), each 0.5 + 4/2 = 2.5 later
     assert slow["makespan"] == base["makespan"] + 2 * 2.5
     assert slow["costs"]["unit"] == "ms"
-    assert slow["per_rank"][0]["peak_activation_bytes"] == 4.0
+    # a message's bytes are a stage's output, not what it stashes: no bytes are claimed
+    assert "peak_activation_bytes" not in slow["per_rank"][0]
+
+
+def test_simulate_memory_in_bytes_from_a_cost_files_stash(capsys: pytest.CaptureFixture[str],
+                                                         tmp_path: Path) -> None:
+    # stash 4 MB per block, output 512 kB: 1f1b's rank 0 keeps 2 stashes (8 MB), not 2 outputs
+    costs = tmp_path / "stages.json"
+    costs.write_text(json.dumps({"forward": [1, 1], "backward": [2, 2], "unit": "ms",
+                                 "activation_bytes": [524288, 524288],
+                                 "stash_bytes": [4e6, 4e6]}))
+    code, out, _ = run(capsys, "simulate", "1f1b", "-p", "2", "-m", "4", "--costs", str(costs))
+    assert code == 0
+    table = [line.split() for line in out.splitlines() if line[:4].strip().isdigit()]
+    assert [row[-2:] for row in table[:2]] == [["8.0", "MB"], ["4.0", "MB"]]  # decimal, labelled
+    data = json.loads(run(capsys, "simulate", "1f1b", "-p", "2", "-m", "4", "--costs",
+                          str(costs), "--json")[1])
+    assert [r["peak_activation_bytes"] for r in data["per_rank"]] == [8e6, 4e6]
+    assert [r["peak_stash"] for r in data["per_rank"]] == [2.0, 1.0]
 
 
 def test_simulate_views_are_written(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -167,6 +186,10 @@ def test_compare_json_and_plot(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     assert data["best"] == min(spans, key=spans.__getitem__)
     peaks = {s["schedule"]: s["peak_activations"] for s in data["schedules"]}
     assert peaks["gpipe"] == 8 and peaks["1f1b"] == 4
+    # in rank stashes a v=2 chunk counts 1/2: zbv keeps as much as 1f1b, not twice as much
+    stash = {s["schedule"]: s["peak_stash"] for s in data["schedules"]}
+    assert stash["zbv"] == stash["1f1b"] == 4 and stash["gpipe"] == 8
+    assert stash["interleaved-1f1b"] == peaks["interleaved-1f1b"] / 2
     assert [s["schedule"] for s in data["skipped"]] == ["forward"]
     if _has_matplotlib():
         assert plot.read_bytes().startswith(b"\x89PNG")

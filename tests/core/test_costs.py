@@ -134,3 +134,13 @@ def test_overlap_factor_from_flag_file_and_dict(write_file: Callable[[str, str],
     assert costs_from_args(cost_args("--costs", path), sched).overlap == 0.6
     with pytest.raises(CostError, match="overlap"):
         CostModel.uniform(2, overlap=0)
+
+
+def test_stash_bytes_round_trip_and_are_optional() -> None:
+    costs = CostModel.from_lists(2, 1.0, 1.0, 1.0, stash_bytes=[4e6, 2e6])
+    assert costs.stash_bytes == (4e6, 2e6)
+    assert CostModel.from_dict(json.loads(json.dumps(costs.to_dict()))) == costs
+    plain = CostModel.uniform(2)
+    assert plain.stash_bytes == () and "stash_bytes" not in plain.to_dict()
+    with pytest.raises(CostError, match="stash_bytes: 1 values for 2 stages"):
+        CostModel.from_dict({"forward": [1, 1], "backward": 2, "stash_bytes": [1]})

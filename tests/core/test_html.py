@@ -108,9 +108,9 @@ def test_numbers_beside_each_timeline() -> None:
         assert f'<dd class="bubble">{100 * m.bubble_fraction:.1f}%</dd>' in page
     zb_card = page.split('class="card" data-section="1"', 1)[1]
     card = zb_card.split("</section>", 1)[0]
-    peaks = re.findall(r"<tr><td>\d+</td><td>[\d.]+%</td><td>(\d+)</td></tr>", card)
-    assert [int(p) for p in peaks] == [r.peak_activations
-                                       for r in metrics(sections[1].timeline).per_rank]
+    peaks = re.findall(r"<tr><td>\d+</td><td>[\d.]+%</td><td>([\d.]+)</td></tr>", card)
+    assert [float(p) for p in peaks] == [r.peak_stash
+                                         for r in metrics(sections[1].timeline).per_rank]
     assert "<dt>note</dt><dd>zb-h1</dd>" in card
     assert "<dt>ranks</dt><dd>4</dd>" in page  # the summary mapping
 
@@ -140,6 +140,40 @@ def test_measured_times_start_at_zero_with_spans_and_unit() -> None:
     assert sec["extent"] == 2.5
     deps_of_0b0 = sec["deps"][[e[1] for e in sec["events"]].index("0B0")]
     assert [ready for _, ready in deps_of_0b0] == [0.25, 1.5]  # own F; 1B0's message arrival
+
+
+def test_memory_lane_data_per_rank_in_rank_stashes_or_bytes() -> None:
+    page, sections = compare_page()
+    data = page_data(page)["sections"]
+    for sec, section in zip(data, sections, strict=True):
+        mem, tl = sec["memory"], section.timeline
+        assert (mem["kind"], mem["unit"], mem["scale"]) == ("stashes", "rank stashes", 1)
+        assert mem["full"] == 5.5  # the page's highest peak: interleaved-1f1b's rank 0
+        levels = [[c[2] for c in rank] for rank in mem["ranks"]]
+        assert [max(x) for x in levels] == [r.peak_stash for r in metrics(tl).per_rank]
+        for rank, changes in enumerate(mem["ranks"]):  # each change sits on its rank's event
+            assert all(sec["events"][i][0] == rank and edge in (0, 1) for i, edge, _ in changes)
+    # one F's stash is half a rank stash when the rank holds two stages
+    assert data[2]["memory"]["ranks"][0][0] == [0, 0, 0.5]
+    sized = simulate(get_schedule("1f1b", 2, 3),
+                     CostModel.from_lists(2, 1.0, 1.0, 1.0, stash_bytes=[3e6, 1e6]))
+    mem = page_data(render_timeline_html(sized))["sections"][0]["memory"]
+    assert (mem["kind"], mem["unit"], mem["full"], mem["scale"]) == ("bytes", "MB", 6e6, 1e-6)
+    assert "<td>6.0 MB</td>" in render_timeline_html(sized)
+
+
+def test_one_colour_map_and_time_units_that_suit_the_span() -> None:
+    from pipesim.views.style import OP_COLORS, STASH_COLOR
+    page = render_timeline_html(measured_timeline())
+    style = page.split("<style>", 1)[1].split("</style>", 1)[0]
+    for op, colour in OP_COLORS.items():  # the PNG's colours, defined once in the page
+        assert style.count(f"--op-{op.value}:") == 1 and f"--op-{op.value}: {colour};" in style
+    assert f"--stash: {STASH_COLOR};" in style
+    sec = page_data(page)["sections"][0]
+    assert (sec["timeScale"], sec["timeUnit"]) == (1, "s")  # 2.5 s
+    short = Timeline(1, (Event(0, Action(0, Op.F, 0), 0.0, 0.0005),), unit="s", name="t")
+    sec = page_data(render_timeline_html(short))["sections"][0]
+    assert (sec["timeScale"], sec["timeUnit"]) == (1e6, "us")  # 500 us, not 0.0005 s
 
 
 def test_timeline_without_placement_or_in_impossible_order_still_renders() -> None:

@@ -138,6 +138,8 @@ def test_stage_costs_sum_layers_and_scale_with_microbatch_size() -> None:
     assert doubled.param_bytes == model.param_bytes  # parameters do not scale
     stash, params = stage_memory(costs, [1, 2], microbatch_size=1)
     assert stash == [50.0, 250.0] and params == [1000.0, 5000.0]
+    # what a stage stashes is the sum of its layers' stashes, not its output's bytes
+    assert stage_costs(costs, [1, 2], microbatch_size=1).stash_bytes == (50.0, 250.0)
 
 
 def test_stage_costs_checks_the_balance() -> None:

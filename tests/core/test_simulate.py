@@ -16,7 +16,14 @@ from pipesim.ir import Action, Op, Schedule, deps
 from pipesim.schedule_io import parse_text
 from pipesim.schedules import SCHEDULES, ConfigError, get_schedule
 from pipesim.simulate import DeadlockError, simulate, steady_step
-from pipesim.timeline import Event, MessageEvent, Timeline, metrics
+from pipesim.timeline import (
+    Event,
+    MessageEvent,
+    Timeline,
+    metrics,
+    stage_shares,
+    stash_over_time,
+)
 
 # ----------------------------------------------------------------------------- the reference
 
@@ -458,6 +465,44 @@ def test_peak_activations_count_and_bytes() -> None:
     ob = metrics(simulate(get_schedule("1f1b", p, m)))
     assert [r.peak_activations for r in ob.per_rank] == [4, 3, 2, 1]
     assert all(r.peak_activation_bytes is None for r in ob.per_rank)
+
+
+def test_stash_over_time_follows_the_one_rule_and_counts_rank_stashes() -> None:
+    # 1F1B, 2 ranks, 2 microbatches (F=1, B=2): rank 0 runs 0F0 0F1 0B0 0B1, an F's stash
+    # counting from its start, a B freeing at its end
+    tl = simulate(get_schedule("1f1b", 2, 2))
+    rank0 = stash_over_time(tl)[0]
+    assert [(c.time, c.level, str(c.event.action)) for c in rank0] == [
+        (0.0, 1.0, "0F0"), (1.0, 2.0, "0F1"), (6.0, 1.0, "0B0"), (9.0, 0.0, "0B1")]
+    # ZB-V: each rank holds two half-size chunks, so a chunk's F adds 1/2 a rank stash and
+    # the peak is in line with 1F1B's (4 on rank 0 of 4), where the raw count says 8
+    zbv = metrics(simulate(get_schedule("zbv", 4, 8)))
+    assert [r.peak_activations for r in zbv.per_rank] == [8] * 4
+    assert [r.peak_stash for r in zbv.per_rank] == [4.0] * 4
+    ob = metrics(simulate(get_schedule("1f1b", 4, 8)))
+    assert [r.peak_stash for r in ob.per_rank] == [4.0, 3.0, 2.0, 1.0]
+    # bytes, when the costs know each stage's stash, travel with the timeline (and its JSON)
+    sized = simulate(get_schedule("1f1b", 2, 2), CostModel.from_lists(2, 1, 1, 1,
+                                                                      stash_bytes=[4e6, 1e6]))
+    assert Timeline.from_json(sized.to_json()).stash_bytes == (4e6, 1e6)
+    assert [r.peak_activation_bytes for r in metrics(sized).per_rank] == [8e6, 1e6]
+    assert metrics(sized).peak.peak_activation_bytes == 8e6
+    forward = metrics(simulate(get_schedule("forward", 2, 2)))  # inference keeps nothing
+    assert [r.peak_stash for r in forward.per_rank] == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("name", ["gpipe", "1f1b", "zb-h1", "zbv", "dualpipev",
+                                  "interleaved-1f1b", "looped-bfs"])
+def test_metrics_peaks_are_the_highest_levels_of_stash_over_time(name: str) -> None:
+    sched = get_schedule(name, 4, 8)
+    tl = simulate(sched, CostModel.uniform(sched.stages, stash_bytes=[1e6 * (s + 1) for s in
+                                                                      range(sched.stages)]))
+    got = metrics(tl).per_rank
+    for sizes, field in ((None, "peak_activation_bytes"), (stage_shares(tl), "peak_stash"),
+                         ([1.0] * sched.stages, "peak_activations")):
+        walk = stash_over_time(tl, sizes)
+        assert [max(c.level for c in row) for row in walk] == pytest.approx(
+            [getattr(r, field) for r in got])
 
 
 def test_unit_and_identity_travel_into_the_timeline() -> None:

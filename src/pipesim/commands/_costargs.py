@@ -93,6 +93,7 @@ def _build(args: argparse.Namespace, schedule: Schedule) -> CostModel:
         latency, bandwidth, unit = base.comm_latency, base.comm_bandwidth, base.unit
         overlap = base.overlap
         send = base.send_overhead
+        stash = base.stash_bytes or None
     else:
         op = op_times(args.cost)
         overlap = parse_cost_flag(args.cost, overlap=True).get("overlap", 1.0) \
@@ -102,6 +103,7 @@ def _build(args: argparse.Namespace, schedule: Schedule) -> CostModel:
         act, latency, bandwidth, unit = 0.0, 0.0, math.inf, "units"
         params = (0.0,) * stages
         send = 0.0
+        stash = None
     if args.activation_bytes is not None:
         act = args.activation_bytes
     if args.comm_latency is not None:
@@ -111,7 +113,7 @@ def _build(args: argparse.Namespace, schedule: Schedule) -> CostModel:
     if args.unit is not None:
         unit = args.unit
     return CostModel.from_lists(stages, forward, inp, weight, backward, act, params, latency,
-                                bandwidth, unit, send, overlap=overlap)
+                                bandwidth, unit, send, overlap=overlap, stash_bytes=stash)
 
 
 def op_times(flag: str | None) -> dict[str, float]:

@@ -7,6 +7,7 @@ import json
 import os
 import statistics
 import sys
+from dataclasses import replace
 from typing import Any
 
 from pipesim.commands import dump_json, write_atomic, wrote
@@ -127,7 +128,10 @@ def report(args: argparse.Namespace, cfg: Any, result: Any, wall: float,
     prediction = None
     if predicted is not None:  # pipesim run --predict
         from pipesim.runtime.predict import prediction_json, prediction_line, prediction_report
-        measured = [Timeline.from_dict(t) for t in result.timelines]
+        # the profile's stash sizes are this run's too: its memory lanes read in bytes
+        timeline = replace(timeline, stash_bytes=predicted.stash_bytes)
+        measured = [replace(Timeline.from_dict(t), stash_bytes=predicted.stash_bytes)
+                    for t in result.timelines]
         comparison = prediction_report(predicted, measured)
         data.update(prediction_json(comparison))
         prediction = (predicted, measured, prediction_line(comparison))

@@ -34,7 +34,8 @@ from pipesim.commands._vocab import (
 from pipesim.costs import CostModel
 from pipesim.schedules import SCHEDULES, ConfigError, get_schedule
 from pipesim.simulate import simulate
-from pipesim.timeline import Metrics, Timeline, metrics
+from pipesim.timeline import Metrics, RankMetrics, Timeline, metrics
+from pipesim.views.style import PEAK_NOTE, peak_text
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,10 @@ class Entry:
     @property
     def peak_activations(self) -> int:
         return max((r.peak_activations for r in self.metrics.per_rank), default=0)
+
+    @property
+    def peak(self) -> RankMetrics:
+        return self.metrics.peak
 
 
 @dataclass(frozen=True)
@@ -149,15 +154,15 @@ def format_table(result: Comparison) -> str:
              result.costs_note, ""]
     width = max(len(e.name) for e in result.entries)
     lines.append(f"  {'schedule':<{width}}  {'stages':>6}  {'makespan':>10}  {'bubble':>7}  "
-                 f"{'peak act.':>9}")
+                 f"{'peak stash':>10}")
     best = result.best
     for e in sorted(result.entries, key=lambda e: e.metrics.makespan):
         mark = "*" if best is not None and e.metrics.makespan == best.metrics.makespan else " "
         lines.append(f"{mark} {e.name:<{width}}  {e.stages:>6}  {e.metrics.makespan:>10.4g}  "
-                     f"{e.metrics.bubble_fraction:>7.1%}  {e.peak_activations:>9}")
+                     f"{e.metrics.bubble_fraction:>7.1%}  {peak_text(e.peak):>10}")
     lines.append("")
-    lines.append(f"* least makespan ({first.unit}); peak act. = most activations one rank "
-                 f"stashes at once")
+    lines.append(f"* least makespan ({first.unit})")
+    lines.append(PEAK_NOTE)
     for name, reason in result.skipped:
         lines.append(f"skipped {name}: {reason}")
     return "\n".join(lines)
@@ -172,7 +177,10 @@ def compare_json(result: Comparison) -> dict[str, Any]:
         "schedules": [
             {"schedule": e.name, "stages": e.stages, "makespan": e.metrics.makespan,
              "bubble_fraction": e.metrics.bubble_fraction,
-             "peak_activations": e.peak_activations, "costs": e.costs.to_dict()}
+             "peak_activations": e.peak_activations, "peak_stash": e.peak.peak_stash,
+             **({"peak_activation_bytes": e.peak.peak_activation_bytes}
+                if e.peak.peak_activation_bytes is not None else {}),
+             "costs": e.costs.to_dict()}
             for e in result.entries],
         "skipped": [{"schedule": n, "reason": r} for n, r in result.skipped],
     }
@@ -180,7 +188,8 @@ def compare_json(result: Comparison) -> dict[str, Any]:
 
 def _plot(result: Comparison) -> bytes:
     from pipesim.views.png import PlotUnavailableError, render_bars_png
-    rows = [(e.name, e.metrics.makespan, e.metrics.bubble_fraction, e.peak_activations)
+    rows = [(e.name, e.metrics.makespan, e.metrics.bubble_fraction, peak_text(e.peak)
+             + ("" if e.peak.peak_activation_bytes is not None else " rank stashes"))
             for e in sorted(result.entries, key=lambda e: e.metrics.makespan)]
     try:
         return render_bars_png(rows, f"compare: {result.ranks} ranks, {result.microbatches} "

@@ -15,7 +15,7 @@ from pipesim.commands import (
 from pipesim.ir import Schedule
 from pipesim.schedule_io import format_csv, format_text
 from pipesim.schedules import SCHEDULES
-from pipesim.validate import InvalidScheduleError, validate
+from pipesim.validate import InvalidScheduleError, peak_in_rank_stashes, validate
 from pipesim.views.grid import format_step_grid
 
 
@@ -39,6 +39,7 @@ def schedule_json(args: argparse.Namespace) -> dict[str, Any]:
         "actions": [[str(a) for a in row] for row in sched.actions],
         **({"pairs": [[str(f), str(b)] for f, b in sorted(sched.pairs)]} if sched.pairs else {}),
         "peak_activations": list(validate(sched).peak_activations),
+        "peak_stash": list(peak_in_rank_stashes(sched)),
     }
 
 

@@ -34,6 +34,7 @@ from pipesim.simulate import DeadlockError, steady_step
 from pipesim.timeline import Metrics, Timeline, metrics
 from pipesim.validate import validate
 from pipesim.views.ascii import render_ascii
+from pipesim.views.style import PEAK_NOTE, peak_text
 
 
 def register(sub: Any) -> None:
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         print(err)
         return 1
     timeline = result.timeline
-    measured = metrics(timeline, stash_bytes(costs))
+    measured = metrics(timeline)
     steady = steady_step(sched, costs).step  # steps back to back, no optimizer barrier
     write_views(args, [(f"{sched.name or 'schedule'} (simulated)", timeline)])
     if args.json:
@@ -124,11 +125,6 @@ def dp_summary(result: DPResult, unit: str) -> str:
         lines.append(f"{r:>4}  {x.compute_end:>11.4g}  {x.allreduce_busy:>10.4g}  "
                      f"{x.allreduce_end:>10.4g}  {link}")
     return "\n".join(lines)
-
-
-def stash_bytes(costs: CostModel) -> tuple[float, ...] | None:
-    """Bytes an F stashes per stage, when the cost model knows activation sizes."""
-    return costs.activation_bytes if any(costs.activation_bytes) else None
 
 
 def chart_width(args: argparse.Namespace) -> int:
@@ -190,26 +186,16 @@ def summary(sched: Schedule, costs: CostModel, measured: Metrics,
         f"makespan {measured.makespan:g} {unit}, bubble {measured.bubble_fraction:.1%}"
         + ("" if steady is None else f"; steady step {steady:g} {unit} (steps back to back)"),
         "",
-        f"{'rank':>4}  {'busy':>10}  {'idle':>10}  {'bubble':>7}  {'peak act.':>9}",
+        f"{'rank':>4}  {'busy':>10}  {'idle':>10}  {'bubble':>7}  {'peak stash':>10}",
     ]
     for r, m in enumerate(measured.per_rank):
-        peak = f"{m.peak_activations:>9}"
-        if m.peak_activation_bytes is not None:
-            peak += f" ({_bytes(m.peak_activation_bytes)})"
         lines.append(f"{r:>4}  {m.busy:>10.4g}  {m.idle:>10.4g}  {m.bubble_fraction:>7.1%}  "
-                     f"{peak}")
+                     f"{peak_text(m):>10}")
+    lines.append(PEAK_NOTE)
     return "\n".join(lines)
 
 
-def _bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.4g} {unit}"
-        n /= 1024
-    return f"{n:.4g} GB"
-
-
 __all__ = [
-    "chart_width", "dp_summary", "register", "run", "simulate_json", "stash_bytes", "summary",
+    "chart_width", "dp_summary", "register", "run", "simulate_json", "summary",
     "with_param_bytes", "write_views"
 ]

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from pipesim.commands import dump_json, load_schedule
-from pipesim.validate import validate
+from pipesim.validate import peak_in_rank_stashes, validate
 
 
 def register(sub: Any) -> None:
@@ -27,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
                          "microbatches": sched.microbatches,
                          "stage_to_rank": list(sched.stage_to_rank),
                          "errors": list(report.errors), "warnings": list(report.warnings),
-                         "peak_activations": list(report.peak_activations)}))
+                         "peak_activations": list(report.peak_activations),
+                         "peak_stash": list(peak_in_rank_stashes(sched))}))
         return 0 if report.ok else 1
     if not report.ok:
         print(f"invalid: {args.file}")
@@ -36,8 +37,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"valid: {sched.ranks} ranks, {sched.stages} stages, {sched.microbatches} "
           f"microbatches, {sched.num_actions} actions")
-    print("peak stashed activations per rank: "
-          + " ".join(str(n) for n in report.peak_activations))
+    print("peak stash per rank: " + " ".join(f"{x:.3g}" for x in peak_in_rank_stashes(sched))
+          + " rank stashes (stashes of one stage: "
+          + " ".join(str(n) for n in report.peak_activations) + ")")
     for warning in report.warnings:
         print(f"warning: {warning}")
     return 0

@@ -6,13 +6,13 @@ Pure Python; ``pipesim.planner.search`` re-exports the public names.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 
 from pipesim.balance import check_balance, partition_balanced, partition_uniform
 from pipesim.checks import is_positive_int
 from pipesim.layercosts import LayerCosts
 from pipesim.schedules import SCHEDULES
+from pipesim.units import format_bytes, parse_bytes
 
 # schedules the planner synthesizes (planner/synth.py): name -> (placement, stages per rank)
 SYNTHESIZED = {"synth": ("one", 1), "synth-v": ("v", 2)}
@@ -22,32 +22,6 @@ PARTITIONS = ("auto", "time", "params", "uniform")
 
 class PlanError(ValueError):
     """Planner inputs that cannot be searched; the message says what to change."""
-
-
-# ----------------------------------------------------------------------------- sizes in bytes
-
-_BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
-def parse_bytes(text: str) -> int:
-    """``"2GB"`` -> 2_000_000_000, ``"512MiB"`` -> 536_870_912, ``"1000"`` -> 1000."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*", text)
-    unit = match.group(2).lower() if match else ""
-    if not match or unit not in _BYTE_UNITS:
-        raise ValueError(f"{text!r} is not a size; use e.g. 2GB, 512MiB, 1.5GiB or 1000000")
-    value = int(float(match.group(1)) * _BYTE_UNITS[unit])
-    if value < 1:
-        raise ValueError(f"{text!r}: a memory limit must be at least 1 byte")
-    return value
-
-
-def format_bytes(n: float) -> str:
-    """Decimal units with one decimal: 3_100_000_000 -> '3.1 GB'."""
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n:.0f} B"
 
 
 # ----------------------------------------------------------------------------- search space

@@ -2,7 +2,9 @@
 
 One process per rank (named ``rank N``), one complete ("X") event per action named like ``F0``
 or ``B3`` with its op, stage and microbatch in ``args``, one complete event per span, and a flow
-("s" at the producer, "f" at the consumer) per message between ranks. Trace times are
+("s" at the producer, "f" at the consumer) per message between ranks, and per rank a counter
+("C") of the activations it keeps for backward (``timeline.stash_over_time``: bytes when the
+timeline knows them, else rank stashes), which Perfetto draws as a memory track. Trace times are
 microseconds: ``ms`` and ``s`` timelines are converted; a time of 1 in ``units`` is shown as 1 ms.
 """
 
@@ -12,11 +14,11 @@ import json
 from typing import Any
 
 from pipesim.ir import Action, Op
-from pipesim.timeline import Event, Timeline
+from pipesim.timeline import Event, Timeline, stash_over_time
+from pipesim.views.style import OP_LABELS
 
 US_PER_UNIT = {"us": 1.0, "ms": 1e3, "s": 1e6, "units": 1e3}
-_OP_NAMES = {Op.F: "forward", Op.I: "backward (input)", Op.W: "backward (weights)",
-             Op.B: "backward"}
+_OP_NAMES = OP_LABELS
 _COMPUTE_TID, _SPAN_TID = 0, 1
 
 
@@ -47,6 +49,7 @@ def render_chrome_trace(timeline: Timeline) -> dict[str, Any]:
         out.append({"ph": "X", "name": s.name, "cat": "span", "pid": s.rank, "tid": _SPAN_TID,
                     "ts": us(s.start), "dur": round((s.end - s.start) * scale, 3)})
     out.extend(_flows(timeline, us))
+    out.extend(_memory(timeline, us))
     return {"traceEvents": out, "displayTimeUnit": "ms",
             "otherData": {"name": timeline.name, "unit": timeline.unit,
                           "us_per_unit": scale, "ranks": timeline.ranks}}
@@ -54,6 +57,19 @@ def render_chrome_trace(timeline: Timeline) -> dict[str, Any]:
 
 def chrome_trace_json(timeline: Timeline) -> str:
     return json.dumps(render_chrome_trace(timeline))
+
+
+def _memory(timeline: Timeline, us: Any) -> list[dict[str, Any]]:
+    """A counter per rank: its stash level from the start, at each change."""
+    unit = "bytes" if timeline.stash_bytes else "rank stashes"
+    out: list[dict[str, Any]] = []
+    for rank, changes in enumerate(stash_over_time(timeline)):
+        if changes:
+            out.append({"ph": "C", "name": "activations kept", "pid": rank, "ts": 0.0,
+                        "args": {unit: 0.0}})
+        out.extend({"ph": "C", "name": "activations kept", "pid": rank, "ts": us(c.time),
+                    "args": {unit: round(c.level, 9)}} for c in changes)
+    return out
 
 
 def _flows(timeline: Timeline, us: Any) -> list[dict[str, Any]]:

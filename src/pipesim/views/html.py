@@ -20,12 +20,16 @@ table sorted by makespan comes first. ``summary`` is shown as labelled values un
 
 The page holds everything inline (data as JSON, script, style) and fetches nothing, so it works
 from ``file://`` and offline. In it: ranks are rows and actions boxes coloured by op (F I W B)
-labelled with their microbatch; a box carries ``data-action="2F0"`` and ``data-rank``; hovering
+labelled with their microbatch (colours from ``views.style``, as in the PNG); under each rank its
+memory lane, the activations it keeps for backward (``timeline.stash_over_time``; a full lane is
+the page's highest peak, in bytes when the timeline knows them, else in rank stashes), drawn
+in both modes; a box carries ``data-action="2F0"`` and ``data-rank``; hovering
 shows start, end, duration (in the timeline's unit) and what the action waited for (its
 dependencies by ``ir.dep_keys`` and when each was ready, message arrival included). Messages are
 arrows shown on demand; spans (e.g. all-reduce) are drawn in a thin lane under their rank. Wheel
 zooms and drag pans; keys ``+ - <- -> 0`` do the same. "Steps" redraws each action one unit wide
-at its place in the unit-time grid. Times count from each timeline's first event (or span).
+at its place in the unit-time grid. Times count from each timeline's first event (or span) and
+read in s, ms or us as the longest timeline of that unit suits (``style.time_unit``).
 The visible range is on each ``svg.timeline`` as ``data-view-start``/``data-view-end`` and in
 ``window.pipesimView``.
 """
@@ -39,9 +43,18 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from pipesim.ir import Action, Schedule, dep_keys, start_deps
+from pipesim.ir import STASH_DELTA, Action, Schedule, dep_keys, start_deps
 from pipesim.schedule_io import schedule_from_rows
-from pipesim.timeline import Event, Metrics, Timeline, metrics
+from pipesim.timeline import Event, Metrics, Timeline, metrics, stash_over_time
+from pipesim.views.style import (
+    OP_COLORS,
+    OP_LABELS,
+    STASH_COLOR,
+    memory_unit,
+    peak_of,
+    peak_text,
+    time_unit,
+)
 
 __all__ = ["HtmlSection", "render_html", "render_timeline_html"]
 
@@ -70,16 +83,35 @@ def render_html(sections: Sequence[HtmlSection], title: str = "pipesim",
     if not sections:
         raise ValueError("render_html needs at least one section")
     measured = [metrics(s.timeline) for s in sections]
-    payload = {"sections": [_section_data(s) for s in sections]}
+    payload: dict[str, Any] = {"sections": [_section_data(s) for s in sections],
+                               "ops": {op.value: label for op, label in OP_LABELS.items()}}
+    _share_units(payload["sections"], [s.timeline for s in sections])
     cards = "\n".join(_card_html(i, s, m)
                       for i, (s, m) in enumerate(zip(sections, measured, strict=True)))
     table = _summary_table(sections, measured) if len(sections) > 1 else ""
     esc = html.escape
+    colours = "".join(f"--op-{op.value}: {c}; " for op, c in OP_COLORS.items())
+    css = _asset("html.css") + f":root {{ {colours}--stash: {STASH_COLOR}; }}\n"
     return _PAGE.format(
-        title=esc(title), css=_asset("html.css"), js=_asset("html.js"),
-        summary=_summary_list(summary or {}), table=table, cards=cards,
+        title=esc(title), css=css,
+        js=_asset("html.js"), summary=_summary_list(summary or {}), table=table, cards=cards,
         legend=_LEGEND, data=_script_json(payload), heading=esc(title),
     )
+
+
+def _share_units(data: list[dict[str, Any]], timelines: Sequence[Timeline]) -> None:
+    """Sections of one time unit share one shown unit (s, ms or us, by the longest) and
+    sections that count memory alike share one full-lane level (the highest peak)."""
+    longest: dict[str, float] = {}
+    top: dict[str, float] = {}
+    for d in data:
+        longest[d["unit"]] = max(longest.get(d["unit"], 0.0), d["extent"])
+        top[d["memory"]["kind"]] = max(top.get(d["memory"]["kind"], 0.0), d["memory"]["peak"])
+    for d, tl in zip(data, timelines, strict=True):
+        d["timeScale"], d["timeUnit"] = time_unit(longest[d["unit"]], d["unit"])
+        mem = d["memory"]
+        mem["full"] = top[mem["kind"]]
+        mem["scale"], mem["unit"] = memory_unit(tl, mem["full"])
 
 
 # ----------------------------------------------------------------------------- data for the script
@@ -107,7 +139,18 @@ def _section_data(section: HtmlSection) -> dict[str, Any]:
         "messages": messages,
         "spans": [[s.rank, s.name, _num(s.start - origin), _num(s.end - origin)]
                   for s in tl.spans],
+        "memory": _memory_data(tl, index),
     }
+
+
+def _memory_data(tl: Timeline, index: dict[Action, int]) -> dict[str, Any]:
+    """Each rank's stash changes as [event index, 0 at its start or 1 at its end, level]: the
+    script places them on either x axis (time, or the event's step)."""
+    stash = stash_over_time(tl)
+    ranks = [[[index[c.event.action], int(STASH_DELTA[c.event.action.op] < 0), _num(c.level)]
+              for c in row] for row in stash]
+    return {"kind": "bytes" if tl.stash_bytes else "stashes", "peak": _num(peak_of(stash)),
+            "ranks": ranks}
 
 
 def _chunks(tl: Timeline, events: Sequence[Event]) -> list[int]:
@@ -238,7 +281,7 @@ def _card_html(i: int, section: HtmlSection, m: Metrics) -> str:
     facts = "".join(f"<div><dt>{esc(str(k))}</dt><dd>{esc(_fmt(v))}</dd></div>"
                     for k, v in section.facts.items())
     rows = "".join(
-        f"<tr><td>{r}</td><td>{_pct(rm.bubble_fraction)}</td><td>{rm.peak_activations}</td></tr>"
+        f"<tr><td>{r}</td><td>{_pct(rm.bubble_fraction)}</td><td>{esc(peak_text(rm))}</td></tr>"
         for r, rm in enumerate(m.per_rank))
     return f"""<section class="card" data-section="{i}">
 <h2>{esc(section.title)} <span class="sub">{esc(sub)}</span></h2>
@@ -249,7 +292,8 @@ def _card_html(i: int, section: HtmlSection, m: Metrics) -> str:
 <dl class="big"><div><dt>makespan</dt><dd class="makespan">{_fmt(m.makespan)} {unit}</dd></div>
 <div><dt>bubble</dt><dd class="bubble">{_pct(m.bubble_fraction)}</dd></div></dl>
 {f'<dl class="facts">{facts}</dl>' if facts else ""}
-<table class="per-rank"><thead><tr><th>rank</th><th>bubble</th><th>peak act.</th></tr></thead>
+<table class="per-rank"><thead><tr><th>rank</th><th>bubble</th><th title="most activations kept
+ for backward at once: bytes when known, else rank stashes">peak stash</th></tr></thead>
 <tbody>{rows}</tbody></table>
 </aside>
 </div>
@@ -267,7 +311,7 @@ def _summary_table(sections: Sequence[HtmlSection], measured: Sequence[Metrics])
     for i in order:
         s, m = sections[i], measured[i]
         ratio = f"{m.makespan / best:.2f}×" if best > 0 else "–"
-        peak = max((r.peak_activations for r in m.per_rank), default=0)
+        peak = esc(peak_text(m.peak))
         cells = "".join(f"<td>{esc(_fmt(s.facts[k]))}</td>" if k in s.facts else "<td>–</td>"
                         for k in keys)
         body.append(f'<tr data-section="{i}"><td class="name">{esc(s.title)}</td>'
@@ -275,16 +319,15 @@ def _summary_table(sections: Sequence[HtmlSection], measured: Sequence[Metrics])
                     f"<td>{_pct(m.bubble_fraction)}</td><td>{peak}</td>{cells}</tr>")
     return ('<section class="card compare"><h2>Summary <span class="sub">sorted by makespan'
             '</span></h2><table class="summary-table"><thead><tr><th>timeline</th>'
-            "<th>makespan</th><th>vs best</th><th>bubble</th><th>peak act.</th>"
+            "<th>makespan</th><th>vs best</th><th>bubble</th><th>peak stash</th>"
             f"{head}</tr></thead><tbody>{''.join(body)}</tbody></table></section>")
 
 
-_LEGEND = """<div class="legend">
-<span><i class="sw op-F"></i>F forward</span>
-<span><i class="sw op-I"></i>I backward (input)</span>
-<span><i class="sw op-W"></i>W backward (weights)</span>
-<span><i class="sw op-B"></i>B backward (full)</span>
+_LEGEND = '<div class="legend">\n' + "".join(
+    f'<span><i class="sw op-{op.value}"></i>{op.value} {label}</span>\n'
+    for op, label in OP_LABELS.items()) + """\
 <span><i class="sw op-F odd"></i>pale: a rank's 2nd, 4th… stage</span>
+<span><i class="sw mem"></i>activations kept (memory lane)</span>
 <span><i class="sw span"></i>span</span>
 <span><i class="sw msg"></i>message</span>
 </div>"""

@@ -1,9 +1,14 @@
 """PNG pictures with matplotlib (imported only when a picture is drawn, on the Agg backend).
 
 ``render_png`` draws one or more timelines as Gantt charts stacked one above the other (e.g.
-predicted above measured): ranks are rows, actions bars coloured by op (F blue, I orange,
-W green, B red; a rank's later stages lighter), microbatch numbers inside bars that have room,
-makespan and bubble fraction in each title. ``render_bars_png`` draws compare's bar chart.
+predicted above measured): ranks are rows, actions bars coloured by op (``style.OP_COLORS``:
+F blue, I orange, W green, B red; a rank's later stages lighter), microbatch numbers inside bars
+that have room, makespan and bubble fraction in each title. Under each chart, its memory lanes:
+per rank, the activations kept for backward over time (``timeline.stash_over_time``), with the
+rank's peak at the right. Every panel covers all its timeline draws, all-reduce spans included;
+timelines in one unit share one axis wide enough for the longest. Times read in s, ms or us as
+the span suits. ``png_figure`` returns the figure itself (for its axes' limits and labels);
+``render_bars_png`` draws compare's bar chart.
 """
 
 from __future__ import annotations
@@ -14,11 +19,17 @@ from typing import Any
 
 from pipesim.fileio import write_atomic
 from pipesim.ir import Op
-from pipesim.timeline import Timeline, metrics
+from pipesim.timeline import StashChange, Timeline, metrics, stash_over_time
+from pipesim.views.style import (
+    OP_COLORS,
+    OP_LABELS,
+    STASH_COLOR,
+    drawn_range,
+    memory_unit,
+    peak_of,
+    time_unit,
+)
 
-OP_COLORS = {Op.F: "#4C72B0", Op.I: "#DD8452", Op.W: "#55A868", Op.B: "#C44E52"}
-OP_LABELS = {Op.F: "F forward", Op.I: "I backward (input)", Op.W: "W backward (weights)",
-             Op.B: "B backward"}
 _MAX_LABELS = 4000  # microbatch numbers drawn at most, per timeline
 
 
@@ -44,24 +55,100 @@ def render_png(timelines: Sequence[tuple[str, Timeline]], path: str) -> None:
 
 def png_bytes(timelines: Sequence[tuple[str, Timeline]], dpi: int = 110) -> bytes:
     """The Gantt charts of ``(title, timeline)`` pairs, stacked, as PNG bytes."""
-    if not timelines:
-        raise ValueError("png_bytes needs at least one timeline")
     plt = _pyplot()
-    heights = [0.9 + 0.34 * max(tl.ranks, 2) for _, tl in timelines]
-    same_unit = len({tl.unit for _, tl in timelines}) == 1
-    fig, axes = plt.subplots(len(timelines), 1, figsize=(14, sum(heights) + 0.4),
-                             gridspec_kw={"height_ratios": heights}, sharex=same_unit,
-                             squeeze=False)
+    fig = png_figure(timelines)
     try:
-        for ax, (title, tl) in zip(axes[:, 0], timelines, strict=True):
-            _gantt(ax, title, tl, fig.dpi)
-        _legend(fig, [tl for _, tl in timelines])
-        fig.tight_layout(rect=(0, 0, 1, 0.97 if len(timelines) > 1 else 0.94))
         out = io.BytesIO()
         fig.savefig(out, format="png", dpi=dpi)
         return out.getvalue()
     finally:
         plt.close(fig)
+
+
+def png_figure(timelines: Sequence[tuple[str, Timeline]]) -> Any:
+    """The matplotlib figure ``png_bytes`` saves: per timeline its chart (axes labelled
+    ``timeline i``) and its memory lanes (``memory i``). The caller closes it."""
+    if not timelines:
+        raise ValueError("png_bytes needs at least one timeline")
+    plt = _pyplot()
+    heights = []
+    for _, tl in timelines:
+        heights += [0.9 + 0.34 * max(tl.ranks, 2), 0.7 + 0.3 * max(tl.ranks, 2)]
+    fig, axes = plt.subplots(len(heights), 1, figsize=(14, sum(heights) + 0.4),
+                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    try:
+        spans = _x_spans([tl for _, tl in timelines])
+        stashes = [stash_over_time(tl) for _, tl in timelines]
+        peaks = _memory_peaks([tl for _, tl in timelines], stashes)
+        for i, (title, tl) in enumerate(timelines):
+            gantt, lanes = axes[2 * i, 0], axes[2 * i + 1, 0]
+            gantt.set_label(f"timeline {i}")
+            lanes.set_label(f"memory {i}")
+            _gantt(gantt, title, tl, fig.dpi, spans[i])
+            _memory(lanes, tl, stashes[i], peaks[i], spans[i])
+        _legend(fig, [tl for _, tl in timelines])
+        fig.tight_layout(rect=(0, 0, 1, 0.97 if len(timelines) > 1 else 0.94))
+    except BaseException:
+        plt.close(fig)
+        raise
+    return fig
+
+
+def _x_spans(timelines: Sequence[Timeline]) -> list[float]:
+    """Each panel's x extent: all it draws; timelines in one unit share the longest."""
+    own = [drawn_range(tl)[1] - drawn_range(tl)[0] for tl in timelines]
+    longest: dict[str, float] = {}
+    for tl, x in zip(timelines, own, strict=True):
+        longest[tl.unit] = max(longest.get(tl.unit, 0.0), x)
+    return [longest[tl.unit] or 1.0 for tl in timelines]
+
+
+def _memory_peaks(timelines: Sequence[Timeline],
+                  stashes: Sequence[list[list[StashChange]]]) -> list[float]:
+    """The level a full lane stands for: the highest of the timelines that count alike."""
+    def kind(tl: Timeline) -> bool:
+        return bool(tl.stash_bytes)
+    top: dict[bool, float] = {}
+    for tl, st in zip(timelines, stashes, strict=True):
+        top[kind(tl)] = max(top.get(kind(tl), 0.0), peak_of(st))
+    return [top[kind(tl)] for tl in timelines]
+
+
+def _time_axis(ax: Any, tl: Timeline, span: float) -> None:
+    """x from 0 to ``span``, its ticks and label in s, ms or us as the span suits."""
+    from matplotlib.ticker import FuncFormatter
+    factor, unit = time_unit(span, tl.unit)
+    ax.set_xlim(0, span)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x * factor:.6g}"))
+    ax.set_xlabel(f"time ({unit})", fontsize=8)
+    ax.tick_params(axis="x", labelsize=8)
+    ax.grid(axis="x", color="#dddddd", linewidth=0.5)
+    ax.set_axisbelow(True)
+
+
+def _memory(ax: Any, tl: Timeline, stash: list[list[StashChange]], peak: float,
+            span: float) -> None:
+    """One lane per rank: its stashed activations over time, full height = ``peak``."""
+    origin = drawn_range(tl)[0]
+    factor, unit = memory_unit(tl, peak)
+    for rank, changes in enumerate(stash):
+        xs = [0.0] + [c.time - origin for c in changes] + [span]
+        ys = [0.0] + [c.level for c in changes]
+        ys.append(ys[-1])
+        scale = 0.8 / peak if peak > 0 else 0.0
+        ax.axhspan(rank - 0.4, rank + 0.4, color="#f2f2f2", linewidth=0, zorder=0)
+        ax.fill_between(xs, rank + 0.4, [rank + 0.4 - y * scale for y in ys], step="post",
+                        color=STASH_COLOR, linewidth=0)
+        top = max(ys)
+        ax.text(1.003, rank, f"{top * factor:.3g}", transform=ax.get_yaxis_transform(),
+                va="center", fontsize=7)
+    ax.set_ylim(tl.ranks - 0.5, -0.5)
+    ax.set_yticks(range(tl.ranks))
+    ax.set_yticklabels([f"rank {r}" for r in range(tl.ranks)], fontsize=8)
+    _time_axis(ax, tl, span)
+    full = f"{peak * factor:.3g} {unit}" if peak > 0 else "nothing kept"
+    ax.set_title(f"activations kept for backward, per rank ({unit}; a full lane = {full})",
+                 fontsize=9, loc="left")
 
 
 def _tint(color: str, chunk: int) -> str:
@@ -73,10 +160,9 @@ def _tint(color: str, chunk: int) -> str:
     return "#" + "".join(f"{round(c + (255 - c) * mix):02x}" for c in rgb)
 
 
-def _gantt(ax: Any, title: str, tl: Timeline, dpi: float) -> None:
-    origin = tl.start
+def _gantt(ax: Any, title: str, tl: Timeline, dpi: float, span: float) -> None:
+    origin = drawn_range(tl)[0]
     chunk_of = _chunks(tl)
-    span = tl.makespan or 1.0
     px_per_unit = ax.get_position().width * ax.figure.get_figwidth() * dpi / span
     durations = sorted(e.end - e.start for e in tl.events) or [span]
     # white gaps between bars only where bars are wide enough for them not to wash out
@@ -95,16 +181,13 @@ def _gantt(ax: Any, title: str, tl: Timeline, dpi: float) -> None:
     for s in tl.spans:
         ax.broken_barh([(s.start - origin, s.end - s.start)], (s.rank + 0.42, 0.12),
                        facecolors="#777777")
-    ax.set_xlim(0, span)
     ax.set_ylim(tl.ranks - 0.5, -0.5)
     ax.set_yticks(range(tl.ranks))
     ax.set_yticklabels([f"rank {r}" for r in range(tl.ranks)], fontsize=8)
-    ax.set_xlabel(f"time ({tl.unit})", fontsize=8)
-    ax.tick_params(axis="x", labelsize=8)
-    ax.grid(axis="x", color="#dddddd", linewidth=0.5)
-    ax.set_axisbelow(True)
+    _time_axis(ax, tl, span)
     m = metrics(tl)
-    ax.set_title(f"{title}: makespan {m.makespan:.4g} {tl.unit}, bubble "
+    factor, unit = time_unit(span, tl.unit)
+    ax.set_title(f"{title}: makespan {m.makespan * factor:.4g} {unit}, bubble "
                  f"{m.bubble_fraction:.1%}", fontsize=10, loc="left")
     _numbers(ax, tl, origin, px_per_unit)
 
@@ -136,15 +219,17 @@ def _numbers(ax: Any, tl: Timeline, origin: float, px_per_unit: float) -> None:
 def _legend(fig: Any, timelines: Sequence[Timeline]) -> None:
     from matplotlib.patches import Patch
     ops = {e.action.op for tl in timelines for e in tl.events}
-    handles = [Patch(facecolor=OP_COLORS[op], label=OP_LABELS[op]) for op in Op if op in ops]
+    handles = [Patch(facecolor=OP_COLORS[op], label=f"{op.value} {OP_LABELS[op]}")
+               for op in Op if op in ops]
     if any(max(_chunks(tl).values(), default=0) > 0 for tl in timelines):
         handles.append(Patch(facecolor=_tint("#777777", 1), label="lighter: a rank's later stage"))
+    handles.append(Patch(facecolor=STASH_COLOR, label="activations kept"))
     fig.legend(handles=handles, loc="upper right", ncol=len(handles), fontsize=8, frameon=False)
 
 
-def render_bars_png(rows: Sequence[tuple[str, float, float, int]], title: str,
+def render_bars_png(rows: Sequence[tuple[str, float, float, str]], title: str,
                     unit: str = "units", dpi: int = 110) -> bytes:
-    """compare's chart: per schedule (name, makespan, bubble fraction, peak activations)."""
+    """compare's chart: per schedule (name, makespan, bubble fraction, peak stash as text)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.4))
     try:
@@ -157,9 +242,9 @@ def render_bars_png(rows: Sequence[tuple[str, float, float, int]], title: str,
         ax.set_yticklabels(names, fontsize=9)
         ax.invert_yaxis()
         for i, (_, span, bubble, peak) in enumerate(rows):
-            ax.text(span, i, f"  {span:.4g}  (bubble {bubble:.1%}, peak {peak} act.)",
+            ax.text(span, i, f"  {span:.4g}  (bubble {bubble:.1%}, peak stash {peak})",
                     va="center", fontsize=8)
-        ax.set_xlim(0, max(spans, default=1.0) * 1.45)
+        ax.set_xlim(0, max(spans, default=1.0) * 1.75)
         ax.set_xlabel(f"makespan ({unit}); green = best", fontsize=9)
         ax.set_title(title, fontsize=10, loc="left")
         fig.tight_layout()

@@ -5,8 +5,8 @@
   var t0 = performance.now();
   var DATA = JSON.parse(document.getElementById("pipesim-data").textContent);
   var tParsed = performance.now();
-  var OPS = { F: "forward", I: "backward (input)", W: "backward (weights)", B: "backward" };
-  var LABEL_W = 58, AXIS_H = 24, ROW_H = 26, BOX_H = 20, SPAN_LANE = 8, RIGHT = 8;
+  var OPS = DATA.ops;  // op letter -> its name, from pipesim.views.style
+  var LABEL_W = 58, AXIS_H = 24, ROW_H = 26, BOX_H = 20, SPAN_LANE = 8, MEM_LANE = 24, RIGHT = 8;
   var state = { mode: "time", a: 0, b: 1, messages: false };
   var tip = document.getElementById("tooltip");
   var views = [];
@@ -24,6 +24,12 @@
     });
   }
   function fmt(x) { return String(Number(x.toPrecision(5))); }
+  // a time of the section, in the unit it is shown in (s, ms or us as its span suits)
+  function fmtT(sec, t) { return fmt(t * sec.timeScale); }
+  function fmtMem(mem, level) { return String(Number((level * mem.scale).toPrecision(3))) + " " + mem.unit; }
+  function fmtMemShort(mem, level) {  // fits under "rank 0": "16.9 MB", or "peak 4" rank stashes
+    return mem.kind === "bytes" ? fmtMem(mem, level) : "peak " + Number((level * mem.scale).toPrecision(3));
+  }
 
   // Full extent of the x axis: per unit in time mode (sections with one unit share an axis).
   var extentByUnit = {}, maxSteps = 1;
@@ -34,7 +40,8 @@
 
   function build(sec, i) {
     var svg = document.querySelector('svg.timeline[data-section="' + i + '"]');
-    var lane = sec.spans.length ? SPAN_LANE : 0, rowH = ROW_H + lane;
+    var mem = sec.memory, memLane = mem.full > 0 ? MEM_LANE : 0;
+    var lane = sec.spans.length ? SPAN_LANE : 0, rowH = ROW_H + lane + memLane;
     var height = AXIS_H + sec.ranks * rowH + 4;
     svg.setAttribute("height", height);
     var defs = el("defs", {}, svg);
@@ -56,10 +63,23 @@
     }
     var grid = el("g", { class: "grid" }, svg);
     var plot = el("g", { "clip-path": "url(#clip-" + i + ")" });  // attached after its first draw
-    var boxes = el("g", {}, plot), spanG = el("g", {}, plot);
+    var memG = el("g", {}, plot), boxes = el("g", {}, plot), spanG = el("g", {}, plot);
     var msgG = el("g", { class: "msgs off" }, plot);
     var v = { index: i, sec: sec, svg: svg, plot: plot, chars: [], rowH: rowH, height: height, clipRect: clipRect, rowBgs: rowBgs,
-      grid: grid, msgG: msgG, rects: [], labels: [], spans: [], lines: null, width: 0 };
+      grid: grid, msgG: msgG, rects: [], labels: [], spans: [], lines: null, width: 0,
+      memBgs: [], memPaths: [] };
+    if (memLane) {
+      mem.ranks.forEach(function (changes, r) {
+        var top = AXIS_H + r * rowH + ROW_H + lane, peak = 0;
+        changes.forEach(function (c) { peak = Math.max(peak, c[2]); });
+        v.memBgs.push(el("rect", { class: "mem-bg", x: LABEL_W, y: top, height: memLane - 4 }, memG));
+        var path = el("path", { class: "mem", "data-rank": r, "data-peak": peak }, memG);
+        el("title", {}, path).textContent = "rank " + r + ": activations kept for backward, peak " + fmtMem(mem, peak);
+        v.memPaths.push({ path: path, changes: changes, base: top + memLane - 4 });
+        var label = el("text", { class: "mem-peak", x: 4, y: top + (memLane - 4) / 2 }, bg);
+        label.textContent = fmtMemShort(mem, peak);
+      });
+    }
     sec.events.forEach(function (ev, j) {
       var op = ev[1].replace(/^\d+/, "").charAt(0), mb = ev[1].replace(/^\d+[FIWB]/, "");
       var y = AXIS_H + ev[0] * rowH + (ROW_H - BOX_H) / 2;
@@ -92,6 +112,7 @@
     v.plotW = v.width - LABEL_W - RIGHT;
     v.clipRect.setAttribute("width", v.plotW);
     v.rowBgs.forEach(function (r) { r.setAttribute("width", v.plotW); });
+    v.memBgs.forEach(function (r) { r.setAttribute("width", v.plotW); });
   }
 
   function draw(v) {
@@ -113,11 +134,27 @@
       r.style.display = on ? "" : "none";
       if (on) { r.setAttribute("x", x(sp[2])); r.setAttribute("width", Math.max(1, x(sp[3]) - x(sp[2]))); }
     });
+    drawMemory(v, x(0), x(ext));
     if (state.messages) drawMessages(v);
     drawAxis(v, lo, hi);
     v.svg.setAttribute("data-view-start", fmt(lo));
     v.svg.setAttribute("data-view-end", fmt(hi));
     v.svg.setAttribute("data-mode", state.mode);
+  }
+
+  // Each rank's level as a step area: it changes when an F starts or a freeing action ends.
+  function drawMemory(v, x0, x1) {
+    var mem = v.sec.memory, h = MEM_LANE - 4;
+    v.memPaths.forEach(function (m) {
+      var d = "M" + x0 + "," + m.base, y = m.base;
+      m.changes.forEach(function (c) {
+        var xc = v.x(span(v.sec, v.sec.events[c[0]])[c[1]]);
+        d += "L" + xc + "," + y;
+        y = m.base - c[2] / mem.full * h;
+        d += "L" + xc + "," + y;
+      });
+      m.path.setAttribute("d", d + "L" + x1 + "," + y + "L" + x1 + "," + m.base + "Z");
+    });
   }
 
   function drawMessages(v) {
@@ -149,10 +186,11 @@
     for (var t = Math.ceil(lo / step) * step; t <= hi + 1e-9 * step; t += step) {
       var x = Math.round(v.x(t)) + 0.5;
       el("line", { x1: x, x2: x, y1: AXIS_H - 4, y2: v.height - 4 }, v.grid);
-      el("text", { x: x, y: AXIS_H - 9 }, v.grid).textContent = fmt(t);
+      el("text", { x: x, y: AXIS_H - 9 }, v.grid).textContent =
+        state.mode === "time" ? fmtT(v.sec, t) : fmt(t);
     }
     el("text", { class: "unit", x: LABEL_W - 6, y: AXIS_H - 9 }, v.grid).textContent =
-      state.mode === "time" ? v.sec.unit : "step";
+      state.mode === "time" ? v.sec.timeUnit : "step";
   }
 
   var pending = false;
@@ -227,10 +265,10 @@
     tip.hidden = true;
   }
   function hover(v, e) {
-    var t = e.target, unit = " " + esc(v.sec.unit);
+    var t = e.target, unit = " " + esc(v.sec.timeUnit);
     unhover();
     if (t.hasAttribute("data-i")) tip.innerHTML = actionTip(v, Number(t.getAttribute("data-i")), unit);
-    else if (t.hasAttribute("data-j")) tip.innerHTML = spanTip(v.sec.spans[Number(t.getAttribute("data-j"))], unit);
+    else if (t.hasAttribute("data-j")) tip.innerHTML = spanTip(v.sec, v.sec.spans[Number(t.getAttribute("data-j"))], unit);
     else return;
     tip.hidden = false;
     moveTip(e);
@@ -245,24 +283,24 @@
       v.rects[d[0]].classList.add("dep");
       hot.push(v.rects[d[0]]);
       var via = p[0] !== ev[0] ? " from rank " + p[0] + " (message)" : " (same rank)";
-      return { t: d[1], html: esc(p[1]) + via + ", ready at " + fmt(d[1]) + unit };
+      return { t: d[1], html: esc(p[1]) + via + ", ready at " + fmtT(v.sec, d[1]) + unit };
     });
     var prev = j > 0 && v.sec.events[j - 1][0] === ev[0] ? v.sec.events[j - 1] : null;
-    if (prev) waits.push({ t: prev[3], html: "rank free after " + esc(prev[1]) + " at " + fmt(prev[3]) + unit });
+    if (prev) waits.push({ t: prev[3], html: "rank free after " + esc(prev[1]) + " at " + fmtT(v.sec, prev[3]) + unit });
     var latest = waits.reduce(function (b, w) { return !b || w.t > b.t ? w : b; }, null);
     var items = waits.map(function (w) {
       return "<li" + (w === latest ? ' class="last"' : "") + ">" + w.html + (w === latest ? " ← last" : "") + "</li>";
     }).join("");
     return '<div class="t">' + esc(a) + "</div>" +
       '<div><span class="k">' + OPS[op] + " · stage " + m[1] + " · microbatch " + m[2] + " · rank " + ev[0] + "</span></div>" +
-      "<div>start " + fmt(ev[2]) + unit + " · end " + fmt(ev[3]) + unit + "</div>" +
-      "<div>duration " + fmt(ev[3] - ev[2]) + unit + " · step " + ev[4] + "</div>" +
+      "<div>start " + fmtT(v.sec, ev[2]) + unit + " · end " + fmtT(v.sec, ev[3]) + unit + "</div>" +
+      "<div>duration " + fmtT(v.sec, ev[3] - ev[2]) + unit + " · step " + ev[4] + "</div>" +
       (items ? '<div class="k">waited for</div><ul>' + items + "</ul>" : '<div class="k">no inputs</div>');
   }
-  function spanTip(sp, unit) {
+  function spanTip(sec, sp, unit) {
     return '<div class="t">' + esc(sp[1]) + '</div><div><span class="k">rank ' + sp[0] + "</span></div>" +
-      "<div>start " + fmt(sp[2]) + unit + " · end " + fmt(sp[3]) + unit + "</div>" +
-      "<div>duration " + fmt(sp[3] - sp[2]) + unit + "</div>";
+      "<div>start " + fmtT(sec, sp[2]) + unit + " · end " + fmtT(sec, sp[3]) + unit + "</div>" +
+      "<div>duration " + fmtT(sec, sp[3] - sp[2]) + unit + "</div>";
   }
   function moveTip(e) {
     if (tip.hidden) return;
