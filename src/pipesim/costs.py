@@ -2,6 +2,20 @@
 
 Times are in one unit of the user's choice (``unit``: "units", "ms" or "s"); bandwidth is bytes per
 that unit. Per-stage lists are indexed by stage.
+
+The JSON form (``to_dict``/``from_dict``; ``pipesim simulate --costs FILE``, ``pipesim profile
+--stage-costs``)::
+
+    {"stages": 2, "unit": "s",
+     "forward": [F0, F1], "backward_input": [I0, I1], "backward_weight": [W0, W1],
+     "backward": [B0, B1],                 # optional: I + W when absent (B alone: I = W = B/2)
+     "activation_bytes": [a0, a1],         # optional: stage s's output, what a message carries
+     "param_bytes": [p0, p1],              # optional
+     "comm_latency": 1.3e-4,               # optional: per message between two ranks (0)
+     "comm_bandwidth": 8e9,                # optional: bytes per unit; null = unlimited
+     "send_overhead": 2e-4,                # optional: the sender's own time per message (0)
+     "action_overhead": 1e-4}              # optional: the engine's own time before each
+                                           #   action (``pipesim profile --engine``; 0)
 """
 
 from __future__ import annotations
@@ -52,6 +66,9 @@ class CostModel:
     # the sending rank's own time to hand a message to the transport: its action ends, and
     # the message leaves, that much later (0: sends cost the sender nothing)
     send_overhead: float = 0.0
+    # the engine's own time before each action (bookkeeping, posting receives): a rank starts
+    # an action at the earliest this long after its previous one ended (0: none)
+    action_overhead: float = 0.0
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -93,6 +110,7 @@ class CostModel:
         comm_bandwidth: float = math.inf,
         unit: str = "units",
         send_overhead: float = 0.0,
+        action_overhead: float = 0.0,
     ) -> CostModel:
         if stages < 1:
             raise CostError("stages must be >= 1")
@@ -102,15 +120,15 @@ class CostModel:
         b = tuple(x + y for x, y in zip(i, w, strict=True)) if backward is None \
             else _per_stage("B", backward, stages)
         for name, value in (("comm_latency", comm_latency), ("comm_bandwidth", comm_bandwidth),
-                            ("send_overhead", send_overhead)):
+                            ("send_overhead", send_overhead), ("action_overhead", action_overhead)):
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 \
-                    or math.isnan(value) or (name == "send_overhead" and math.isinf(value)):
+                    or math.isnan(value) or (name.endswith("_overhead") and math.isinf(value)):
                 raise CostError(f"{name}: {value!r} is not a number >= 0")
         if comm_bandwidth == 0:
             raise CostError("comm_bandwidth must be > 0")
         return cls(f, i, w, b, _per_stage("activation_bytes", activation_bytes, stages),
                    _per_stage("param_bytes", param_bytes, stages), float(comm_latency),
-                   float(comm_bandwidth), unit, float(send_overhead))
+                   float(comm_bandwidth), unit, float(send_overhead), float(action_overhead))
 
     def duration(self, action: Action) -> float:
         table = {Op.F: self.forward, Op.I: self.backward_input, Op.W: self.backward_weight,
@@ -140,7 +158,8 @@ class CostModel:
         if not isinstance(data, Mapping):
             raise CostError("a cost file holds a JSON object")
         known = {"forward", "backward_input", "backward_weight", "backward", "activation_bytes",
-                 "param_bytes", "comm_latency", "comm_bandwidth", "send_overhead", "unit",
+                 "param_bytes", "comm_latency", "comm_bandwidth", "send_overhead",
+                 "action_overhead", "unit",
                  "stages", "layers", "model", "microbatch_size", "source"}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -171,7 +190,7 @@ class CostModel:
         return cls.from_lists(
             n, fwd, bi, bw, bwd, data.get("activation_bytes", 0.0), data.get("param_bytes", 0.0),
             data.get("comm_latency", 0.0), math.inf if bandwidth is None else bandwidth, unit,
-            data.get("send_overhead", 0.0),
+            data.get("send_overhead", 0.0), data.get("action_overhead", 0.0),
         )
 
 
