@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from pipesim.runtime.launch import launch
-from pipesim.runtime.predict import compare, predict
+from pipesim.predict import compare, predict
 from pipesim.runtime.profile import ProfileConfig, measure_comm, profile_model
 from pipesim.runtime.train import RunConfig, TrainJob
 from pipesim.schedules import get_schedule

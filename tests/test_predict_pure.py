@@ -11,7 +11,7 @@ import pytest
 
 from pipesim.ir import Action, Op, Schedule
 from pipesim.layercosts import LayerCost, LayerCosts
-from pipesim.runtime.predict import compare, median_step, predict, step_times, used_steps
+from pipesim.predict import compare, median_step, predict, step_times, used_steps
 from pipesim.schedules import get_schedule
 from pipesim.timeline import Event, Timeline
 
@@ -82,15 +82,16 @@ def test_predict_sums_layers_into_the_runs_stages_and_scales_the_microbatch() ->
     assert Action(0, Op.F, 0) in {e.action for e in timeline.events}
 
 
-def test_predict_module_does_not_import_torch() -> None:
-    code = "import sys, pipesim.runtime.predict; print('torch' in sys.modules)"
+def test_predict_and_calibration_modules_do_not_import_torch() -> None:
+    code = ("import sys, pipesim.predict, pipesim.calibration; "
+            "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
 
 
 def test_a_rank_that_starts_early_and_waits_does_not_lengthen_the_step() -> None:
-    from pipesim.runtime.predict import step_span
+    from pipesim.predict import step_span
     # rank 1 began its step at 0 and waited inside F0 for rank 0, which began at 2
     step = _timeline([("0F0", 2, 3), ("0B0", 5, 7)], [("1F0", 0, 4), ("1B0", 4, 5)])
     assert step.makespan == 7 and step_span(step) == 5
@@ -101,9 +102,9 @@ def test_a_rank_that_starts_early_and_waits_does_not_lengthen_the_step() -> None
 
 def test_plot_draws_prediction_above_measurement(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    from pipesim.runtime.predict import plot_prediction
+    from pipesim.commands._runreport import _plot_prediction
     out = tmp_path / "p.png"
-    plot_prediction(_step(1.0), [_step(1.0), _step(1.2)], str(out))
+    _plot_prediction(_step(1.0), [_step(1.0), _step(1.2)], str(out))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

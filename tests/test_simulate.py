@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import gc
 import random
-from dataclasses import replace
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 

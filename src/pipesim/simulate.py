@@ -4,8 +4,9 @@ Each rank runs its actions in the schedule's order. An action starts when its ra
 each dependency (``ir.dep_keys``, the one rule) has finished and its message, if it crosses ranks,
 has arrived. A send costs the sender ``costs.send_overhead`` (added to the producing action)
 and never waits for the receiver. The engine's own time per action (``costs.action_overhead``)
-keeps a rank busy before each action: it starts no earlier than that after its previous end. Work is linear in the number of actions: a rank that
-meets an unfinished dependency parks on it and is woken when that action ends.
+keeps a rank busy before each action: it starts no earlier than that after its previous end.
+Work is linear in the number of actions: a rank that meets an unfinished dependency parks on
+it and is woken when that action ends.
 
 The loop is the hot path of ``pipesim plan`` and of big schedules (64 ranks x 1024 microbatches
 x 2 stages per rank is 262,144 actions), so it is written for CPython's speed:

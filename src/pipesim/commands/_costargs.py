@@ -71,12 +71,15 @@ def _build(args: argparse.Namespace, schedule: Schedule) -> CostModel:
                                           base.backward_weight, base.backward)
         act, params = base.activation_bytes, base.param_bytes or (0.0,) * stages
         latency, bandwidth, unit = base.comm_latency, base.comm_bandwidth, base.unit
+        overheads = {"send_overhead": base.send_overhead,
+                     "action_overhead": base.action_overhead}
     else:
         op = op_times(args.cost)
         share = stages / schedule.ranks  # stages per rank: each takes 1/share of a rank's work
         forward, inp, weight, backward = (op[k] / share for k in ("F", "I", "W", "B"))
         act, latency, bandwidth, unit = 0.0, 0.0, math.inf, "units"
         params = (0.0,) * stages
+        overheads = {}
     if args.activation_bytes is not None:
         act = args.activation_bytes
     if args.comm_latency is not None:
@@ -86,7 +89,7 @@ def _build(args: argparse.Namespace, schedule: Schedule) -> CostModel:
     if args.unit is not None:
         unit = args.unit
     return CostModel.from_lists(stages, forward, inp, weight, backward, act, params, latency,
-                                bandwidth, unit)
+                                bandwidth, unit, **overheads)
 
 
 def op_times(flag: str | None) -> dict[str, float]:

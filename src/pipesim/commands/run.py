@@ -247,9 +247,11 @@ def _prediction(args: argparse.Namespace, cfg: Any) -> Any:
     if not args.predict and under_torchrun():
         raise UserError("--predict without a file profiles in forked processes; under torchrun "
                         "run 'pipesim profile -o costs.json' first and pass --predict costs.json")
+    from pipesim.commands.profile import engine_costs
     from pipesim.runtime.predict import predict_run
+    engine = engine_costs(calibrate=not under_torchrun())  # measured once per machine
     try:
-        return predict_run(cfg, args.predict or None)
+        return predict_run(cfg, args.predict or None, engine)
     except ValueError as err:
         raise UserError(str(err)) from None
 
@@ -317,6 +319,8 @@ def run(args: argparse.Namespace) -> int:
     )
     from pipesim.runtime.train import TrainJob
     predicted = _prediction(args, cfg)  # before the ranks start: profiling uses the cores
+    from pipesim.runtime.predict import reference_time
+    speed = [reference_time()] if predicted is not None and not under_torchrun() else []
     hook = None if (args.quiet or args.json) else LineHook(sched)
     progress = None if args.json or sched.forward_only else \
         Progress(cfg.global_microbatches * cfg.batch_size, not sched.forward_only)
@@ -335,4 +339,8 @@ def run(args: argparse.Namespace) -> int:
     wall = time.perf_counter() - t0
     if result is None:  # a torchrun rank other than 0
         return 0
-    return report(args, cfg, result, wall, predicted)
+    drift = None
+    if speed and predicted is not None:  # the reference kernel before and after the run
+        from pipesim.predict import speed_drift
+        drift = speed_drift(predicted.meta["reference_time"], [*speed, reference_time()])
+    return report(args, cfg, result, wall, predicted, drift)
