@@ -5,8 +5,8 @@
                                      after step until the step repeats
     replay(schedule, predicted, measured)
                                      the same simulation with each action's time replaced by
-                                     its median in the run: what is left of the error is the
-                                     model's, not the machine's
+                                     its median in the run (and messages as the run saw
+                                     them): what is left of the error is the model's
     compare(predicted, measured, replayed, drift)
                                      predicted (and replayed) vs measured step time, per step
                                      and per rank; with the machine's speed drift
@@ -29,6 +29,7 @@ timelines anywhere. Profiling, the reference kernel and the calibration runs are
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 from collections.abc import Sequence
 from itertools import pairwise
@@ -41,8 +42,8 @@ from pipesim.simulate import steady_step
 from pipesim.timeline import Timeline
 
 __all__ = ["action_medians", "compare", "engine_gaps", "median_step", "predict",
-           "predicted_step", "prediction_json", "prediction_lines", "replay", "speed_drift",
-           "step_span", "step_times", "used_steps"]
+           "predicted_step", "prediction_json", "prediction_lines", "replay", "run_messages",
+           "speed_drift", "step_span", "step_times", "used_steps"]
 
 
 def predict(cfg: Any, layer_costs: LayerCosts, comm_latency: float | None = None,
@@ -104,15 +105,50 @@ def replay_costs(costs: CostModel, medians: dict[tuple[int, Op], float]) -> Cost
     return dataclasses.replace(costs, **new)
 
 
-def replay(schedule: Schedule, predicted: Timeline, measured: Sequence[Timeline]) -> Timeline:
-    """``predicted``'s simulation again, each action taking its median time in ``measured``.
+def run_messages(schedule: Schedule, measured: Sequence[Timeline], action_overhead: float = 0.0
+                 ) -> tuple[float | None, float | None]:
+    """(hop, send) in seconds as the run saw them; None where it shows nothing to measure.
 
-    Messages, the engine's time and what each rank does between steps stay as predicted
-    (``meta["costs"]`` and ``meta["between_seconds"]`` of ``predict``'s Timeline). Where the
-    replay misses the run, the model misses it; where the prediction misses and the replay
-    does not, the actions took longer than profiled (a slower machine, or a bad profile).
+    send: the sender's own time per message, the median gap after an action whose output
+    went to another rank when the next action waits for no message, less ``action_overhead``.
+    hop: from a producer's end to the start of its consumer on another rank that had nothing
+    else to do (its previous action ended before the producer did), median, less ``send``:
+    the simulator's message time (the sender's time is in the producer's action).
+    """
+    receive, sent = _crossing(schedule)
+    place = schedule.stage_to_rank
+    sends, hops = [], []
+    for s in used_steps(measured):
+        step = measured[s]
+        ended = {e.action: e.end for e in step.events}
+        for row in step.by_rank():
+            sends += [b.start - a.end - action_overhead for a, b in pairwise(row)
+                      if a.action in sent and b.action not in receive]
+            for i, e in enumerate(row):
+                free = row[i - 1].end if i else -math.inf
+                hops += [e.start - ended[d] for d in deps(e.action, schedule)
+                         if place[d.stage] != e.rank and d in ended and free <= ended[d]]
+    send = max(0.0, statistics.median(sends)) if sends else None
+    hop = max(0.0, statistics.median(hops) - (send or 0.0)) if hops else None
+    return hop, send
+
+
+def replay(schedule: Schedule, predicted: Timeline, measured: Sequence[Timeline]) -> Timeline:
+    """``predicted``'s simulation again with what the run measured: each action its median
+    time, and each message the run's own hop and sender's time (``run_messages``).
+
+    The engine's own time and what each rank does between steps (its profiled optimizer)
+    stay as predicted (``meta["costs"]`` and ``meta["between_seconds"]`` of ``predict``'s
+    Timeline). Where the replay misses the run, the model misses it (the engine's time, the
+    schedule's semantics, the optimizer); where the prediction misses and the replay does not,
+    the machine ran the run slower (or faster) than when it was profiled.
     """
     base = CostModel.from_dict(predicted.meta["costs"])
+    hop, send = run_messages(schedule, measured, base.action_overhead)
+    if hop is not None:
+        base = dataclasses.replace(base, comm_latency=hop, comm_bandwidth=math.inf)
+    if send is not None:
+        base = dataclasses.replace(base, send_overhead=send)
     between = predicted.meta.get("between_seconds", ())
     steady = steady_step(schedule, replay_costs(base, action_medians(measured)), between)
     return dataclasses.replace(steady.timeline, meta={
