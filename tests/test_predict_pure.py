@@ -178,6 +178,8 @@ def test_replay_of_a_run_equals_the_simulation_of_its_medians_and_messages() -> 
     assert report["replay_step_seconds"] == pytest.approx(want)
     assert report["replay_error"] == pytest.approx(0, abs=1e-12)
     assert report["speed_drift"] == 0.1
+    # F 1 + 1.5 and B 2 + 3 per microbatch, profiled F 1 + 1 and B 2 + 2
+    assert report["action_drift"] == pytest.approx(7.5 / 6 - 1)
 
 
 class _Meta:
@@ -216,7 +218,7 @@ def test_compare_without_replay_or_drift_says_none_and_json_carries_all_three() 
     assert len(prediction_lines(report)) == 1
     both = compare(_step(1.0), [_step(1.0)], _step(1.25), -0.03)
     lines = prediction_lines(both)
-    assert "error +25.0%" in lines[1] and "drift: -3.0%" in lines[2]
+    assert "error +25.0%" in lines[1] and "kernel -3.0%" in lines[2]
 
 
 # ----------------------------------------------------------------------------- the engine's time

@@ -41,9 +41,9 @@ from pipesim.layercosts import LayerCosts, stage_costs, stage_optimizer
 from pipesim.simulate import steady_step
 from pipesim.timeline import Timeline
 
-__all__ = ["action_medians", "compare", "engine_gaps", "median_step", "predict",
-           "predicted_step", "prediction_json", "prediction_lines", "replay", "run_messages",
-           "speed_drift", "step_span", "step_times", "used_steps"]
+__all__ = ["action_drift", "action_medians", "compare", "engine_gaps", "median_step",
+           "predict", "predicted_step", "prediction_json", "prediction_lines", "replay",
+           "run_messages", "speed_drift", "step_span", "step_times", "used_steps"]
 
 
 def predict(cfg: Any, layer_costs: LayerCosts, comm_latency: float | None = None,
@@ -154,6 +154,21 @@ def replay(schedule: Schedule, predicted: Timeline, measured: Sequence[Timeline]
     return dataclasses.replace(steady.timeline, meta={
         **steady.timeline.meta, "replayed": True, "step_seconds": steady.step,
         "between_seconds": list(between)})
+
+
+def action_drift(predicted: Timeline, measured: Sequence[Timeline]) -> float | None:
+    """How much longer the run's actions took than profiled: the run's summed median action
+    times (``action_medians``, one of each action of a step) over the profile's, - 1."""
+    if "costs" not in predicted.meta:
+        return None
+    costs = CostModel.from_dict(predicted.meta["costs"])
+    medians = action_medians(measured)
+    counts: dict[tuple[int, Op], int] = {}
+    for e in measured[0].events:
+        counts[e.action.stage, e.action.op] = counts.get((e.action.stage, e.action.op), 0) + 1
+    profiled = sum(n * costs.duration(Action(s, op, 0)) for (s, op), n in counts.items())
+    run = sum(n * medians[key] for key, n in counts.items() if key in medians)
+    return run / profiled - 1 if profiled > 0 else None
 
 
 def speed_drift(profiled: float, now: Sequence[float]) -> float | None:
@@ -274,7 +289,8 @@ def compare(predicted: Timeline, measured: Sequence[Timeline], replayed: Timelin
     was slower than predicted. The pipeline's part alone (``step_span``, no optimizer) is
     ``*_pipeline_seconds``. ``replay_step_seconds``/``replay_error`` are the same for
     ``replayed`` (``replay``) and ``speed_drift`` is ``drift`` (``speed_drift``); None when
-    not given. Per rank: finish time (last end from the step's start) and busy time (sum of
+    not given; ``action_drift`` is how much longer the run's actions took than predicted
+    (``action_drift``). Per rank: finish time (last end from the step's start) and busy time (sum of
     action durations: compute, from inputs in hand to output made).
     """
     if not measured:
@@ -298,6 +314,7 @@ def compare(predicted: Timeline, measured: Sequence[Timeline], replayed: Timelin
         "replay_step_seconds": again,
         "replay_error": _error(again, want) if again is not None else None,
         "speed_drift": drift,
+        "action_drift": action_drift(predicted, measured),
         "steps_used": steps,
         "predicted_pipeline_seconds": step_span(predicted),
         "measured_pipeline_seconds": statistics.median(step_span(measured[s]) for s in steps),
@@ -315,7 +332,7 @@ def compare(predicted: Timeline, measured: Sequence[Timeline], replayed: Timelin
 def prediction_json(report: dict[str, Any]) -> dict[str, Any]:
     """The fields ``pipesim run --predict --json`` adds to its object."""
     keys = ("predicted_step_seconds", "measured_step_seconds", "prediction_error",
-            "replay_step_seconds", "replay_error", "speed_drift",
+            "replay_step_seconds", "replay_error", "speed_drift", "action_drift",
             "predicted_pipeline_seconds", "measured_pipeline_seconds")
     return {k: report[k] for k in keys} | {"prediction_per_rank": report["per_rank"]}
 
@@ -337,9 +354,14 @@ def prediction_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"Replayed with this run's own action times: "
                      f"{report['replay_step_seconds'] * 1e3:.2f} ms, error "
                      f"{_percent(report['replay_error'])} (what the model misses)")
+    drifts = []
     if report.get("speed_drift") is not None:
-        lines.append(f"Machine speed drift: {_percent(report['speed_drift'])} (the reference "
-                     f"kernel around the run vs when profiled; > 0: slower now)")
+        drifts.append(f"the reference kernel {_percent(report['speed_drift'])} around the run "
+                      f"vs when profiled")
+    if report.get("action_drift") is not None:
+        drifts.append(f"the run's actions {_percent(report['action_drift'])} vs the profile")
+    if drifts:
+        lines.append("Machine speed drift: " + "; ".join(drifts) + " (> 0: slower in the run)")
     return lines
 
 
