@@ -14,7 +14,7 @@ included, median of steps 1 onwards):
 
 - predicted: the simulator's steady step from the profile, the engine's own time per action
   and between steps from the cached calibration (``pipesim profile --engine``) included;
-- replay: the same simulation with the run's own median time per action and its own message
+- replay: the same simulation with the run's own mean time per action and its own message
   times (``pipesim.predict.replay``): its error is the model's;
 - speed drift: the reference kernel around the run against right after the profile (> 0: the
   machine ran slower during the run); "compute drift" is the run's busy time per rank against

@@ -160,7 +160,7 @@ def _run_like(schedule: Schedule, costs: CostModel, between: list[float], steps:
 
 
 def test_replay_of_a_run_equals_the_simulation_of_its_medians_and_messages() -> None:
-    from pipesim.predict import action_medians, replay
+    from pipesim.predict import action_means, replay
     from pipesim.simulate import steady_step
     sched = get_schedule("1f1b", 2, 4)
     truth = CostModel.from_lists(2, [1.0, 1.5], [1.0, 1.2], [0.5, 0.7], [2.0, 3.0],
@@ -169,7 +169,7 @@ def test_replay_of_a_run_equals_the_simulation_of_its_medians_and_messages() -> 
     profiled = CostModel.uniform(2, F=1.0, comm_latency=0.5, send_overhead=0.1, unit="s")
     predicted = Timeline(2, (), unit="s", meta={"costs": profiled.to_dict(),
                                                 "between_seconds": [0.5, 0.75]})
-    assert action_medians(measured) == {(0, Op.F): 1.0, (1, Op.F): 1.5, (0, Op.B): 2.0,
+    assert action_means(measured) == {(0, Op.F): 1.0, (1, Op.F): 1.5, (0, Op.B): 2.0,
                                         (1, Op.B): 3.0}
     again = replay(sched, predicted, measured)
     want = steady_step(sched, truth, [0.5, 0.75]).step

@@ -5,7 +5,7 @@
                                      after step until the step repeats
     replay(schedule, predicted, measured)
                                      the same simulation with each action's time replaced by
-                                     its median in the run (and messages as the run saw
+                                     its mean in the run (and messages as the run saw
                                      them): what is left of the error is the model's
     compare(predicted, measured, replayed, drift)
                                      predicted (and replayed) vs measured step time, per step
@@ -41,7 +41,7 @@ from pipesim.layercosts import LayerCosts, stage_costs, stage_optimizer
 from pipesim.simulate import steady_step
 from pipesim.timeline import Timeline
 
-__all__ = ["action_drift", "action_medians", "compare", "engine_gaps", "median_step",
+__all__ = ["action_drift", "action_means", "compare", "engine_gaps", "median_step",
            "predict", "predicted_step", "prediction_json", "prediction_lines", "replay",
            "run_messages", "speed_drift", "step_span", "step_times", "used_steps"]
 
@@ -80,26 +80,29 @@ def predict(cfg: Any, layer_costs: LayerCosts, comm_latency: float | None = None
 # ----------------------------------------------------------------------------- replay
 
 
-def action_medians(measured: Sequence[Timeline], steps: Sequence[int] | None = None
-                   ) -> dict[tuple[int, Op], float]:
-    """(stage, op) -> the median duration of its actions over ``steps`` (default: used_steps).
+def action_means(measured: Sequence[Timeline], steps: Sequence[int] | None = None
+                 ) -> dict[tuple[int, Op], float]:
+    """(stage, op) -> the mean duration of its actions over ``steps`` (default: used_steps).
 
-    A measured action runs from its inputs in hand to its output made (the engine's record),
-    so a send's cost to the sender is not in it: the simulator adds ``send_overhead``.
+    The mean, not the median: a step's time is a sum over many actions, so the median step
+    pays about each action's mean; on a loaded machine, whose action times have a long tail,
+    medians made replays 10-25 points too fast (benchmarks/RESULTS_predict.md). A measured
+    action runs from its inputs in hand to its output made (the engine's record), so a send's
+    cost to the sender is not in it: the simulator adds ``send_overhead``.
     """
     durations: dict[tuple[int, Op], list[float]] = {}
     for s in used_steps(measured) if steps is None else steps:
         for e in measured[s].events:
             durations.setdefault((e.action.stage, e.action.op), []).append(e.duration)
-    return {key: statistics.median(values) for key, values in durations.items()}
+    return {key: statistics.fmean(values) for key, values in durations.items()}
 
 
-def replay_costs(costs: CostModel, medians: dict[tuple[int, Op], float]) -> CostModel:
-    """``costs`` with each (stage, op) in ``medians`` taking that time (messages unchanged)."""
+def replay_costs(costs: CostModel, times: dict[tuple[int, Op], float]) -> CostModel:
+    """``costs`` with each (stage, op) in ``times`` taking that time (messages unchanged)."""
     fields = {Op.F: "forward", Op.I: "backward_input", Op.W: "backward_weight",
               Op.B: "backward"}
     tables = {op: list(getattr(costs, name)) for op, name in fields.items()}
-    for (stage, op), seconds in medians.items():
+    for (stage, op), seconds in times.items():
         tables[op][stage] = seconds
     new: dict[str, Any] = {name: tuple(tables[op]) for op, name in fields.items()}
     return dataclasses.replace(costs, **new)
@@ -109,10 +112,10 @@ def run_messages(schedule: Schedule, measured: Sequence[Timeline], action_overhe
                  ) -> tuple[float | None, float | None]:
     """(hop, send) in seconds as the run saw them; None where it shows nothing to measure.
 
-    send: the sender's own time per message, the median gap after an action whose output
+    send: the sender's own time per message, the mean gap after an action whose output
     went to another rank when the next action waits for no message, less ``action_overhead``.
     hop: from a producer's end to the start of its consumer on another rank that had nothing
-    else to do (its previous action ended before the producer did), median, less ``send``:
+    else to do (its previous action ended before the producer did), mean, less ``send``:
     the simulator's message time (the sender's time is in the producer's action).
     """
     receive, sent = _crossing(schedule)
@@ -128,13 +131,13 @@ def run_messages(schedule: Schedule, measured: Sequence[Timeline], action_overhe
                 free = row[i - 1].end if i else -math.inf
                 hops += [e.start - ended[d] for d in deps(e.action, schedule)
                          if place[d.stage] != e.rank and d in ended and free <= ended[d]]
-    send = max(0.0, statistics.median(sends)) if sends else None
-    hop = max(0.0, statistics.median(hops) - (send or 0.0)) if hops else None
+    send = max(0.0, statistics.fmean(sends)) if sends else None
+    hop = max(0.0, statistics.fmean(hops) - (send or 0.0)) if hops else None
     return hop, send
 
 
 def replay(schedule: Schedule, predicted: Timeline, measured: Sequence[Timeline]) -> Timeline:
-    """``predicted``'s simulation again with what the run measured: each action its median
+    """``predicted``'s simulation again with what the run measured: each action its mean
     time, and each message the run's own hop and sender's time (``run_messages``).
 
     The engine's own time and what each rank does between steps (its profiled optimizer)
@@ -150,24 +153,24 @@ def replay(schedule: Schedule, predicted: Timeline, measured: Sequence[Timeline]
     if send is not None:
         base = dataclasses.replace(base, send_overhead=send)
     between = predicted.meta.get("between_seconds", ())
-    steady = steady_step(schedule, replay_costs(base, action_medians(measured)), between)
+    steady = steady_step(schedule, replay_costs(base, action_means(measured)), between)
     return dataclasses.replace(steady.timeline, meta={
         **steady.timeline.meta, "replayed": True, "step_seconds": steady.step,
         "between_seconds": list(between)})
 
 
 def action_drift(predicted: Timeline, measured: Sequence[Timeline]) -> float | None:
-    """How much longer the run's actions took than profiled: the run's summed median action
-    times (``action_medians``, one of each action of a step) over the profile's, - 1."""
+    """How much longer the run's actions took than profiled: the run's summed mean action
+    times (``action_means``, one of each action of a step) over the profile's, - 1."""
     if "costs" not in predicted.meta:
         return None
     costs = CostModel.from_dict(predicted.meta["costs"])
-    medians = action_medians(measured)
+    means = action_means(measured)
     counts: dict[tuple[int, Op], int] = {}
     for e in measured[0].events:
         counts[e.action.stage, e.action.op] = counts.get((e.action.stage, e.action.op), 0) + 1
     profiled = sum(n * costs.duration(Action(s, op, 0)) for (s, op), n in counts.items())
-    run = sum(n * medians[key] for key, n in counts.items() if key in medians)
+    run = sum(n * means[key] for key, n in counts.items() if key in means)
     return run / profiled - 1 if profiled > 0 else None
 
 
