@@ -354,7 +354,7 @@ def prediction_lines(report: dict[str, Any]) -> list[str]:
              f"{report['predicted_pipeline_seconds'] * 1e3:.2f} ms, measured "
              f"{report['measured_pipeline_seconds'] * 1e3:.2f} ms)"]
     if report.get("replay_step_seconds") is not None:
-        lines.append(f"Replayed with this run's own action times: "
+        lines.append(f"Replayed with this run's own action and message times: "
                      f"{report['replay_step_seconds'] * 1e3:.2f} ms, error "
                      f"{_percent(report['replay_error'])} (what the model misses)")
     drifts = []
