@@ -57,5 +57,6 @@ def test_predict_puts_the_simulated_step_above_the_measured_one(tmp_path, capsys
     assert data["replay_error"] == pytest.approx(data["replay_step_seconds"]
                                                  / data["measured_step_seconds"] - 1)
     assert isinstance(data["speed_drift"], float) and data["speed_drift"] > -1
+    assert isinstance(data["action_drift"], float) and data["action_drift"] > -1
     page = Path(html).read_text(encoding="utf-8")
     assert page.index("1f1b predicted") < page.index("1f1b measured")
