@@ -1,25 +1,29 @@
-"""How well does the simulator predict a real run? Profile, predict, run, compare.
+"""How well does the simulator predict a real run? Profile, predict, run, replay, compare.
 
-    .venv/bin/python benchmarks/bench_predict.py                 # MLP and GPT, gpipe 1f1b zb-h1
+    .venv/bin/python benchmarks/bench_predict.py                 # MLP and GPT, 4 schedules
     .venv/bin/python benchmarks/bench_predict.py --models gpt --trials 5
 
 Per trial, for each model and schedule (the order turns each trial, so no configuration always
 runs first): ``profile_model`` (``--repeats`` whole passes in ``--processes`` fresh processes at
-once, as many as the run's ranks; median per layer and op, the optimizer update included) and
-``measure_comm`` (2-rank gloo ping-pong of the largest activation and the sender's time per
-message, medians of 100), then a real 2-rank run of ``--steps`` steps (one thread per rank,
-Adam) and ``prediction_report``: the step time (one step's end to the next's, the optimizer
-included) as the median of steps 1 onwards, against the simulator's steady step.
+once, as many as the run's ranks; median per layer and op, the optimizer update included), the
+reference kernel right after it, and ``measure_comm`` (2-rank gloo ping-pong of the largest
+activation and the sender's time per message, medians of 100); then the reference kernel, a
+real 2-rank run of ``--steps`` steps (one thread per rank, Adam), the reference kernel again,
+and three figures against the measured step (one step's end to the next's, the optimizer
+included, median of steps 1 onwards):
 
-Printed per trial and summarised per configuration (median over trials); the "compute drift"
-column is how much longer the run's actions took than the profile said (the mean over ranks
-of measured / predicted busy time - 1): where it is large, the machine's speed changed
-between the profile and the run; where it is small and the error is not, the schedule model
-is what missed. See RESULTS_predict.md.
+- predicted: the simulator's steady step from the profile, the engine's own time per action
+  and between steps from the cached calibration (``pipesim profile --engine``) included;
+- replay: the same simulation with the run's own mean time per action and its own message
+  times (``pipesim.predict.replay``): its error is the model's;
+- speed drift: the reference kernel around the run against right after the profile (> 0: the
+  machine ran slower during the run); "compute drift" is the run's busy time per rank against
+  the profile's. See RESULTS_predict.md.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import statistics
@@ -28,10 +32,12 @@ from typing import Any
 
 import torch
 
+from pipesim.calibration import load_engine_costs, with_engine
 from pipesim.config import RunConfig
+from pipesim.predict import predict, prediction_report, replay, speed_drift
 from pipesim.processes.launch import launch
 from pipesim.profiling.profiler import ProfileConfig, measure_comm, profile_model
-from pipesim.runtime.predict import predict, prediction_report
+from pipesim.runtime.predict import calibrate_engine, reference_time
 from pipesim.runtime.train import TrainJob
 from pipesim.schedules import get_schedule
 from pipesim.timeline import Timeline
@@ -40,7 +46,6 @@ MODELS = {  # model -> RunConfig fields (batch_size = samples or sequences per m
     "mlp": dict(hidden_size=512, layers=8, batch_size=64),
     "gpt": dict(hidden_size=128, layers=6, batch_size=8, seq_len=64),
 }
-TARGET = 0.15  # issue 5: within 15% of the measured median
 
 
 def _config(model: str, schedule: str, microbatches: int, steps: int) -> RunConfig:
@@ -48,68 +53,81 @@ def _config(model: str, schedule: str, microbatches: int, steps: int) -> RunConf
                          steps=steps, optimizer="adam", lr=1e-3, **MODELS[model])  # type: ignore[arg-type]
 
 
-def bench_one(model: str, name: str, args: argparse.Namespace) -> dict[str, Any]:
+def bench_one(model: str, name: str, args: argparse.Namespace, engine: Any) -> dict[str, Any]:
     """Profile and ping-pong right before the run, so the machine is as alike as it gets."""
     cfg = _config(model, name, args.microbatches, args.steps)
     costs = profile_model(cfg, repeats=args.repeats, processes=args.processes)
+    costs = with_engine(dataclasses.replace(costs, reference_time=reference_time()), engine)
     largest = int(max(c.activation_bytes for c in costs.layers[:-1]))
     comm = measure_comm(largest, repeats=100)
+    before = reference_time()
     result = launch(TrainJob(cfg), 2)
-    report = prediction_report(predict(cfg, costs, *comm),
-                     [Timeline.from_dict(t) for t in result.timelines])
-    drift = statistics.mean(r["measured_busy"] / r["predicted_busy"] - 1
-                            for r in report["per_rank"])
+    after = reference_time()
+    measured = [Timeline.from_dict(t) for t in result.timelines]
+    predicted = predict(cfg, costs, *comm)
+    drift = speed_drift(costs.reference_time, [before, after])
+    replayed = replay(cfg.schedule, predicted, measured)
+    report = prediction_report(predicted, measured, replayed, drift)
+    compute = statistics.mean(r["measured_busy"] / r["predicted_busy"] - 1
+                              for r in report["per_rank"])
     return {"model": model, "schedule": name, "load": os.getloadavg()[0],
             "measured_ms": report["measured_step_seconds"] * 1e3,
             "predicted_ms": report["predicted_step_seconds"] * 1e3,
             "error": report["prediction_error"],
-            "pipeline_measured_ms": report["measured_pipeline_seconds"] * 1e3,
-            "pipeline_predicted_ms": report["predicted_pipeline_seconds"] * 1e3,
-            "compute_drift": drift,
-            "latency_us": comm.latency * 1e6, "send_us": comm.send_overhead * 1e6}
+            "replay_ms": report["replay_step_seconds"] * 1e3,
+            "replay_error": report["replay_error"], "speed_drift": drift,
+            "compute_drift": compute, "latency_us": comm.latency * 1e6,
+            "send_us": comm.send_overhead * 1e6}
+
+
+def _summary(rows: list[dict[str, Any]]) -> None:
+    replays = [abs(r["replay_error"]) for r in rows]
+    print(f"\nreplay |error|: median {statistics.median(replays):.1%}, worst "
+          f"{max(replays):.1%} over {len(rows)} trials")
+    for lo, hi in ((-1.0, -0.05), (-0.05, 0.05), (0.05, 0.10), (0.10, 100.0)):
+        mine = [r for r in rows if r["speed_drift"] is not None and lo <= r["speed_drift"] < hi]
+        if mine:
+            errors = [r["error"] for r in mine]
+            print(f"speed drift {lo:+.0%} to {hi:+.0%}: {len(mine)} trials, prediction error "
+                  f"mean {statistics.mean(errors):+.1%}, worst {max(errors, key=abs):+.1%}; "
+                  f"replay error mean {statistics.mean(r['replay_error'] for r in mine):+.1%}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--schedules", nargs="+", default=["gpipe", "1f1b", "zb-h1"])
+    parser.add_argument("--schedules", nargs="+", default=["gpipe", "1f1b", "zb-h1", "zbv"])
     parser.add_argument("-m", "--microbatches", type=int, default=4)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=30, help="profile passes per trial")
     parser.add_argument("--processes", type=int, default=2,
                         help="profile in this many processes at once (2: as many as the ranks)")
-    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--trials", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(1)  # the parent forks the ranks: keep its thread pool unstarted
+    engine = load_engine_costs() or calibrate_engine()
     print(f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.machine()}, {os.cpu_count()} CPUs, "
           f"load {os.getloadavg()[0]:.1f}, torch {torch.__version__}, 2 ranks x 1 thread, "
           f"m={args.microbatches}, {args.steps} steps, profile {args.repeats} passes in "
-          f"{args.processes} process(es), {args.trials} trials")
+          f"{args.processes} process(es), {args.trials} trials; engine calibration "
+          f"({engine.measured}): {engine.action_overhead * 1e6:.0f} us per action, "
+          f"{engine.step_overhead * 1e6:.0f} us per rank between steps")
     configs = [(m, s) for m in args.models for s in args.schedules]
     rows: list[dict[str, Any]] = []
-    print("| trial | model | schedule | measured step (ms) | predicted (ms) | error |"
-          " pipeline alone: measured / predicted (ms) | compute drift | load |")
-    print("|---:|---|---|---:|---:|---:|---:|---:|---:|")
+    print("| trial | model | schedule | measured step (ms) | predicted (ms) | error | replay (ms) |"
+          " replay error | speed drift | compute drift | load |")
+    print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for trial in range(args.trials):
         turn = trial % len(configs)
         for model, name in configs[turn:] + configs[:turn]:
-            r = bench_one(model, name, args) | {"trial": trial}
+            r = bench_one(model, name, args, engine) | {"trial": trial}
             rows.append(r)
+            drift = "n/a" if r["speed_drift"] is None else f"{r['speed_drift']:+.0%}"
             print(f"| {trial} | {model} | {name} | {r['measured_ms']:.1f} | "
-                  f"{r['predicted_ms']:.1f} | {r['error']:+.1%} | "
-                  f"{r['pipeline_measured_ms']:.1f} / {r['pipeline_predicted_ms']:.1f} | "
-                  f"{r['compute_drift']:+.0%} | {r['load']:.1f} |", flush=True)
-    print("\n| model | schedule | measured step, median of trials (ms) | predicted, median (ms) |"
-          f" error of the medians | errors per trial | within {TARGET:.0%} |")
-    print("|---|---|---:|---:|---:|---|---|")
-    for model, name in configs:
-        mine = [r for r in rows if (r["model"], r["schedule"]) == (model, name)]
-        measured = statistics.median(r["measured_ms"] for r in mine)
-        predicted = statistics.median(r["predicted_ms"] for r in mine)
-        error = (predicted - measured) / measured
-        print(f"| {model} | {name} | {measured:.1f} | {predicted:.1f} | {error:+.1%} | "
-              + ", ".join(f"{r['error']:+.0%}" for r in mine)
-              + f" | {'yes' if abs(error) <= TARGET else 'no'} |")
+                  f"{r['predicted_ms']:.1f} | {r['error']:+.1%} | {r['replay_ms']:.1f} | "
+                  f"{r['replay_error']:+.1%} | {drift} | {r['compute_drift']:+.0%} | "
+                  f"{r['load']:.1f} |", flush=True)
+    _summary(rows)
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 

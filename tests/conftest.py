@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from pipesim.calibration import ENV, EngineCosts, cache_path
+
 TIERS = {"runtime": pytest.mark.runtime, "browser": pytest.mark.browser, "gpu": pytest.mark.gpu}
 
 
@@ -22,6 +24,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         tier = parts[parts.index("tests") + 1] if "tests" in parts else ""
         if tier in TIERS:
             item.add_marker(TIERS[tier])
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _engine_calibration(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every test sees a calibration cache of its own, holding a fixed engine calibration, so
+    no ``run --predict`` calibrates this machine and none reads or writes ~/.cache. A test of
+    the cache points ``PIPESIM_CACHE_DIR`` elsewhere itself (monkeypatch)."""
+    import os
+    folder = tmp_path_factory.mktemp("pipesim-cache")
+    os.environ[ENV] = str(folder)
+    cache_path().write_text(EngineCosts(2e-5, 5e-4, "test", "test").to_json(), encoding="utf-8")
 
 
 @pytest.fixture

@@ -17,7 +17,11 @@ The per-stage cost file (``CostModel.to_dict``; ``pipesim profile --stage-costs`
       "param_bytes": [0, ...],        # optional: stage s's parameters
       "comm_latency": 0,              # optional, per message between two ranks
       "comm_bandwidth": null,         # optional, bytes per unit; null = unlimited
-      "send_overhead": 0              # optional, the sender's own time per message
+      "send_overhead": 0,             # optional, the sender's own time per message
+      "action_overhead": 0,           # optional, the engine's own time before each action
+                                      #   (``pipesim profile --engine``)
+      "overlap": 1,                   # optional, an overlapped pair takes overlap x (F + B)
+      "stash_bytes": [0, ...]         # optional: what stage s's F keeps for its backward
     }
 
 It fits only schedules with that many stages; the per-layer file (``pipesim.layercosts``) is
@@ -85,6 +89,9 @@ class CostModel:
     # bytes stage s's forward keeps alive for its backward, per microbatch (() when unknown:
     # memory is then counted in stashes, not bytes); not the output, which is activation_bytes
     stash_bytes: tuple[float, ...] = ()
+    # the engine's own time before each action (bookkeeping, posting receives): a rank starts
+    # an action at the earliest this long after its previous one ended (0: none)
+    action_overhead: float = 0.0
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -128,6 +135,7 @@ class CostModel:
         send_overhead: float = 0.0,
         overlap: float = 1.0,
         stash_bytes: float | Sequence[float] | None = None,
+        action_overhead: float = 0.0,
     ) -> CostModel:
         if stages < 1:
             raise CostError("stages must be >= 1")
@@ -137,9 +145,9 @@ class CostModel:
         b = tuple(x + y for x, y in zip(i, w, strict=True)) if backward is None \
             else _per_stage("B", backward, stages)
         for name, value in (("comm_latency", comm_latency), ("comm_bandwidth", comm_bandwidth),
-                            ("send_overhead", send_overhead)):
+                            ("send_overhead", send_overhead), ("action_overhead", action_overhead)):
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 \
-                    or math.isnan(value) or (name == "send_overhead" and math.isinf(value)):
+                    or math.isnan(value) or (name.endswith("_overhead") and math.isinf(value)):
                 raise CostError(f"{name}: {value!r} is not a number >= 0")
         if comm_bandwidth == 0:
             raise CostError("comm_bandwidth must be > 0")
@@ -147,7 +155,8 @@ class CostModel:
         return cls(f, i, w, b, _per_stage("activation_bytes", activation_bytes, stages),
                    _per_stage("param_bytes", param_bytes, stages), float(comm_latency),
                    float(comm_bandwidth), unit, float(send_overhead), float(overlap),
-                   () if stash_bytes is None else _per_stage("stash_bytes", stash_bytes, stages))
+                   () if stash_bytes is None else _per_stage("stash_bytes", stash_bytes, stages),
+                   float(action_overhead))
 
     def duration(self, action: Action) -> float:
         table = {Op.F: self.forward, Op.I: self.backward_input, Op.W: self.backward_weight,
@@ -180,8 +189,8 @@ class CostModel:
             raise CostError("a cost file holds a JSON object")
         known = {"kind", "forward", "backward_input", "backward_weight", "backward",
                  "activation_bytes", "param_bytes", "comm_latency", "comm_bandwidth",
-                 "send_overhead", "overlap", "stash_bytes", "unit", "stages", "layers", "model",
-                 "microbatch_size", "source"}
+                 "send_overhead", "action_overhead", "overlap", "stash_bytes", "unit", "stages",
+                 "layers", "model", "microbatch_size", "source"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise CostError(f"unknown field {unknown[0]!r}; valid: {', '.join(sorted(known))}")
@@ -220,6 +229,7 @@ class CostModel:
             n, fwd, bi, bw, bwd, data.get("activation_bytes", 0.0), data.get("param_bytes", 0.0),
             data.get("comm_latency", 0.0), math.inf if bandwidth is None else bandwidth, unit,
             data.get("send_overhead", 0.0), data.get("overlap", 1.0), data.get("stash_bytes"),
+            data.get("action_overhead", 0.0),
         )
 
 

@@ -13,6 +13,12 @@ microbatch of ``microbatch_size`` samples::
       "comm_latency": 1e-05,                 # optional, per message between two ranks (0)
       "comm_bandwidth": 2.5e10,              # optional, bytes per unit; null/absent = infinite
       "comm_send_overhead": 2e-4,            # optional, the sender's own time per message (0)
+      "engine_action_overhead": 1e-4,        # optional, the engine's own time before each
+                                             #   action (``pipesim profile --engine``; 0)
+      "engine_step_overhead": 3e-4,          # optional, each rank's own time between steps
+                                             #   beyond the optimizer (data, zero_grad; 0)
+      "reference_time": 3e-4,                # optional, one call of the reference kernel
+                                             #   (pipesim.predict) when profiled: drift
       "notes": "how the figures were made",  # optional free text
       "profiled": {"model": "gpt",          # optional; written by `pipesim profile`: the built-in
                    "hidden_size": 128,       #   model measured, in `pipesim run`'s terms, so the
@@ -68,7 +74,8 @@ FORMAT = "pipesim-layer-costs"
 KIND = "per-layer"  # the ``kind`` field; the per-stage file's is costs.KIND
 UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}  # seconds per unit
 _TOP_FIELDS = {"kind", "format", "version", "model", "microbatch_size", "unit", "comm_latency",
-               "comm_bandwidth", "comm_send_overhead", "notes", "profiled", "layers"}
+               "comm_bandwidth", "comm_send_overhead", "engine_action_overhead",
+               "engine_step_overhead", "reference_time", "notes", "profiled", "layers"}
 _LAYER_FIELDS = {"name", "F", "I", "W", "B", "activation_bytes", "stash_bytes", "param_bytes",
                  "optimizer"}
 
@@ -120,6 +127,9 @@ class LayerCosts:
     notes: str = ""
     comm_send_overhead: float = 0.0  # seconds the sending rank spends per message
     profiled: ProfiledModel | None = None  # the built-in model measured (pipesim profile)
+    engine_action_overhead: float = 0.0  # seconds the engine spends before each action
+    engine_step_overhead: float = 0.0  # seconds each rank spends between steps (no optimizer)
+    reference_time: float = 0.0  # seconds per reference-kernel call when profiled (0: unknown)
 
     def __post_init__(self) -> None:
         if not self.layers:
@@ -158,6 +168,9 @@ class LayerCosts:
                 "comm_latency": self.comm_latency,
                 "comm_bandwidth": None if math.isinf(self.comm_bandwidth) else
                 self.comm_bandwidth, "comm_send_overhead": self.comm_send_overhead}
+        for key in ("engine_action_overhead", "engine_step_overhead", "reference_time"):
+            if getattr(self, key):
+                out[key] = getattr(self, key)
         if self.notes:
             out["notes"] = self.notes
         if self.profiled is not None:
@@ -240,6 +253,8 @@ def _from_dict(data: Any) -> LayerCosts:
         comm_send_overhead=_number("comm_send_overhead",
                                    data.get("comm_send_overhead", 0.0)) * scale,
         profiled=_profiled(data["profiled"]) if "profiled" in data else None,
+        **{key: _number(key, data.get(key, 0.0)) * scale
+           for key in ("engine_action_overhead", "engine_step_overhead", "reference_time")},
     )
 
 
@@ -381,6 +396,7 @@ def stage_costs(layer_costs: LayerCosts, balance: Sequence[int],
         comm_latency=layer_costs.comm_latency, comm_bandwidth=layer_costs.comm_bandwidth,
         unit="s", send_overhead=layer_costs.comm_send_overhead,
         stash_bytes=stage_memory(layer_costs, balance, microbatch_size)[0],
+        action_overhead=layer_costs.engine_action_overhead,
     )
 
 

@@ -3,8 +3,10 @@
 Each rank runs its actions in the schedule's order. An action starts when its rank is free and
 each dependency (``ir.dep_keys``, the one rule) has finished and its message, if it crosses ranks,
 has arrived. A send costs the sender ``costs.send_overhead`` (added to the producing action)
-and never waits for the receiver. Work is linear in the number of actions: a rank that
-meets an unfinished dependency parks on it and is woken when that action ends.
+and never waits for the receiver. The engine's own time per action (``costs.action_overhead``)
+keeps a rank busy before each action: it starts no earlier than that after its previous end.
+Work is linear in the number of actions: a rank that meets an unfinished dependency parks on
+it and is woken when that action ends.
 
 The loop is the hot path of ``pipesim plan`` and of big schedules (64 ranks x 1024 microbatches
 x 2 stages per rank is 262,144 actions), so it is written for CPython's speed:
@@ -214,6 +216,7 @@ class _Run:
         self.hop = [float(costs.message_time(Action(b, _F, 0), Action(b + 1, _F, 0)))
                     for b in range(stages)]
         self.begin = [float(x) for x in start] if start is not None else [0.0] * schedule.ranks
+        self.gap = float(costs.action_overhead)
         self.next_index = [0] * schedule.ranks
         self.starts = [[0.0] * len(row) for row in schedule.actions]
         self.ends = [[0.0] * len(row) for row in schedule.actions]
@@ -225,7 +228,7 @@ class _Run:
                   *(self.act[op] for op in (_F, _I, _W, _B)),
                   *(self.dur[op] for op in (_F, _I, _W, _B)),
                   self.split, self.hop, self.schedule.stage_to_rank, self.schedule.stages - 1,
-                  self.begin, self.pair_at, self)
+                  self.begin, self.pair_at, self, self.gap)
         rows, next_index, starts, ends = (self.schedule.actions, self.next_index, self.starts,
                                           self.ends)
         todo = list(range(self.schedule.ranks - 1, -1, -1))
@@ -278,10 +281,10 @@ def _advance(  # the hot loop, kept flat
     Actions that end append the ranks parked on them to ``todo``.
     """
     (fin_f, fin_i, fin_w, fin_b, act_f, act_i, act_w, act_b, dur_f, dur_i, dur_w, dur_b,
-     split, hop, place, last, begin, pair_at, sim) = tables
+     split, hop, place, last, begin, pair_at, sim, gap) = tables
     F, I, W, B = _F, _I, _W, _B  # noqa: E741
     n = len(row)
-    t = ends[i - 1] if i else begin[rank]
+    t = (ends[i - 1] if i else begin[rank]) + gap  # the engine's own time before each action
     firsts = pair_at[rank]
     k = bisect_left(firsts, i) if firsts else 0
     pair_i = firsts[k] if k < len(firsts) else n  # where the next overlapped pair starts
@@ -290,7 +293,7 @@ def _advance(  # the hot loop, kept flat
             e = _pair(sim, rank, row, i, t, todo)
             if e is None:
                 return i
-            t = e
+            t = e + gap
             i += 2
             k += 1
             pair_i = firsts[k] if k < len(firsts) else n
@@ -349,7 +352,8 @@ def _advance(  # the hot loop, kept flat
         starts[i] = t
         ends[i] = e
         waiting = done[mb]
-        done[mb] = t = e
+        done[mb] = e
+        t = e + gap
         who[mb] = a
         if waiting is not None:
             if waiting.__class__ is float:

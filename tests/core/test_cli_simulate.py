@@ -237,3 +237,14 @@ def test_simulate_dp_reports_the_exposed_allreduce(capsys: pytest.CaptureFixture
 def test_simulate_dp_needs_param_bytes(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "simulate", "1f1b", "--dp", "4")
     assert code == 2 and "give --param-bytes BYTES" in err
+
+
+
+def test_a_stage_cost_file_brings_its_senders_and_engines_time(
+        capsys: pytest.CaptureFixture[str], write_file: Callable[[str, str], str]) -> None:
+    path = write_file("s.json", json.dumps({"forward": [1, 1], "backward": [2, 2],
+                                            "send_overhead": 0.5, "action_overhead": 0.25}))
+    code, out, _ = run(capsys, "simulate", "gpipe", "-p", "2", "-m", "1", "--costs", path,
+                       "--json")
+    # 0F0 [0.25, 1.75] 1F0 [1.75, 2.75] 1B0 [3.0, 5.5] 0B0 [5.5, 7.5], as in test_simulate
+    assert code == 0 and json.loads(out)["makespan"] == 7.25

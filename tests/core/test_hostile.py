@@ -42,7 +42,8 @@ _JSON = st.recursive(
                                                                   max_size=6),
     max_leaves=25)
 _COST_KEYS = ["forward", "backward", "backward_input", "backward_weight", "activation_bytes",
-              "param_bytes", "comm_latency", "comm_bandwidth", "unit", "stages"]
+              "param_bytes", "comm_latency", "comm_bandwidth", "unit", "stages",
+              "send_overhead", "action_overhead"]
 
 
 @_FAST

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from pipesim.costs import CostModel
 from pipesim.ir import Action, Op, Schedule
 from pipesim.layercosts import LayerCost, LayerCosts
-from pipesim.runtime.predict import median_step, predict, prediction_report, step_times, used_steps
+from pipesim.predict import median_step, predict, prediction_report, step_times, used_steps
 from pipesim.schedules import get_schedule
 from pipesim.timeline import Event, Timeline
 
@@ -82,15 +83,16 @@ def test_predict_sums_layers_into_the_runs_stages_and_scales_the_microbatch() ->
     assert Action(0, Op.F, 0) in {e.action for e in timeline.events}
 
 
-def test_predict_module_does_not_import_torch() -> None:
-    code = "import sys, pipesim.runtime.predict; print('torch' in sys.modules)"
+def test_predict_and_calibration_modules_do_not_import_torch() -> None:
+    code = ("import sys, pipesim.predict, pipesim.calibration; "
+            "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
 
 
 def test_a_rank_that_starts_early_and_waits_does_not_lengthen_the_step() -> None:
-    from pipesim.runtime.predict import step_span
+    from pipesim.predict import step_span
     # rank 1 began its step at 0 and waited inside F0 for rank 0, which began at 2
     step = _timeline([("0F0", 2, 3), ("0B0", 5, 7)], [("1F0", 0, 4), ("1B0", 4, 5)])
     assert step.makespan == 7 and step_span(step) == 5
@@ -101,9 +103,9 @@ def test_a_rank_that_starts_early_and_waits_does_not_lengthen_the_step() -> None
 
 def test_plot_draws_prediction_above_measurement(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    from pipesim.runtime.predict import plot_prediction
+    from pipesim.commands._runreport import _plot_prediction
     out = tmp_path / "p.png"
-    plot_prediction(_step(1.0), [_step(1.0), _step(1.2)], str(out))
+    _plot_prediction(_step(1.0), [_step(1.0), _step(1.2)], str(out))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -139,3 +141,158 @@ def test_predict_puts_each_ranks_optimizer_between_steps() -> None:
     forward = get_schedule("forward", 2, 1)
     # no optimizer in a forward-only step: F 2 then F 1, and rank 0 starts the next at 2
     assert predict(_Cfg(forward, (2, 1), 2), LayerCosts(layers, 2)).meta["step_seconds"] == 2
+
+
+# ----------------------------------------------------------------------------- replay and drift
+
+
+def _run_like(schedule: Schedule, costs: CostModel, between: list[float], steps: int
+              ) -> list[Timeline]:
+    """Steps of a run whose actions and messages took what ``costs`` says: the steady step,
+    laid end to end on the run's clock as the runtime records it (meta start and end)."""
+    from pipesim.simulate import steady_step
+    steady = steady_step(schedule, costs, between)
+    out, start = [], 0.0
+    for _ in range(steps):
+        out.append(_on_clock(steady.timeline, start, start + steady.timeline.end))
+        start += steady.step
+    return out
+
+
+def test_replay_of_a_run_equals_the_simulation_of_its_medians_and_messages() -> None:
+    from pipesim.predict import action_means, replay
+    from pipesim.simulate import steady_step
+    sched = get_schedule("1f1b", 2, 4)
+    truth = CostModel.from_lists(2, [1.0, 1.5], [1.0, 1.2], [0.5, 0.7], [2.0, 3.0],
+                                 comm_latency=0.25, unit="s")
+    measured = _run_like(sched, truth, [0.5, 0.75], 4)
+    profiled = CostModel.uniform(2, F=1.0, comm_latency=0.5, send_overhead=0.1, unit="s")
+    predicted = Timeline(2, (), unit="s", meta={"costs": profiled.to_dict(),
+                                                "between_seconds": [0.5, 0.75]})
+    assert action_means(measured) == {(0, Op.F): 1.0, (1, Op.F): 1.5, (0, Op.B): 2.0,
+                                        (1, Op.B): 3.0}
+    again = replay(sched, predicted, measured)
+    want = steady_step(sched, truth, [0.5, 0.75]).step
+    assert again.meta["step_seconds"] == pytest.approx(want)
+    report = prediction_report(predicted | _Meta(want), measured, again, 0.1)  # type: ignore[operator]
+    assert report["replay_step_seconds"] == pytest.approx(want)
+    assert report["replay_error"] == pytest.approx(0, abs=1e-12)
+    assert report["speed_drift"] == 0.1
+    # F 1 + 1.5 and B 2 + 3 per microbatch, profiled F 1 + 1 and B 2 + 2
+    assert report["action_drift"] == pytest.approx(7.5 / 6 - 1)
+
+
+class _Meta:
+    """``timeline | _Meta(step)``: the timeline predicting ``step`` seconds per step."""
+
+    def __init__(self, step: float) -> None:
+        self.step = step
+
+    def __ror__(self, timeline: Timeline) -> Timeline:
+        from dataclasses import replace
+        return replace(timeline, meta={**timeline.meta, "step_seconds": self.step})
+
+
+def test_run_messages_reads_the_hop_and_the_senders_time_off_a_run() -> None:
+    from pipesim.predict import run_messages
+    sched = get_schedule("gpipe", 2, 4)
+    truth = CostModel.uniform(2, F=1.0, comm_latency=0.25, unit="s")
+    assert run_messages(sched, _run_like(sched, truth, [0.0, 0.0], 3)) == (0.25, 0.0)
+    one = get_schedule("gpipe", 1, 2)  # one rank: nothing crosses
+    assert run_messages(one, _run_like(one, CostModel.uniform(1), [0.0], 3)) == (None, None)
+
+
+def test_speed_drift_is_the_reference_kernels_slowdown() -> None:
+    from pipesim.predict import speed_drift
+    assert speed_drift(2.0, [2.2, 2.6]) == pytest.approx(0.2)
+    assert speed_drift(2.0, [1.5]) == pytest.approx(-0.25)  # faster now
+    assert speed_drift(0.0, [1.0]) is None and speed_drift(1.0, []) is None
+
+
+def test_compare_without_replay_or_drift_says_none_and_json_carries_all_three() -> None:
+    from pipesim.predict import prediction_json, prediction_lines
+    report = prediction_report(_step(1.0), [_step(1.0)])
+    assert report["replay_step_seconds"] is None and report["replay_error"] is None
+    assert report["speed_drift"] is None
+    assert {"replay_step_seconds", "replay_error", "speed_drift"} <= set(prediction_json(report))
+    assert len(prediction_lines(report)) == 1
+    both = prediction_report(_step(1.0), [_step(1.0)], _step(1.25), -0.03)
+    lines = prediction_lines(both)
+    assert "error +25.0%" in lines[1] and "kernel -3.0%" in lines[2]
+
+
+# ----------------------------------------------------------------------------- the engine's time
+
+
+def test_engine_gaps_reads_back_the_simulated_engines_time() -> None:
+    from pipesim.predict import engine_gaps
+    for name in ("gpipe", "1f1b", "zb-h1"):
+        sched = get_schedule(name, 2, 4)
+        costs = CostModel.uniform(2, F=1.0, comm_latency=0.5, action_overhead=0.125, unit="s")
+        action, step = engine_gaps(sched, _run_like(sched, costs, [0.75, 0.75], 4))
+        assert (action, step) == (pytest.approx(0.125), pytest.approx(0.75)), name
+
+
+def test_predict_charges_the_engines_time_per_action_and_between_steps() -> None:
+    sched = get_schedule("gpipe", 2, 1)
+    base = _costs(3)
+    plain = predict(_Cfg(sched, (2, 1), 2), base)
+    from dataclasses import replace
+    engine = replace(base, engine_action_overhead=0.5, engine_step_overhead=1.0)
+    slower = predict(_Cfg(sched, (2, 1), 2), engine)
+    assert slower.meta["between_seconds"] == [1.0, 1.0]
+    assert CostModel.from_dict(slower.meta["costs"]).action_overhead == 0.5
+    # on the critical path 0F0 and 1B0 each start 0.5 later; 1F0 and 0B0 spend theirs while
+    # waiting for their input; and 1 between steps
+    assert slower.meta["step_seconds"] == plain.meta["step_seconds"] + 2 * 0.5 + 1.0
+
+
+def test_layer_costs_carry_the_engines_time_and_the_reference_kernel() -> None:
+    from dataclasses import replace
+
+    from pipesim.layercosts import parse_layer_costs, stage_costs
+    costs = replace(_costs(2), engine_action_overhead=1e-4, engine_step_overhead=5e-4,
+                    reference_time=3e-4)
+    again = parse_layer_costs(costs.to_json())
+    assert again == costs
+    assert stage_costs(again, [1, 1]).action_overhead == 1e-4
+    assert "engine_action_overhead" not in _costs(2).to_dict()  # absent when unknown
+
+
+# ----------------------------------------------------------------------------- the cache
+
+
+def test_the_calibration_cache_is_keyed_by_machine_and_torch_version(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipesim.calibration import (
+        ENV,
+        EngineCosts,
+        cache_path,
+        load_engine_costs,
+        torch_version,
+    )
+    monkeypatch.setenv(ENV, str(tmp_path))
+    assert cache_path().parent == tmp_path
+    assert load_engine_costs() is None  # nothing measured here yet
+    here = EngineCosts(1e-5, 4e-4, "m", "t", fits={"1f1b": [1e-5, 4e-4]})
+    cache_path().write_text(here.to_json(), encoding="utf-8")
+    assert load_engine_costs() == here
+    assert cache_path("other machine") != cache_path() != cache_path(torch="1.0")
+    assert cache_path(torch=torch_version()) == cache_path()
+    assert load_engine_costs(cache_path(torch="1.0")) is None  # another torch: measure again
+    cache_path().write_text("{not json", encoding="utf-8")
+    assert load_engine_costs() is None  # a damaged cache is measured again, not an error
+    cache_path().write_text('{"format": "pipesim-engine-costs", "action_overhead": -1}',
+                            encoding="utf-8")
+    assert load_engine_costs() is None
+
+
+def test_with_engine_fills_only_a_cost_file_without_its_own() -> None:
+    from dataclasses import replace
+
+    from pipesim.calibration import EngineCosts, with_engine
+    engine = EngineCosts(1e-5, 4e-4)
+    filled = with_engine(_costs(2), engine)
+    assert (filled.engine_action_overhead, filled.engine_step_overhead) == (1e-5, 4e-4)
+    own = replace(_costs(2), engine_action_overhead=2e-5)
+    assert with_engine(own, engine) is own and with_engine(_costs(2), None) == _costs(2)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import random
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 
@@ -54,7 +55,7 @@ def reference_simulate(schedule: Schedule, costs: CostModel) -> Timeline:
         for r, row in enumerate(schedule.actions):
             while nxt[r] < len(row) and all(d in finish for d in needs(unit(row, nxt[r]))):
                 parts = unit(row, nxt[r])
-                start = free[r]
+                start = free[r] + costs.action_overhead
                 for a in parts:
                     for d in deps(a, schedule):
                         ready = finish[d]
@@ -124,6 +125,12 @@ def config_id(s: Schedule) -> str:
 @pytest.mark.parametrize("schedule", CONFIGS, ids=config_id)
 def test_equals_reference_with_random_costs(schedule: Schedule) -> None:
     costs = random_costs(schedule, seed=schedule.num_actions)
+    assert simulate(schedule, costs) == reference_simulate(schedule, costs)
+
+
+@pytest.mark.parametrize("schedule", CONFIGS[::7], ids=config_id)
+def test_equals_reference_with_the_engines_time_per_action(schedule: Schedule) -> None:
+    costs = replace(random_costs(schedule, seed=schedule.num_actions), action_overhead=0.125)
     assert simulate(schedule, costs) == reference_simulate(schedule, costs)
 
 
@@ -575,3 +582,15 @@ def test_a_send_keeps_the_sender_busy() -> None:
     assert paying == {(0, Op.F), (1, Op.F), (2, Op.F), (1, Op.B), (2, Op.B), (3, Op.B)}
     again = CostModel.from_dict(busy.to_dict())
     assert again.send_overhead == 0.25
+
+
+def test_the_engines_time_comes_before_each_action_and_delays_no_message() -> None:
+    sched = get_schedule("gpipe", 2, 1)
+    costs = CostModel.uniform(2, send_overhead=0.5, action_overhead=0.25)
+    got = [(e.rank, str(e.action), e.start, e.end) for e in simulate(sched, costs).events]
+    # 1F0 waits for 0F0's output (1.75), which already covers rank 1's own 0.25
+    assert got == [(0, "0F0", 0.25, 1.75), (0, "0B0", 5.5, 7.5), (1, "1F0", 1.75, 2.75),
+                   (1, "1B0", 3.0, 5.5)]
+    assert CostModel.from_dict(costs.to_dict()).action_overhead == 0.25
+    with pytest.raises(ValueError, match="action_overhead"):
+        CostModel.uniform(2, action_overhead=-1.0)

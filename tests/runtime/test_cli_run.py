@@ -52,6 +52,12 @@ def test_predict_puts_the_simulated_step_above_the_measured_one(tmp_path, capsys
     assert data["predicted_step_seconds"] > 0 and data["measured_step_seconds"] > 0
     assert data["prediction_error"] == pytest.approx(data["predicted_step_seconds"]
                                                      / data["measured_step_seconds"] - 1)
+    # the replay (this run's own action and message times) and the machine's speed drift
+    assert data["replay_step_seconds"] > 0
+    assert data["replay_error"] == pytest.approx(data["replay_step_seconds"]
+                                                 / data["measured_step_seconds"] - 1)
+    assert isinstance(data["speed_drift"], float) and data["speed_drift"] > -1
+    assert isinstance(data["action_drift"], float) and data["action_drift"] > -1
     page = Path(html).read_text(encoding="utf-8")
     # the cards in the order drawn (the summary table above them sorts by makespan, which of
     # the two is larger depends on the machine's load)

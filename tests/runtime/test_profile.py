@@ -98,8 +98,26 @@ def test_cli_profile_writes_files_plan_and_simulate_read(tmp_path: Path,
     assert len(costs) == 3 and costs.comm_latency == 0 and math.isinf(costs.comm_bandwidth)
     per_stage = load_costs(str(stages), 2)
     assert per_stage.forward == stage_costs(costs, [1, 2]).forward
+    # this machine's engine calibration (the tests' fixed one) and the reference kernel
+    assert (costs.engine_action_overhead, costs.engine_step_overhead) == (2e-5, 5e-4)
+    assert per_stage.action_overhead == 2e-5 and costs.reference_time > 0
     assert main(["plan", "--costs", str(out), "-p", "2", "--batch", "8", "--json"]) == 0
     assert main(["simulate", "1f1b", "-p", "2", "--costs", str(stages)]) == 0
+
+
+def test_cli_profile_engine_measures_and_caches_per_machine(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from pipesim.calibration import ENV, cache_path, load_engine_costs
+    monkeypatch.setenv(ENV, str(tmp_path / "cache"))
+    assert load_engine_costs() is None
+    assert main(["profile", "--engine", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert cache_path().parent == tmp_path / "cache" and cache_path().exists()
+    cached = load_engine_costs()
+    assert cached is not None and cached.action_overhead == data["action_overhead"]
+    assert set(cached.fits) == {"gpipe", "1f1b", "zb-h1"}
+    assert 0 <= cached.action_overhead < 0.1 and 0 <= cached.step_overhead < 1
 
 
 @pytest.mark.parametrize(("argv", "message"), [

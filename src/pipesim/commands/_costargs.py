@@ -92,8 +92,9 @@ def _build(args: argparse.Namespace, schedule: Schedule) -> CostModel:
         act, params = base.activation_bytes, base.param_bytes or (0.0,) * stages
         latency, bandwidth, unit = base.comm_latency, base.comm_bandwidth, base.unit
         overlap = base.overlap
-        send = base.send_overhead
         stash = base.stash_bytes or None
+        overheads = {"send_overhead": base.send_overhead,
+                     "action_overhead": base.action_overhead}
     else:
         op = op_times(args.cost)
         overlap = parse_cost_flag(args.cost, overlap=True).get("overlap", 1.0) \
@@ -102,8 +103,8 @@ def _build(args: argparse.Namespace, schedule: Schedule) -> CostModel:
         forward, inp, weight, backward = (op[k] / share for k in ("F", "I", "W", "B"))
         act, latency, bandwidth, unit = 0.0, 0.0, math.inf, "units"
         params = (0.0,) * stages
-        send = 0.0
         stash = None
+        overheads = {}
     if args.activation_bytes is not None:
         act = args.activation_bytes
     if args.comm_latency is not None:
@@ -113,7 +114,8 @@ def _build(args: argparse.Namespace, schedule: Schedule) -> CostModel:
     if args.unit is not None:
         unit = args.unit
     return CostModel.from_lists(stages, forward, inp, weight, backward, act, params, latency,
-                                bandwidth, unit, send, overlap=overlap, stash_bytes=stash)
+                                bandwidth, unit, overlap=overlap, stash_bytes=stash,
+                                **overheads)
 
 
 def op_times(flag: str | None) -> dict[str, float]:

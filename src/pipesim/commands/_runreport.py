@@ -122,19 +122,20 @@ def _tolerance(cfg: Any) -> float:
 
 
 def report(args: argparse.Namespace, cfg: Any, result: Any, wall: float,
-           predicted: Timeline | None = None) -> int:
+           predicted: Timeline | None = None, drift: float | None = None) -> int:
     data = result_json(cfg, result)
     timeline = Timeline.from_dict(result.timeline)
     prediction = None
-    if predicted is not None:  # pipesim run --predict
-        from pipesim.runtime.predict import prediction_json, prediction_line, prediction_report
+    if predicted is not None:  # pipesim run --predict: prediction, replay, drift
+        from pipesim.predict import prediction_json, prediction_lines, prediction_report, replay
         # the profile's stash sizes are this run's too: its memory lanes read in bytes
         timeline = replace(timeline, stash_bytes=predicted.stash_bytes)
         measured = [replace(Timeline.from_dict(t), stash_bytes=predicted.stash_bytes)
                     for t in result.timelines]
-        comparison = prediction_report(predicted, measured)
+        replayed = replay(cfg.schedule, predicted, measured)
+        comparison = prediction_report(predicted, measured, replayed, drift)
         data.update(prediction_json(comparison))
-        prediction = (predicted, measured, prediction_line(comparison))
+        prediction = (predicted, measured, "\n".join(prediction_lines(comparison)))
     _write_views(args, timeline, data, prediction)
     ok = result.verify_max_abs_diff is None or result.verify_max_abs_diff <= _tolerance(cfg)
     if args.json:
@@ -200,8 +201,18 @@ def _write_files(args: argparse.Namespace, timeline: Timeline, data: dict[str, A
         trace = render_chrome_trace(timeline)
         write_atomic(args.trace, trace if isinstance(trace, str) else json.dumps(trace))
     if args.plot and prediction is not None:  # predicted above measured
-        from pipesim.runtime.predict import plot_prediction
-        plot_prediction(prediction[0], prediction[1], args.plot)
+        _plot_prediction(prediction[0], prediction[1], args.plot)
     elif args.plot:
         from pipesim.views.png import render_png
         render_png([(f"{timeline.name} (measured)", timeline)], args.plot)
+
+
+def _plot_prediction(predicted: Timeline, measured: list[Timeline], path: str) -> None:
+    """A PNG with the predicted step above the median measured step (same time axis unit)."""
+    from pipesim.predict import median_step, prediction_report
+    from pipesim.views.png import render_png  # matplotlib, imported only here
+    error = prediction_report(predicted, measured)["prediction_error"]
+    step = median_step(measured)
+    render_png([(f"{predicted.name} predicted", predicted),
+                (f"{step.name} measured (median step"
+                 + (f"; prediction {error:+.1%})" if error is not None else ")"), step)], path)

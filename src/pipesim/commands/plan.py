@@ -175,8 +175,9 @@ def _profiled(args: argparse.Namespace) -> LayerCosts:
                         hidden_size=args.hidden_size, layers=args.layers,
                         batch_size=args.microbatch_size or DEFAULT_BATCH.get(args.model, 32),
                         loss="cross-entropy" if args.model == "gpt" else "mse")
-    try:
-        return profile_model(cfg, repeats=5, warmup=2)
+    from pipesim.calibration import load_engine_costs, with_engine
+    try:  # this machine's engine calibration, when it has one (pipesim profile --engine)
+        return with_engine(profile_model(cfg, repeats=5, warmup=2), load_engine_costs())
     except ValueError as err:
         raise UserError(str(err)) from None
 

@@ -4,19 +4,24 @@
     pipesim plan --costs costs.json -p 2 --batch 32          # plan with them
     pipesim profile --model mlp --layers 8 -o layers.json --stage-costs stages.json --stages 2
     pipesim simulate 1f1b -p 2 --costs stages.json            # per-stage costs for simulate
+    pipesim profile --engine                                  # the engine's own time, cached
 
 Times are medians on one thread (as a rank runs), the optimizer's update of each layer included;
 the message latency and bandwidth come from a 2-rank gloo ping-pong of the largest activation
-(``--no-comm`` skips it).
+(``--no-comm`` skips it). ``--engine`` measures the engine's own time per action and between
+steps once per machine and torch version (``pipesim.calibration``); cost files written here
+carry it, and the reference kernel's time (``run --predict`` reports the machine's drift).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from typing import Any
 
+from pipesim.calibration import EngineCosts, cache_path, load_engine_costs, with_engine
 from pipesim.commands import UserError, dump_json, positive_int, write_atomic
 from pipesim.commands._progress import working
 from pipesim.commands._vocab import add_batch_size, int_list
@@ -56,8 +61,12 @@ def register(sub: Any) -> None:
                         "on this machine, so the cores are as busy as in the run (default 1)")
     p.add_argument("--no-comm", action="store_true",
                    help="skip the ping-pong: messages cost nothing in the file")
-    p.add_argument("-o", "--output", required=True, metavar="COSTS.json",
-                   help="the per-layer cost file to write")
+    p.add_argument("-o", "--output", metavar="COSTS.json",
+                   help="the per-layer cost file to write (required unless --engine)")
+    p.add_argument("--engine", action="store_true",
+                   help="measure the engine's own time per action and between steps (2 ranks, "
+                        "a model that computes next to nothing) and cache it for this machine "
+                        "and torch version; run --predict, and cost files written later, use it")
     p.add_argument("--stage-costs", metavar="STAGES.json",
                    help="also write per-stage costs (for 'pipesim simulate --costs')")
     group = p.add_mutually_exclusive_group()
@@ -113,10 +122,53 @@ def _table(costs: LayerCosts) -> str:
         f"{costs.comm_bandwidth / 1e9:.2f} GB/s"
     lines.append(f"messages: latency {costs.comm_latency * 1e6:.0f} us, bandwidth {bw}, "
                  f"sender's time {costs.comm_send_overhead * 1e6:.0f} us each")
+    if costs.engine_action_overhead or costs.engine_step_overhead:
+        lines.append(f"engine's own time (profile --engine): "
+                     f"{costs.engine_action_overhead * 1e6:.0f} us before each action, "
+                     f"{costs.engine_step_overhead * 1e6:.0f} us per rank between steps")
     return "\n".join(lines)
 
 
+def engine_costs(calibrate: bool = True) -> EngineCosts | None:
+    """This machine's cached engine calibration; measured and cached now if there is none
+    and ``calibrate`` (a few seconds: 2-rank runs of a tiny model)."""
+    engine = load_engine_costs()
+    if engine is None and calibrate:
+        engine = _calibrate()
+    return engine
+
+
+def _calibrate() -> EngineCosts:
+    import torch
+
+    from pipesim.runtime.predict import calibrate_engine
+    torch.set_num_threads(1)  # the calibration forks this process
+    engine = calibrate_engine()
+    path = cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(str(path), engine.to_json())
+    except OSError as err:
+        raise UserError(f"cannot write the engine calibration {path}: {err.strerror}") from None
+    return engine
+
+
+def _engine_report(engine: EngineCosts) -> str:
+    per = ", ".join(f"{name} {o * 1e6:.0f} / {g * 1e6:.0f}" for name, (o, g) in engine.fits.items())
+    return (f"engine's own time: {engine.action_overhead * 1e6:.1f} us before each action, "
+            f"{engine.step_overhead * 1e6:.0f} us per rank between steps (per schedule: {per})\n"
+            f"wrote {cache_path()}")
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.engine:
+        engine = _calibrate()
+        if not args.output:
+            print(json.dumps(dataclasses.asdict(engine)) if args.json
+                  else _engine_report(engine))
+            return 0
+    if not args.output:
+        raise UserError("give -o COSTS.json (the cost file to write), or --engine")
     cfg = _config(args)
     if args.stage_costs is None and (args.stages or args.balance):
         raise UserError("--stages and --balance shape --stage-costs; give --stage-costs FILE")
@@ -136,6 +188,9 @@ def run(args: argparse.Namespace) -> int:
         if not args.no_comm:
             status.update("measuring messages between two ranks")
             costs = with_comm(costs, args.stat)
+        from pipesim.runtime.predict import reference_time
+        costs = with_engine(dataclasses.replace(costs, reference_time=reference_time()),
+                            engine_costs(calibrate=False))
     balance = _stage_balance(args, costs) if args.stage_costs else None
     write_atomic(args.output, costs.to_json())
     if args.stage_costs and balance is not None:

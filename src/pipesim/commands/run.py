@@ -224,11 +224,13 @@ def _prediction(args: argparse.Namespace, cfg: Any) -> Any:
     if not args.predict and under_torchrun():
         raise UserError("--predict without a file profiles in forked processes; under torchrun "
                         "run 'pipesim profile -o costs.json' first and pass --predict costs.json")
+    from pipesim.commands.profile import engine_costs
     from pipesim.runtime.predict import predict_run
     what = "profiling, then simulating the run" if not args.predict else "simulating the run"
     with working(f"--predict: {what}", enabled=not (args.json or args.quiet)):
+        engine = engine_costs(calibrate=not under_torchrun())  # measured once per machine
         try:
-            return predict_run(cfg, args.predict or None)
+            return predict_run(cfg, args.predict or None, engine)
         except ValueError as err:
             raise UserError(str(err)) from None
 
@@ -306,6 +308,8 @@ def run(args: argparse.Namespace) -> int:
     )
     from pipesim.runtime.train import TrainJob
     predicted = _prediction(args, cfg)  # before the ranks start: profiling uses the cores
+    from pipesim.runtime.predict import reference_time
+    speed = [reference_time()] if predicted is not None and not under_torchrun() else []
     hook = None if (args.quiet or args.json) else LineHook(sched, cfg.steps)
     progress = None if args.json or sched.forward_only else \
         Progress(cfg.global_microbatches * cfg.batch_size, not sched.forward_only)
@@ -324,7 +328,11 @@ def run(args: argparse.Namespace) -> int:
     wall = time.perf_counter() - t0
     if result is None:  # a torchrun rank other than 0
         return 0
-    return report(args, cfg, result, wall, predicted)
+    drift = None
+    if speed and predicted is not None:  # the reference kernel before and after the run
+        from pipesim.predict import speed_drift
+        drift = speed_drift(predicted.meta["reference_time"], [*speed, reference_time()])
+    return report(args, cfg, result, wall, predicted, drift)
 
 
 __all__ = ["build_config", "build_schedule", "register", "run"]

@@ -1,0 +1,122 @@
+"""The engine's own time, measured once per machine and torch version, cached in a small file.
+
+``pipesim profile --engine`` runs a model that computes next to nothing on 2 ranks and fits,
+with ``predict.fit_engine``, what the engine spends before each action (bookkeeping, posting
+receives, handing tensors over) and each rank between steps (data, zero_grad, the step's
+set-up and end) so that a replay of those runs equals them. The result is cached::
+
+    $PIPESIM_CACHE_DIR/engine-<key>.json      (default ~/.cache/pipesim; $XDG_CACHE_HOME too)
+    {"format": "pipesim-engine-costs", "version": 1,
+     "machine": "host x86_64, 2 CPUs, Intel Xeon ...", "torch": "2.13.0+cpu",
+     "action_overhead": 1.1e-04, "step_overhead": 3.0e-04,   # seconds
+     "measured": "2026-12-01 20:40", "notes": "...", "fits": {"1f1b": [o, g], ...}}
+
+``<key>`` hashes the machine and the torch version, so another machine or torch finds no file
+and calibrates anew. ``pipesim run --predict`` reads it (and calibrates once when there is
+none); ``pipesim profile`` writes it into the cost files it makes (``engine_action_overhead``,
+``engine_step_overhead``), which ``pipesim plan`` and ``pipesim simulate --costs`` use.
+Pure: no torch (its version is read from the installed package's metadata).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pipesim.layercosts import LayerCosts
+
+__all__ = ["ENV", "EngineCosts", "cache_path", "load_engine_costs", "machine_id",
+           "torch_version", "with_engine"]
+
+ENV = "PIPESIM_CACHE_DIR"  # where the cache lives (tests point it at a temporary folder)
+FORMAT = "pipesim-engine-costs"
+
+
+@dataclass(frozen=True)
+class EngineCosts:
+    """What the engine spends of its own, in seconds, on ``machine`` with ``torch``."""
+
+    action_overhead: float  # before each action
+    step_overhead: float  # on each rank between steps, beyond the optimizer
+    machine: str = ""
+    torch: str = ""
+    measured: str = ""  # when, as text
+    notes: str = ""
+    fits: dict[str, list[float]] = field(default_factory=dict)  # schedule -> [action, step]
+
+    def to_json(self) -> str:
+        return json.dumps({"format": FORMAT, "version": 1, **dataclasses.asdict(self)},
+                          indent=1) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Any) -> EngineCosts:
+        """A cached object; ValueError names what is wrong."""
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"not a {FORMAT} object")
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        for key in ("action_overhead", "step_overhead"):
+            value = values.get(key)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ValueError(f"{key}: {value!r} is not a number >= 0")
+        return cls(**values)
+
+
+def machine_id() -> str:
+    """This machine as text: host name, architecture, CPU count and model."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            model = next((line.split(":", 1)[1].strip() for line in fh
+                          if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, {model}".strip(", ")
+
+
+def torch_version() -> str:
+    """The installed torch's version, without importing it ("" if it is not installed)."""
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return ""
+
+
+def cache_dir() -> Path:
+    """``$PIPESIM_CACHE_DIR``, else ``$XDG_CACHE_HOME/pipesim``, else ``~/.cache/pipesim``."""
+    if os.environ.get(ENV):
+        return Path(os.environ[ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "pipesim"
+
+
+def cache_path(machine: str | None = None, torch: str | None = None) -> Path:
+    """The cache file for ``machine`` and ``torch`` (default: this machine, installed torch)."""
+    key = f"{machine if machine is not None else machine_id()}|" \
+          f"{torch if torch is not None else torch_version()}"
+    return cache_dir() / f"engine-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
+def load_engine_costs(path: Path | None = None) -> EngineCosts | None:
+    """This machine's calibration, or None when there is none (or it cannot be read: a
+    damaged cache is measured again, never an error)."""
+    path = path if path is not None else cache_path()
+    try:
+        return EngineCosts.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def with_engine(layer_costs: LayerCosts, engine: EngineCosts | None) -> LayerCosts:
+    """``layer_costs`` with ``engine``'s times, unless it carries its own (or there is none)."""
+    if engine is None or layer_costs.engine_action_overhead or layer_costs.engine_step_overhead:
+        return layer_costs
+    return dataclasses.replace(layer_costs, engine_action_overhead=engine.action_overhead,
+                               engine_step_overhead=engine.step_overhead)

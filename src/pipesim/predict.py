@@ -1,0 +1,377 @@
+"""Predict a run's step from profiled costs, replay it from its own measured actions, compare.
+
+    predict(cfg, layer_costs)        simulate cfg's schedule with the layers summed into its
+                                     stages (cfg's balance, scaled to cfg.batch_size), step
+                                     after step until the step repeats
+    replay(schedule, predicted, measured)
+                                     the same simulation with each action's time replaced by
+                                     its mean in the run (and messages as the run saw
+                                     them): what is left of the error is the model's
+    prediction_report(predicted, measured, replayed, drift)
+                                     predicted (and replayed) vs measured step time, per step
+                                     and per rank; with the machine's speed drift
+    engine_gaps(schedule, measured)  the engine's own time per action and between steps, read
+                                     off a run (``pipesim profile --engine``)
+
+A step's time is what a training loop pays per step: from one step's end to the next one's
+(the last rank's), so it includes each rank's optimizer update between steps, during which the
+ranks that wait on it wait. The prediction is the simulator's (``simulate.steady_step``): every
+action takes its profiled time and the engine's own ``engine_action_overhead`` before it, a
+message costs ``comm_latency + bytes / comm_bandwidth`` and its sender ``comm_send_overhead``,
+and rank r spends its stages' profiled ``optimizer`` time plus ``engine_step_overhead`` between
+steps. It knows nothing of two ranks sharing CPU cores; see benchmarks/RESULTS_predict.md.
+
+Pure: no torch, no views (``cfg`` is read by attribute), so everything here works on saved
+timelines anywhere. Profiling, the reference kernel and the calibration runs are in
+``pipesim.runtime.predict``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+from collections.abc import Sequence
+from itertools import pairwise
+from typing import Any
+
+from pipesim.costs import CostModel
+from pipesim.ir import Action, Op, Schedule, deps
+from pipesim.layercosts import LayerCosts, stage_costs, stage_optimizer
+from pipesim.simulate import steady_step
+from pipesim.timeline import Timeline
+
+__all__ = ["action_drift", "action_means", "engine_gaps", "median_step",
+           "predict", "predicted_step", "prediction_json", "prediction_lines", "prediction_report",
+           "replay",
+           "run_messages", "speed_drift", "step_span", "step_times", "used_steps"]
+
+
+def predict(cfg: Any, layer_costs: LayerCosts, comm_latency: float | None = None,
+            comm_bandwidth: float | None = None, send_overhead: float | None = None
+            ) -> Timeline:
+    """The simulated Timeline (seconds) of one steady step of ``cfg`` (a RunConfig).
+
+    Its ``meta["step_seconds"]`` is the step time (``steady_step``). Between steps each rank
+    spends ``meta["between_seconds"]``: its optimizer time (``meta["optimizer_seconds"]``;
+    none in a forward-only schedule) plus the engine's ``engine_step_overhead``.
+    ``meta["costs"]`` is the CostModel simulated (``to_dict``), which ``replay`` reuses.
+    ``comm_latency``/``comm_bandwidth``/``send_overhead`` override the cost file's messages.
+    """
+    balance = cfg.stage_balance()
+    if len(layer_costs) != sum(balance):
+        raise ValueError(f"the cost file has {len(layer_costs)} layers; the run's model has "
+                         f"{sum(balance)} (profile the same model and --layers)")
+    costs = stage_costs(layer_costs, balance, cfg.batch_size)
+    overrides: dict[str, Any] = {"comm_latency": comm_latency, "comm_bandwidth": comm_bandwidth,
+                 "send_overhead": send_overhead}
+    costs = dataclasses.replace(costs, **{k: v for k, v in overrides.items() if v is not None})
+    sched = cfg.schedule
+    optimizer = [0.0] * sched.ranks
+    if not sched.forward_only:
+        for stage, seconds in enumerate(stage_optimizer(layer_costs, balance)):
+            optimizer[sched.stage_to_rank[stage]] += seconds
+    between = [o + layer_costs.engine_step_overhead for o in optimizer]
+    steady = steady_step(sched, costs, between)
+    return dataclasses.replace(steady.timeline, meta={
+        **steady.timeline.meta, "predicted": True, "step_seconds": steady.step,
+        "optimizer_seconds": optimizer, "between_seconds": between, "costs": costs.to_dict()})
+
+
+# ----------------------------------------------------------------------------- replay
+
+
+def action_means(measured: Sequence[Timeline], steps: Sequence[int] | None = None
+                 ) -> dict[tuple[int, Op], float]:
+    """(stage, op) -> the mean duration of its actions over ``steps`` (default: used_steps).
+
+    The mean, not the median: a step's time is a sum over many actions, so the median step
+    pays about each action's mean; on a loaded machine, whose action times have a long tail,
+    medians made replays 10-25 points too fast (benchmarks/RESULTS_predict.md). A measured
+    action runs from its inputs in hand to its output made (the engine's record), so a send's
+    cost to the sender is not in it: the simulator adds ``send_overhead``.
+    """
+    durations: dict[tuple[int, Op], list[float]] = {}
+    for s in used_steps(measured) if steps is None else steps:
+        for e in measured[s].events:
+            durations.setdefault((e.action.stage, e.action.op), []).append(e.duration)
+    return {key: statistics.fmean(values) for key, values in durations.items()}
+
+
+def replay_costs(costs: CostModel, times: dict[tuple[int, Op], float]) -> CostModel:
+    """``costs`` with each (stage, op) in ``times`` taking that time (messages unchanged)."""
+    fields = {Op.F: "forward", Op.I: "backward_input", Op.W: "backward_weight",
+              Op.B: "backward"}
+    tables = {op: list(getattr(costs, name)) for op, name in fields.items()}
+    for (stage, op), seconds in times.items():
+        tables[op][stage] = seconds
+    new: dict[str, Any] = {name: tuple(tables[op]) for op, name in fields.items()}
+    return dataclasses.replace(costs, **new)
+
+
+def run_messages(schedule: Schedule, measured: Sequence[Timeline], action_overhead: float = 0.0
+                 ) -> tuple[float | None, float | None]:
+    """(hop, send) in seconds as the run saw them; None where it shows nothing to measure.
+
+    send: the sender's own time per message, the mean gap after an action whose output
+    went to another rank when the next action waits for no message, less ``action_overhead``.
+    hop: from a producer's end to the start of its consumer on another rank that had nothing
+    else to do (its previous action ended before the producer did), mean, less ``send``:
+    the simulator's message time (the sender's time is in the producer's action).
+    """
+    receive, sent = _crossing(schedule)
+    place = schedule.stage_to_rank
+    sends, hops = [], []
+    for s in used_steps(measured):
+        step = measured[s]
+        ended = {e.action: e.end for e in step.events}
+        for row in step.by_rank():
+            sends += [b.start - a.end - action_overhead for a, b in pairwise(row)
+                      if a.action in sent and b.action not in receive]
+            for i, e in enumerate(row):
+                free = row[i - 1].end if i else -math.inf
+                hops += [e.start - ended[d] for d in deps(e.action, schedule)
+                         if place[d.stage] != e.rank and d in ended and free <= ended[d]]
+    send = max(0.0, statistics.fmean(sends)) if sends else None
+    hop = max(0.0, statistics.fmean(hops) - (send or 0.0)) if hops else None
+    return hop, send
+
+
+def replay(schedule: Schedule, predicted: Timeline, measured: Sequence[Timeline]) -> Timeline:
+    """``predicted``'s simulation again with what the run measured: each action its mean
+    time, and each message the run's own hop and sender's time (``run_messages``).
+
+    The engine's own time and what each rank does between steps (its profiled optimizer)
+    stay as predicted (``meta["costs"]`` and ``meta["between_seconds"]`` of ``predict``'s
+    Timeline). Where the replay misses the run, the model misses it (the engine's time, the
+    schedule's semantics, the optimizer); where the prediction misses and the replay does not,
+    the machine ran the run slower (or faster) than when it was profiled.
+    """
+    base = CostModel.from_dict(predicted.meta["costs"])
+    hop, send = run_messages(schedule, measured, base.action_overhead)
+    if hop is not None:
+        base = dataclasses.replace(base, comm_latency=hop, comm_bandwidth=math.inf)
+    if send is not None:
+        base = dataclasses.replace(base, send_overhead=send)
+    between = predicted.meta.get("between_seconds", ())
+    steady = steady_step(schedule, replay_costs(base, action_means(measured)), between)
+    return dataclasses.replace(steady.timeline, meta={
+        **steady.timeline.meta, "replayed": True, "step_seconds": steady.step,
+        "between_seconds": list(between)})
+
+
+def action_drift(predicted: Timeline, measured: Sequence[Timeline]) -> float | None:
+    """How much longer the run's actions took than profiled: the run's summed mean action
+    times (``action_means``, one of each action of a step) over the profile's, - 1."""
+    if "costs" not in predicted.meta:
+        return None
+    costs = CostModel.from_dict(predicted.meta["costs"])
+    means = action_means(measured)
+    counts: dict[tuple[int, Op], int] = {}
+    for e in measured[0].events:
+        counts[e.action.stage, e.action.op] = counts.get((e.action.stage, e.action.op), 0) + 1
+    profiled = sum(n * costs.duration(Action(s, op, 0)) for (s, op), n in counts.items())
+    run = sum(n * means[key] for key, n in counts.items() if key in means)
+    return run / profiled - 1 if profiled > 0 else None
+
+
+def speed_drift(profiled: float, now: Sequence[float]) -> float | None:
+    """How much slower the machine runs the reference kernel now than when profiled.
+
+    ``now``: its per-call times around the run (before and after); their mean over
+    ``profiled`` - 1, so +0.10 means 10% slower now. None without a profiled time.
+    """
+    return statistics.fmean(now) / profiled - 1 if profiled > 0 and now else None
+
+
+# ----------------------------------------------------------------------------- calibration
+
+
+def _crossing(schedule: Schedule) -> tuple[set[Action], set[Action]]:
+    """(actions that wait for a message, actions whose output is sent to another rank)."""
+    place = schedule.stage_to_rank
+    receive, send = set(), set()
+    for row in schedule.actions:
+        for a in row:
+            for d in deps(a, schedule):
+                if place[d.stage] != place[a.stage]:
+                    receive.add(a)
+                    send.add(d)
+    return receive, send
+
+
+def engine_gaps(schedule: Schedule, measured: Sequence[Timeline]) -> tuple[float, float]:
+    """(action overhead, step overhead) in seconds: the engine's own time, read off a run.
+
+    Action overhead: the median gap on a rank between an action that sends nothing to another
+    rank and a next one that waits for no message (no send and no wait in it: the engine's
+    bookkeeping alone). Step overhead: the median gap from a rank's last action of one step to
+    its first of the next, where that first action waits for no message, less the action
+    overhead (the simulator charges that before the action). Both over ``used_steps``; a
+    step's events are placed on the run's clock by ``meta["start"]``. 0 where nothing can be
+    read (e.g. every action waits for a message).
+    """
+    receive, send = _crossing(schedule)
+    steps = used_steps(measured)
+    inner, between = [], []
+    for s in steps:
+        for row in measured[s].by_rank():
+            inner += [b.start - a.end for a, b in pairwise(row)
+                      if a.action not in send and b.action not in receive]
+    for s in steps:
+        if s == 0:
+            continue
+        before, after = measured[s - 1], measured[s]
+        shift = after.meta.get("start", 0.0) - before.meta.get("start", 0.0)
+        for old, new in zip(before.by_rank(), after.by_rank(), strict=True):
+            if old and new and new[0].action not in receive:
+                between.append(new[0].start + shift - old[-1].end)
+    action = max(0.0, statistics.median(inner)) if inner else 0.0
+    step = max(0.0, statistics.median(between) - action) if between else 0.0
+    return action, step
+
+
+# ----------------------------------------------------------------------------- comparing
+
+
+def _rank_finish(timeline: Timeline) -> list[float]:
+    """Each rank's last end, from the timeline's start (a rank with no events: 0)."""
+    t0 = timeline.start
+    return [max((e.end for e in row), default=t0) - t0 for row in timeline.by_rank()]
+
+
+def step_span(timeline: Timeline) -> float:
+    """The longest rank's span (its last end - its first start): the pipeline's part of a step.
+
+    Not the makespan: in a run, a rank that finished the previous step early starts the next
+    one early and only waits for its first input.
+    """
+    spans = [row[-1].end - row[0].start for row in timeline.by_rank() if row]
+    return max(spans, default=0.0)
+
+
+def step_times(measured: Sequence[Timeline]) -> list[float]:
+    """Each measured step's time: from the previous step's end to this one's (``meta["end"]``,
+    seconds on the run's clock); the first step from its own start. A step without that
+    record (a timeline from elsewhere) counts its ``step_span``.
+    """
+    out = []
+    for s, step in enumerate(measured):
+        before = measured[s - 1].meta.get("end") if s else step.meta.get("start")
+        end = step.meta.get("end")
+        out.append(end - before if end is not None and before is not None
+                   else step_span(step))
+    return out
+
+
+def predicted_step(predicted: Timeline) -> float:
+    """The predicted step time (``predict``'s ``meta["step_seconds"]``; else the span)."""
+    step: float = predicted.meta.get("step_seconds", step_span(predicted))
+    return step
+
+
+def _rank_busy(timeline: Timeline) -> list[float]:
+    return [sum(e.duration for e in row) for row in timeline.by_rank()]
+
+
+def _error(predicted: float, measured: float) -> float | None:
+    """Signed relative error: > 0 when the prediction is slower than what was measured."""
+    return (predicted - measured) / measured if measured > 0 else None
+
+
+def used_steps(measured: Sequence[Timeline]) -> list[int]:
+    """Steps that count: all of them, but step 0 (warm-up) when there are 3 or more."""
+    return list(range(1 if len(measured) >= 3 else 0, len(measured)))
+
+
+def prediction_report(predicted: Timeline, measured: Sequence[Timeline],
+                      replayed: Timeline | None = None, drift: float | None = None
+                      ) -> dict[str, Any]:
+    """Predicted vs measured step time (``predicted_step``, ``step_times``), in total and per rank.
+
+    ``measured_step_seconds`` is the median step time of the used steps (``used_steps``);
+    ``prediction_error`` = (predicted - measured) / measured, signed: negative means the run
+    was slower than predicted. The pipeline's part alone (``step_span``, no optimizer) is
+    ``*_pipeline_seconds``. ``replay_step_seconds``/``replay_error`` are the same for
+    ``replayed`` (``replay``) and ``speed_drift`` is ``drift`` (``speed_drift``); None when
+    not given; ``action_drift`` is how much longer the run's actions took than predicted
+    (``action_drift``). Per rank: finish time (last end from the step's start) and busy time (sum of
+    action durations: compute, from inputs in hand to output made).
+    """
+    if not measured:
+        raise ValueError("no measured steps to compare with")
+    if any(t.ranks != predicted.ranks for t in measured):
+        raise ValueError(f"the prediction has {predicted.ranks} ranks; a measured step has "
+                         f"{next(t.ranks for t in measured if t.ranks != predicted.ranks)}")
+    steps, times = used_steps(measured), step_times(measured)
+    want = statistics.median(times[s] for s in steps)
+    pred = predicted_step(predicted)
+    again = predicted_step(replayed) if replayed is not None else None
+    p_finish, p_busy = _rank_finish(predicted), _rank_busy(predicted)
+    m_finish = [statistics.median(_rank_finish(measured[s])[r] for s in steps)
+                for r in range(predicted.ranks)]
+    m_busy = [statistics.median(_rank_busy(measured[s])[r] for s in steps)
+              for r in range(predicted.ranks)]
+    return {
+        "predicted_step_seconds": pred,
+        "measured_step_seconds": want,
+        "prediction_error": _error(pred, want),
+        "replay_step_seconds": again,
+        "replay_error": _error(again, want) if again is not None else None,
+        "speed_drift": drift,
+        "action_drift": action_drift(predicted, measured),
+        "steps_used": steps,
+        "predicted_pipeline_seconds": step_span(predicted),
+        "measured_pipeline_seconds": statistics.median(step_span(measured[s]) for s in steps),
+        "measured_makespan_seconds": statistics.median(measured[s].makespan for s in steps),
+        "per_step": [{"step": s, "measured_seconds": times[s], "error": _error(pred, times[s])}
+                     for s in range(len(measured))],
+        "per_rank": [{"rank": r, "predicted_finish": p_finish[r], "measured_finish": m_finish[r],
+                      "finish_error": _error(p_finish[r], m_finish[r]),
+                      "predicted_busy": p_busy[r], "measured_busy": m_busy[r],
+                      "busy_error": _error(p_busy[r], m_busy[r])}
+                     for r in range(predicted.ranks)],
+    }
+
+
+def prediction_json(report: dict[str, Any]) -> dict[str, Any]:
+    """The fields ``pipesim run --predict --json`` adds to its object."""
+    keys = ("predicted_step_seconds", "measured_step_seconds", "prediction_error",
+            "replay_step_seconds", "replay_error", "speed_drift", "action_drift",
+            "predicted_pipeline_seconds", "measured_pipeline_seconds")
+    return {k: report[k] for k in keys} | {"prediction_per_rank": report["per_rank"]}
+
+
+def _percent(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:+.1%}"
+
+
+def prediction_lines(report: dict[str, Any]) -> list[str]:
+    """The text report: the prediction, the replay and the machine's drift."""
+    used = report["steps_used"]
+    lines = [f"Predicted step: {report['predicted_step_seconds'] * 1e3:.2f} ms; measured "
+             f"{report['measured_step_seconds'] * 1e3:.2f} ms (median of steps "
+             f"{used[0]}-{used[-1]}); error {_percent(report['prediction_error'])} (the "
+             f"pipeline alone, without the optimizer: predicted "
+             f"{report['predicted_pipeline_seconds'] * 1e3:.2f} ms, measured "
+             f"{report['measured_pipeline_seconds'] * 1e3:.2f} ms)"]
+    if report.get("replay_step_seconds") is not None:
+        lines.append(f"Replayed with this run's own action and message times: "
+                     f"{report['replay_step_seconds'] * 1e3:.2f} ms, error "
+                     f"{_percent(report['replay_error'])} (what the model misses)")
+    drifts = []
+    if report.get("speed_drift") is not None:
+        drifts.append(f"the reference kernel {_percent(report['speed_drift'])} around the run "
+                      f"vs when profiled")
+    if report.get("action_drift") is not None:
+        drifts.append(f"the run's actions {_percent(report['action_drift'])} vs the profile")
+    if drifts:
+        lines.append("Machine speed drift: " + "; ".join(drifts) + " (> 0: slower in the run)")
+    return lines
+
+
+def median_step(measured: Sequence[Timeline]) -> Timeline:
+    """The used step whose step time is the median (the one to draw)."""
+    times = step_times(measured)
+    steps = sorted(used_steps(measured), key=lambda s: times[s])
+    return measured[steps[len(steps) // 2]]
