@@ -11,6 +11,9 @@ How a block is read (so new README sections are picked up with no change here):
   so a block can show the file it then validates.
 - Exit status: 0, unless the block shows the command's output starting with ``pipesim: error``
   or ``invalid:``; then it must fail (1 or 2) and print such a line.
+- Output: for a pure command (no torch, nothing timed: not ``synthesize``, whose search stops on
+  a clock), every line the block shows (but ``...``) must be among the lines it prints, so the
+  README's outputs cannot drift from the tool's.
 - Blocks run in README order in one scratch directory holding ``examples`` and ``benchmarks``
   (links to the repository's) and an empty ``docs/``, so files one block writes (``costs.json``)
   are there for the next, and the repository's own pictures are never overwritten.
@@ -156,6 +159,13 @@ def _expected_failure(cmd: Command) -> str | None:
 CASES = readme_commands()
 
 
+def _deterministic(cmd: Command) -> bool:
+    """Pure and untimed: its output is a function of its input."""
+    return bool(cmd.output) and not NEEDS_TORCH.search(cmd.text) \
+        and not re.search(r"pipesim (synthesize|bench)|--time-limit", cmd.text) \
+        and cmd.text.startswith("pipesim")
+
+
 def _param(cmd: Command) -> object:
     marks = [pytest.mark.runtime] if NEEDS_TORCH.search(cmd.text) else []
     return pytest.param(cmd, id=f"L{cmd.line}:{cmd.text[:60]}", marks=marks)
@@ -178,6 +188,11 @@ def test_readme_command_runs(cmd: Command, scratch: Path) -> None:
     failure = _expected_failure(cmd)
     if failure is None:
         assert done.returncode == 0, shown
+        if _deterministic(cmd):
+            printed = {line.rstrip() for line in (done.stdout + done.stderr).splitlines()}
+            missing = [line for line in cmd.output
+                       if line.strip() not in ("", "...") and line.rstrip() not in printed]
+            assert missing == [], f"{shown}\nshown in README but not printed: {missing}"
     else:
         assert done.returncode in (1, 2), shown
         said = done.stdout if failure == "invalid:" else done.stderr
