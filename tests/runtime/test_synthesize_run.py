@@ -59,7 +59,7 @@ def _batch(m: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _torch_rank(csv_path: str, stages: int, m: int, placement: tuple[int, ...], rank: int,
-                world: int, monitor: Any) -> Any:
+                world: int) -> Any:
     """One rank of torch's runtime: its stages built with shape inference (no static examples,
     which give zero gradients in torch 2.13), the CSV loaded, one step, gradients gathered."""
     from torch.distributed.pipelining import PipelineStage
