@@ -13,7 +13,7 @@ from pipesim.ir import ParseError, Schedule, parse_schedule
 from pipesim.schedules import ConfigError, UnknownScheduleError, get_schedule
 
 # Subcommand modules found in this package, in this order first. Each defines register(subparsers).
-_ORDER = ["run", "schedule", "validate", "simulate", "compare", "profile", "plan", "bench"]
+_ORDER = ["run", "schedule", "validate", "simulate", "compare", "profile", "plan"]
 _FOUND = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
 COMMANDS = sorted(_FOUND, key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n))
 

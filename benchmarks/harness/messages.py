@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pipesim.bench.common import median
+from .common import median
 
 WAYS = ("raw", "raw-new", "pipesim")
 

@@ -20,11 +20,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from pipesim.bench.common import median
 from pipesim.costs import CostModel
 from pipesim.ir import Op
 from pipesim.schedules import get_schedule
 from pipesim.simulate import simulate
+
+from .common import median
 
 SYNTHETIC_MS = {"F": 20.0, "B": 40.0, "I": 20.0, "W": 20.0}  # --synthetic F=20,B=40
 
@@ -68,7 +69,10 @@ class _SyntheticWorker:
     def __call__(self, rank: int, world: int, *_: Any) -> dict[str, list[float]] | None:
         import torch.distributed as dist
 
+        from .sides import make_batches
+
         engine, sleep = _synthetic_engine(self.case, rank)
+        batch = make_batches(self.case.microbatches, 32, self.case.hidden, 0, 1)[0]
         table = {Op(k): v / 1e3 for k, v in SYNTHETIC_MS.items()}
         ways = ("engine", "inside")
         seconds: dict[str, list[float]] = {w: [] for w in ways}
@@ -76,7 +80,7 @@ class _SyntheticWorker:
             for way in ways if i % 2 == 0 else ways[::-1]:
                 engine.synthetic = table if way == "engine" else {}
                 sleep.update(table if way == "inside" else dict.fromkeys(table, 0.0))
-                dt = _timed_step(engine, self.case)
+                dt = _timed_step(engine, batch)
                 if i >= self.case.warmup:
                     seconds[way].append(dt)
         out: list[dict[str, list[float]]] | None = [{} for _ in range(world)] if rank == 0 \
@@ -87,14 +91,9 @@ class _SyntheticWorker:
         return {w: [max(r[w][k] for r in out) for k in range(self.case.steps)] for w in ways}
 
 
-def _timed_step(engine: Any, case: SyntheticCase) -> float:
+def _timed_step(engine: Any, batch: Any) -> float:
     import torch.distributed as dist
 
-    from pipesim.runtime.train import RunConfig, make_batch
-
-    cfg = RunConfig(engine.schedule, batch_size=32, hidden_size=case.hidden,
-                    layers=engine.schedule.stages)
-    batch = make_batch(cfg, 0)
     dist.barrier()
     t0 = time.perf_counter()
     engine.step(*batch)
@@ -108,12 +107,12 @@ def _synthetic_engine(case: SyntheticCase, rank: int) -> tuple[Any, dict[Op, flo
 
     from pipesim.runtime.comm import Comm, exchange_shapes
     from pipesim.runtime.engine import Engine
-    from pipesim.runtime.models import build_mlp, split_layers, uniform_balance
     from pipesim.runtime.stage import StageRunner
 
+    from .sides import stage_modules
+
     sched = get_schedule(case.schedule, case.ranks, case.microbatches)
-    modules = split_layers(build_mlp(case.hidden, sched.stages, 0),
-                           uniform_balance(sched.stages, sched.stages))
+    modules = stage_modules(case.hidden, sched.stages, 0, sched.stages)
     runners = {s: StageRunner(s, sched.stages, modules[s], nn.functional.mse_loss,
                               sched.microbatches) for s in sched.stages_of(rank)}
     sleep: dict[Op, float] = {}
@@ -170,10 +169,10 @@ class _SingleWorker:
         import torch
         from torch import nn
 
-        from pipesim.runtime.models import build_mlp
+        from .sides import mlp_layers
 
         c = self.case
-        model = nn.Sequential(*build_mlp(c.hidden, c.layers, 0))
+        model = nn.Sequential(*mlp_layers(c.hidden, c.layers, 0))
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(c.microbatches * c.batch, c.hidden, generator=gen)
