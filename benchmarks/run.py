@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ranks", action="append", type=int, choices=(2, 4),
                    help="head-to-head: only this many ranks (repeatable; default 2 and 4)")
     p.add_argument("--steps", type=int, default=20, help="head-to-head: timed steps per side")
+    p.add_argument("--no-single", action="store_true",
+                   help="head-to-head: skip timing the model in one process")
     args = p.parse_args(argv)
     try:
         tutorial = tutorial_path(args.tutorial)
@@ -64,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
           f"torch {torch.__version__}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
           f"allocator {args.malloc}", flush=True)
     opts = Options(quick=args.quick, tutorial=tutorial, schedules=tuple(args.schedule or ()),
-                   ranks=tuple(args.ranks or (2, 4)), steps=args.steps)
+                   ranks=tuple(args.ranks or (2, 4)), steps=args.steps,
+                   single=not args.no_single)
     run_suite(args.only or list(BENCHMARKS), log, opts, lambda s: print(s, flush=True))
     print(f"\n{len(log.rows)} rows appended to {args.out}")
     if opts.refused:

@@ -29,6 +29,7 @@ class Options:
     schedules: tuple[str, ...] = ()  # head-to-head: only these (default: all)
     ranks: tuple[int, ...] = (2, 4)  # head-to-head: these pipeline sizes
     steps: int = 20  # head-to-head: timed steps per side
+    single: bool = True  # head-to-head: also time the model in one process (1 and 2 threads)
     refused: list[str] = field(default_factory=list)  # cases refused by the gradient check
 
 H2H_SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b", "zb-h1", "zbv", "dualpipev")
@@ -74,13 +75,15 @@ def bench_torch(log: ResultLog, opts: Options, say: Say) -> list[Row]:
         say(format_table([row], H2H_COLUMNS).splitlines()[-1])
     singles = [log.add("single", run_single(SingleCase(t, hidden=cases[0].hidden,
                                                        steps=3 if opts.quick else 10)))
-               for t in (1, 2)]
+               for t in ((1, 2) if opts.single else ())]
     say("\n" + format_table(rows, H2H_COLUMNS))
     say("\nwhere pipesim's step goes (ms per step per rank):\n"
         + format_table(profiles, PROFILE_COLUMNS))
-    say("\none process, same model and batch:\n" + format_table(singles, [
-        ("threads", "threads", ""), ("microbatched_samples_per_s", "8 x 32 samples/s", ",.0f"),
-        ("whole_samples_per_s", "256 at once samples/s", ",.0f")]))
+    if singles:
+        say("\none process, same model and batch:\n" + format_table(singles, [
+            ("threads", "threads", ""),
+            ("microbatched_samples_per_s", "8 x 32 samples/s", ",.0f"),
+            ("whole_samples_per_s", "256 at once samples/s", ",.0f")]))
     return rows + singles
 
 
