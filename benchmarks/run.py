@@ -49,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ranks", action="append", type=int, choices=(2, 4),
                    help="head-to-head: only this many ranks (repeatable; default 2 and 4)")
     p.add_argument("--steps", type=int, default=20, help="head-to-head: timed steps per side")
+    for name, what in (("hidden", "layer width (default 1024)"),
+                       ("layers", "Linear+ReLU layers (default 8)"),
+                       ("batch", "samples per microbatch (default 32)"),
+                       ("microbatches", "microbatches per step (default 8)")):
+        p.add_argument(f"--{name}", type=int, help=f"head-to-head: {what}")
     p.add_argument("--no-single", action="store_true",
                    help="head-to-head: skip timing the model in one process")
     args = p.parse_args(argv)
@@ -67,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
           f"allocator {args.malloc}", flush=True)
     opts = Options(quick=args.quick, tutorial=tutorial, schedules=tuple(args.schedule or ()),
                    ranks=tuple(args.ranks or (2, 4)), steps=args.steps,
-                   single=not args.no_single)
+                   single=not args.no_single,
+                   shape={k: getattr(args, k) for k in ("hidden", "layers", "batch", "microbatches")
+                          if getattr(args, k) is not None})
     run_suite(args.only or list(BENCHMARKS), log, opts, lambda s: print(s, flush=True))
     print(f"\n{len(log.rows)} rows appended to {args.out}")
     if opts.refused:

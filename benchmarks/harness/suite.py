@@ -30,6 +30,7 @@ class Options:
     ranks: tuple[int, ...] = (2, 4)  # head-to-head: these pipeline sizes
     steps: int = 20  # head-to-head: timed steps per side
     single: bool = True  # head-to-head: also time the model in one process (1 and 2 threads)
+    shape: dict[str, int] = field(default_factory=dict)  # head-to-head: Case overrides
     refused: list[str] = field(default_factory=list)  # cases refused by the gradient check
 
 H2H_SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b", "zb-h1", "zbv", "dualpipev")
@@ -57,7 +58,7 @@ def bench_torch(log: ResultLog, opts: Options, say: Say) -> list[Row]:
     if opts.quick:
         cases = [Case(s, 2, hidden=256, steps=3, warmup=1) for s in ("gpipe", "1f1b")]
     else:
-        cases = [Case(s, r, steps=opts.steps) for r in opts.ranks
+        cases = [Case(s, r, steps=opts.steps, **opts.shape) for r in opts.ranks
                  for s in (opts.schedules or H2H_SCHEDULES)]
     rows, profiles = [], []
     for case in cases:
