@@ -2,7 +2,7 @@
 # Attribute each rank's head-to-head step with py-spy (pip install py-spy), pipesim vs torch:
 #   benchmarks/attribute.sh SCHEDULE RANKS [STEPS] [OUTDIR]
 # Runs `benchmarks/run.py --only torch` for one case, records every rank for its whole life
-# (native frames, idle samples, threads; 20 Hz), then splits the samples with pyspy_split.py.
+# (native frames, idle samples, threads; 40 Hz), then splits the samples with pyspy_split.py.
 set -euo pipefail
 schedule=${1:?schedule}; ranks=${2:?ranks}; steps=${3:-10}; out=${4:-/tmp/pipesim-attribute}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -20,7 +20,7 @@ for _ in $(seq 120); do
 done
 i=0
 for pid in $kids; do  # forked in rank order
-  "$spy" record --pid "$pid" --rate 20 --format raw --native --idle --threads \
+  "$spy" record --pid "$pid" --rate 40 --format raw --native --idle --threads \
       -o "$out/rank$i.txt" > "$out/rank$i.log" 2>&1 &
   i=$((i + 1))
 done

@@ -54,19 +54,19 @@ def kind_of(frames: Sequence[str]) -> str:
                   for f in leaf_first)
     if waiting and in_comm:
         return "wait"
-    for f in leaf_first:
+    for f in leaf_first:  # the first frame that says what the CPU was doing
         name = f.split(" (")[0]
-        if f.endswith(".py)") or ".py:" in f or "libpython" in f:
-            return "python"
+        if f.endswith(".py)") or ".py:" in f:
+            return "python"  # reached Python code before any named native work
         if _MATMUL.search(name):
             return "matmul"
         if _ALLOC.search(name):
             return "alloc"
         if _COMM.search(f):
             return "comm"
-        if "(lib" in f or "0x" in name:
-            continue  # an unnamed or library frame: look further up for what called it
-    return "ops"
+        if any(lib in f for lib in ("(libtorch", "(libc10", "(libgomp", "(libmkl")):
+            return "ops"
+    return "python"  # libc, the interpreter or unnamed frames under Python
 
 
 def parse(lines: Iterable[str]) -> Iterable[tuple[list[str], int]]:
@@ -94,14 +94,17 @@ def split(lines: Iterable[str]) -> tuple[Counter[tuple[str, str]], Counter[str]]
     return main, others
 
 
-def table(name: str, main: Counter[tuple[str, str]], others: Counter[str]) -> str:
-    rows = [f"{name}: share of each side's main-thread samples (samples)"]
+def table(name: str, main: Counter[tuple[str, str]], others: Counter[str],
+          counts: bool = False) -> str:
+    what = "samples" if counts else "share of each side's main-thread samples"
+    rows = [f"{name}: {what} by kind"]
     rows.append(f"{'side':8} {'samples':>8} " + " ".join(f"{k:>7}" for k in KINDS))
     for side in ("pipesim", "torch", "harness"):
         total = sum(v for (s, _), v in main.items() if s == side)
         if not total:
             continue
-        cells = " ".join(f"{main[side, k] / total:7.0%}" for k in KINDS)
+        cells = " ".join(f"{main[side, k]:7d}" if counts else f"{main[side, k] / total:7.0%}"
+                         for k in KINDS)
         rows.append(f"{side:8} {total:8d} {cells}")
     busy = sum(others.values())
     if busy:
@@ -113,11 +116,17 @@ def table(name: str, main: Counter[tuple[str, str]], others: Counter[str]) -> st
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("files", nargs="+", help="py-spy raw output, one file per rank")
+    p.add_argument("--counts", action="store_true", help="sample counts instead of shares")
+    p.add_argument("--total", action="store_true", help="also all files (ranks) together")
     args = p.parse_args()
+    everything: Counter[tuple[str, str]] = Counter()
     for path in args.files:
         with open(path, encoding="utf-8") as fh:
             main_samples, others = split(fh)
-        print(table(path, main_samples, others))
+        everything += main_samples
+        print(table(path, main_samples, others, args.counts))
+    if args.total:
+        print(table("all ranks", everything, Counter(), args.counts))
     return 0
 
 
