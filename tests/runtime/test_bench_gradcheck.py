@@ -4,6 +4,7 @@ gradient for every parameter on every rank: it must be able to fail."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -26,7 +27,7 @@ def test_compare_names_each_parameter_that_disagrees() -> None:
     assert close == []  # float rounding passes
 
 
-def _skip_weight_grads_of_stage(stage: int):  # type: ignore[no-untyped-def]
+def _skip_weight_grads_of_stage(stage: int) -> Callable[[Side], Side]:
     """A side whose ``stage`` computes no Linear weight gradient (as if its W never ran)."""
 
     def tamper(side: Side) -> Side:
