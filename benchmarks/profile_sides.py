@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
 from harness.common import format_table
 from harness.gradcheck import refuse_unless_equal
-from harness.headtohead import Case, _build_sides, _check_gradients
+from harness.headtohead import Case, build_sides, check_gradients
 
 KINDS = ("matmul", "alloc", "copy", "comm", "other", "outside")
 
@@ -60,8 +60,8 @@ class _Worker:
         import torch.distributed as dist
         from torch.profiler import ProfilerActivity, profile
 
-        sides, probe, sched = _build_sides(self.case, rank, world, None)
-        check = _check_gradients(self.case, sides, probe, rank, sched.stages)
+        sides, probe, sched = build_sides(self.case, rank, world, None)
+        check = check_gradients(self.case, sides, probe, rank, sched.stages)
         if not check["grad_ok"]:
             return [check] if rank == 0 else None
         ms: dict[str, dict[str, float]] = {s.name: dict.fromkeys(KINDS, 0.0) for s in sides}

@@ -74,8 +74,8 @@ class _Worker:
     def __call__(self, rank: int, world: int, *_: Any) -> list[dict[str, Any]] | None:
         import torch.distributed as dist
 
-        sides, probe, sched = _build_sides(self.case, rank, world, self.tamper)
-        check = _check_gradients(self.case, sides, probe, rank, sched.stages)
+        sides, probe, sched = build_sides(self.case, rank, world, self.tamper)
+        check = check_gradients(self.case, sides, probe, rank, sched.stages)
         mine: dict[str, Any] = {"check": check}
         if check["grad_ok"]:
             mine.update(_alternate(self.case, sides, probe))
@@ -84,7 +84,7 @@ class _Worker:
         return out
 
 
-def _build_sides(case: Case, rank: int, world: int, tamper: Tamper | None
+def build_sides(case: Case, rank: int, world: int, tamper: Tamper | None
                  ) -> tuple[list[Side], Probe, Any]:
     """pipesim's side (and torch's unless ``torch_side`` is False), the probe, the schedule."""
     import torch.distributed as dist
@@ -112,7 +112,7 @@ def _build_sides(case: Case, rank: int, world: int, tamper: Tamper | None
     return sides, probe, sched
 
 
-def _check_gradients(case: Case, sides: list[Side], probe: Probe, rank: int, stages: int
+def check_gradients(case: Case, sides: list[Side], probe: Probe, rank: int, stages: int
                      ) -> dict[str, Any]:
     """One untimed step of each side from identical weights; the verdict, on every rank."""
     import torch.distributed as dist
