@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pipesim.commands import COMMANDS, UserError
 
 _EXIT_USAGE = 2
-_LONG_LIVED = {"run", "profile", "bench"}  # commands that train models keep the GC on
+_LONG_LIVED = {"run", "profile"}  # commands that train models keep the GC on
 
 
 class _Parser(argparse.ArgumentParser):

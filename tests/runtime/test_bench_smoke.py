@@ -1,4 +1,5 @@
-"""The benchmark harness runs one tiny configuration end to end (no timing assertions)."""
+"""The benchmark harness (benchmarks/harness, not in the wheel) runs one tiny configuration end
+to end (no timing assertions)."""
 
 from __future__ import annotations
 
@@ -6,33 +7,33 @@ import json
 from pathlib import Path
 
 import pytest
+from benchmarks.harness.common import ResultLog, format_table
+from benchmarks.harness.headtohead import Case, run_case
+from benchmarks.harness.limits import SyntheticCase, perfect_pipeline_rate, synthetic_ideal
+from benchmarks.harness.startup import tutorial_path
+from benchmarks.harness.torchpp import TORCH_EQUIVALENT, torch_placement
 
-torch = pytest.importorskip("torch")
-torch.set_num_threads(1)  # ranks are forked from this process
-
-from pipesim.bench.common import ResultLog, format_table  # noqa: E402
-from pipesim.bench.headtohead import Case, run_case  # noqa: E402
-from pipesim.bench.limits import SyntheticCase, perfect_pipeline_rate, synthetic_ideal  # noqa: E402
-from pipesim.bench.torchpp import TORCH_EQUIVALENT, torch_placement  # noqa: E402
-from pipesim.schedules import get_schedule  # noqa: E402
-
-pytestmark = pytest.mark.runtime
+from pipesim.schedules import get_schedule
 
 
 def test_head_to_head_tiny_case_gives_both_sides_and_the_same_loss(tmp_path: Path) -> None:
     case = Case("1f1b", 2, microbatches=2, batch=4, hidden=8, layers=2, steps=1, warmup=1)
-    log = ResultLog(str(tmp_path / "r.jsonl"))
+    log = ResultLog(str(tmp_path / "r.jsonl"), tags={"allocator": "keep"})
     row = log.add("torch", run_case(case))
     for key in ("pipesim_samples_per_s", "torch_samples_per_s", "ratio", "ideal_step_s",
-                "ideal_formula_s", "stage_F_ms", "stage_B_ms", "profile"):
+                "ideal_formula_s", "stage_F_ms", "stage_B_ms", "profile", "grad_errors"):
         assert key in row, key
     assert row["pipesim_samples_per_s"] > 0 and row["torch_samples_per_s"] > 0
+    assert set(row["grad_errors"]) == {"pipesim_vs_one_process", "torch_vs_one_process",
+                                       "torch_vs_pipesim"}
+    assert row["max_grad_error"] <= row["grad_rtol"]
     # same initial weights, same data: the same first loss (later steps may differ by rounding)
     assert row["pipesim_loss"][0] == pytest.approx(row["torch_loss"][0], abs=1e-6)
     assert len(row["pipesim_loss"]) == len(row["torch_loss"]) == 2
     assert len(row["profile"]) == 2 and row["profile"][0]["actions_per_step"] == 4
     line = json.loads((tmp_path / "r.jsonl").read_text().splitlines()[0])
     assert line["bench"] == "torch" and "load" in line and "machine" in line
+    assert line["allocator"] == "keep"
     assert "1f1b" in format_table([row], [("schedule", "schedule", "")])
 
 
@@ -46,3 +47,15 @@ def test_synthetic_ideal_is_the_closed_form_for_1f1b() -> None:
     # (m + p - 1) x (F + B) with F = 20 ms, B = 40 ms, 4 ranks, 8 microbatches
     assert synthetic_ideal(SyntheticCase("1f1b", 4, 8)) == pytest.approx(11 * 0.060)
     assert perfect_pipeline_rate(1000.0, 2, 8) == pytest.approx(1000.0 * 2 * 8 / 9)
+
+
+def test_the_tutorial_comparison_needs_its_script(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PIPESIM_TUTORIAL", raising=False)
+    assert tutorial_path(None) is None  # skipped, not a guess beside the checkout
+    script = tmp_path / "pipeline_simulation.py"
+    script.write_text("print('hi')\n")
+    monkeypatch.setenv("PIPESIM_TUTORIAL", str(script))
+    assert tutorial_path(None) == script
+    with pytest.raises(FileNotFoundError):
+        tutorial_path(str(tmp_path / "missing.py"))

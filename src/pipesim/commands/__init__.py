@@ -28,8 +28,7 @@ from pipesim.schedule_io import parse_schedule
 from pipesim.schedules import ConfigError, UnknownScheduleError, get_schedule
 
 # Subcommand modules found in this package, in this order first. Each defines register(subparsers).
-_ORDER = ["run", "schedule", "validate", "simulate", "compare", "synthesize", "profile", "plan",
-          "bench"]
+_ORDER = ["run", "schedule", "validate", "simulate", "compare", "synthesize", "profile", "plan"]
 _FOUND = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
 COMMANDS = sorted(_FOUND, key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n))
 

@@ -107,9 +107,9 @@ class Pipeline:
                         for s, m in self.modules.items()}
         self.holds_first, self.holds_last = 0 in self.runners, last in self.runners
         self._loss_group = groups[self.schedule.stage_to_rank[last]]
-        self._clock = perf_clock(shared_origin(self.device))
+        self.clock = perf_clock(shared_origin(self.device))  # seconds on the ranks' shared clock
         self._observers = _watchdog_observers() + list(observers)  # the watchdog sees it first
-        self.reducer = GradReducer(self.runners, groups[self.pipeline_rank], dp, self._clock) \
+        self.reducer = GradReducer(self.runners, groups[self.pipeline_rank], dp, self.clock) \
             if dp > 1 and not self.schedule.forward_only else None
         if self.reducer is not None:
             final = last_gradient_actions(self.schedule.actions[self.pipeline_rank])
@@ -177,7 +177,7 @@ class Pipeline:
             sched = self.schedule if training else forward_schedule(self.schedule)
             comm = Comm(sched, self.pipeline_rank, self.device,
                         peers=self.grid.pipeline(self.replica))
-            engine = Engine(sched, self.pipeline_rank, self.runners, comm, self._clock,
+            engine = Engine(sched, self.pipeline_rank, self.runners, comm, self.clock,
                             self._observers)
             self._engines[training] = (engine, None)
         return self._engines[training]

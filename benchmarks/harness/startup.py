@@ -5,12 +5,16 @@
     messages   forward only, 4 ranks, hidden 64, many microbatches, ``--quiet``: the command's
                wall time, and pipesim's own step time from ``--json``
 
-The tutorial binds the fixed port 29502, so it runs from a private copy in a temporary
-directory, one at a time. ``env`` adds to (or with None, removes from) the inherited environment.
+The tutorial script (``pipeline_simulation.py``, which pipesim grew from) is not part of the
+project: it runs only where its path is given (``--tutorial PATH`` or ``$PIPESIM_TUTORIAL``);
+without it only pipesim's side is timed. It binds the fixed port 29502, so it runs from a
+private copy in a temporary directory, one at a time. ``env`` adds to (or with None, removes
+from) the inherited environment.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -22,14 +26,23 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipesim.bench.common import median
+from .common import median
 
-# the tutorial script this project grew from: $PIPESIM_TUTORIAL, else ../shared/seed/ beside
-# the checkout (where the team keeps it)
-TUTORIAL = Path(os.environ.get("PIPESIM_TUTORIAL") or
-                Path(__file__).resolve().parents[3].parent / "shared" / "seed" /
-                "pipeline_simulation.py")
 Env = Mapping[str, str | None]
+
+
+def tutorial_path(given: str | None) -> Path | None:
+    """The tutorial script: ``given``, else $PIPESIM_TUTORIAL, else None (comparison skipped).
+
+    Raises FileNotFoundError when a path is given but is not a file.
+    """
+    text = given or os.environ.get("PIPESIM_TUTORIAL")
+    if not text:
+        return None
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"the tutorial script {path} is not a file")
+    return path
 
 
 def pipesim_command() -> list[str]:
@@ -64,14 +77,11 @@ def timed(cmd: Sequence[str], env: Env, cwd: str | None = None, capture: bool = 
 class Tutorial:
     """A private copy of the tutorial script; use as a context manager."""
 
-    def __init__(self, source: Path = TUTORIAL) -> None:
+    def __init__(self, source: Path) -> None:
         self.source = source
         self.dir = ""
 
     def __enter__(self) -> Tutorial:
-        if not self.source.is_file():
-            raise FileNotFoundError(f"the tutorial script is not at {self.source}; "
-                                    f"set PIPESIM_TUTORIAL to its path")
         self.dir = tempfile.mkdtemp(prefix="pipesim-tutorial-")
         shutil.copy(self.source, self.dir)
         return self
@@ -83,22 +93,28 @@ class Tutorial:
         return [sys.executable, str(Path(self.dir) / self.source.name), *args]
 
 
-def run_startup(runs: int, env: Env) -> dict[str, Any]:
-    """``runs`` interleaved wall times of the default demo, pipesim and tutorial."""
+def run_startup(runs: int, env: Env, tutorial: Path | None) -> dict[str, Any]:
+    """``runs`` interleaved wall times of the default demo, pipesim and (if given) tutorial."""
     walls: dict[str, list[float]] = {"pipesim": [], "tutorial": []}
-    with Tutorial() as tut:
+    with contextlib.ExitStack() as stack:
+        tut = stack.enter_context(Tutorial(tutorial)) if tutorial else None
+        cwd = tut.dir if tut else stack.enter_context(tempfile.TemporaryDirectory())
         for i in range(runs):
             order = ("pipesim", "tutorial") if i % 2 == 0 else ("tutorial", "pipesim")
             for who in order:
-                cmd = [*pipesim_command(), "run"] if who == "pipesim" else tut.command()
-                walls[who].append(timed(cmd, env, cwd=tut.dir)[0])
-    return {"runs": runs, "env": dict(env), "pipesim_s": median(walls["pipesim"]),
-            "tutorial_s": median(walls["tutorial"]),
-            "ratio": median(walls["pipesim"]) / median(walls["tutorial"]),
-            "pipesim_all_s": walls["pipesim"], "tutorial_all_s": walls["tutorial"]}
+                if who == "pipesim":
+                    walls[who].append(timed([*pipesim_command(), "run"], env, cwd=cwd)[0])
+                elif tut is not None:
+                    walls[who].append(timed(tut.command(), env, cwd=cwd)[0])
+    row: dict[str, Any] = {"runs": runs, "env": dict(env), "pipesim_s": median(walls["pipesim"]),
+                           "pipesim_all_s": walls["pipesim"]}
+    if tut is not None:
+        row.update(tutorial_s=median(walls["tutorial"]), tutorial_all_s=walls["tutorial"],
+                   ratio=median(walls["pipesim"]) / median(walls["tutorial"]))
+    return row
 
 
-def run_forward_messages(microbatches: int, env: Env, tutorial: bool = True
+def run_forward_messages(microbatches: int, env: Env, tutorial: Path | None
                          ) -> dict[str, Any]:
     """Forward only, 4 ranks, hidden 64: pipesim's wall and step time, the tutorial's wall."""
     args = ["run", "-w", "4", "--hidden-size", "64", "-m", str(microbatches), "--quiet",
@@ -108,8 +124,8 @@ def run_forward_messages(microbatches: int, env: Env, tutorial: bool = True
     row: dict[str, Any] = {"microbatches": microbatches, "env": dict(env), "pipesim_wall_s": wall,
                            "pipesim_step_s": median(data["step_seconds"])}
     row["pipesim_us_per_microbatch"] = row["pipesim_step_s"] / microbatches * 1e6
-    if tutorial:
-        with Tutorial() as tut:
+    if tutorial is not None:
+        with Tutorial(tutorial) as tut:
             row["tutorial_wall_s"] = timed(tut.command("-m", str(microbatches)), env,
                                            cwd=tut.dir)[0]
         row["wall_ratio"] = row["pipesim_wall_s"] / row["tutorial_wall_s"]

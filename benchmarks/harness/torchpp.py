@@ -1,9 +1,15 @@
 """torch.distributed.pipelining on the same stage modules, data and processes as pipesim.
 
 ``TORCH_EQUIVALENT`` pairs each pipesim schedule with torch's class for it; ``TorchPipeline``
-builds torch's stages (static shapes: explicit input, output and gradient examples, so no
-run-time shape inference) and schedule on a process group of its own, so its messages never
-meet pipesim's.
+builds torch's stages and schedule as a user would, on a process group of its own so its
+messages never meet pipesim's: ``PipelineStage`` without examples, shapes inferred on the first
+step (the gradient check's step, untimed).
+
+``examples="static-no-grad"`` builds them instead with the static examples this harness used
+before 2026-12-01 (made under ``torch.no_grad()``): torch then computes no input gradient on any
+stage but the first, so earlier stages train on zeros and zero-bubble stages skip their weight
+gradients (``benchmarks/torch_static_pitfall.py``). It exists so the gradient check's test can
+show that the check rejects such a side; never time it.
 """
 
 from __future__ import annotations
@@ -54,18 +60,22 @@ class TorchPipeline:
 
     def __init__(self, name: str, rank: int, ranks: int, modules: Mapping[int, nn.Module],
                  num_stages: int, microbatches: int, example: torch.Tensor, loss_fn: LossFn,
-                 group: dist.ProcessGroup | None) -> None:
+                 group: dist.ProcessGroup | None, examples: str = "inferred") -> None:
         from torch.distributed import pipelining
 
         self.name = name
         eq = TORCH_EQUIVALENT[name]
         self.stage_ids = sorted(modules)
+        if examples not in ("inferred", "static-no-grad"):
+            raise ValueError(f"examples must be 'inferred' or 'static-no-grad', got {examples!r}")
         stages = []
         for s in self.stage_ids:
-            with torch.no_grad():
-                out = modules[s](example)  # [b, h] -> [b, h]: the static output example
-            # static metadata needs all four examples on this torch (inputs and outputs alone
-            # leave the output gradient None in backward)
+            if examples == "inferred":
+                stages.append(pipelining.PipelineStage(modules[s], s, num_stages,
+                                                       torch.device("cpu"), group=group))
+                continue
+            with torch.no_grad():  # the pitfall: examples that do not require grad
+                out = modules[s](example)
             stages.append(pipelining.PipelineStage(
                 modules[s], s, num_stages, torch.device("cpu"), input_args=(example,),
                 output_args=(out,), output_grads=(out,),

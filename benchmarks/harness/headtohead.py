@@ -1,9 +1,12 @@
 """pipesim vs torch.distributed.pipelining, A/B in the same forked processes.
 
 In one set of ranks both engines hold identical copies of the weights (built from one seed) and
-train on the same batches; steps alternate (pipesim then torch, then torch then pipesim, ...)
-after a barrier each, so load drift hits both alike. Per step, a side's time is the slowest
-rank's (barrier -> zero_grad, pipeline step, optimizer step done). Rank 0 gathers:
+train on the same batches. First the gradient check (``gradcheck``): one step of each side from
+those weights, every parameter's gradient on every rank compared across the sides and with one
+process; if any disagrees the case raises GradientMismatch and no row exists. Then steps
+alternate (pipesim then torch, then torch then pipesim, ...) after a barrier each, so load drift
+hits both alike. Per step, a side's time is the slowest rank's (barrier -> zero_grad, pipeline
+step, optimizer step done). Rank 0 gathers:
 
     step seconds of each side (warm-up steps dropped), the loss of each side per step,
     pipesim's per-stage compute (F, B, I, W medians) and where its step time went (``Probe``).
@@ -16,10 +19,15 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from pipesim.bench.common import median
-from pipesim.bench.probe import BUCKETS
 from pipesim.costs import CostModel
 from pipesim.simulate import simulate
+
+from .common import median
+from .gradcheck import RTOL, grads_of, merge, refuse_unless_equal, verdict
+from .probe import BUCKETS, Probe
+from .sides import Side
+
+Tamper = Callable[[Side], Side]  # tests only: turn a side into a wrong one
 
 
 @dataclass(frozen=True)
@@ -37,119 +45,112 @@ class Case:
     lr: float = 0.01
     seed: int = 0
     torch_side: bool = True  # False: pipesim alone (a schedule torch lacks)
-    variant: str = ""  # an experiments.PATCHES name: also run a patched pipesim side
+    torch_examples: str = "inferred"  # "static-no-grad": the pitfall, for the check's test
+    rtol: float = RTOL  # the gradient check's tolerance
 
     @property
     def samples(self) -> int:
         return self.microbatches * self.batch
 
 
-def run_case(case: Case) -> dict[str, Any]:
-    """Launch ``case.ranks`` forked ranks, run the A/B, return the summary row."""
+def run_case(case: Case, tamper: Tamper | None = None) -> dict[str, Any]:
+    """Launch ``case.ranks`` forked ranks, check gradients, run the A/B, return the row.
+
+    Raises GradientMismatch when the sides disagree (``tamper`` wraps pipesim's side: tests).
+    """
     from pipesim.processes.launch import LaunchOptions, launch
 
-    gathered: list[dict[str, Any]] = launch(_Worker(case), case.ranks, LaunchOptions(threads=1))
+    gathered: list[dict[str, Any]] = launch(_Worker(case, tamper), case.ranks,
+                                            LaunchOptions(threads=1))
+    refuse_unless_equal(f"{case.schedule} on {case.ranks} ranks", gathered[0]["check"])
     return summarize(case, gathered)
 
 
 class _Worker:
-    def __init__(self, case: Case) -> None:
+    def __init__(self, case: Case, tamper: Tamper | None) -> None:
         self.case = case
+        self.tamper = tamper
 
     def __call__(self, rank: int, world: int, *_: Any) -> list[dict[str, Any]] | None:
         import torch.distributed as dist
 
-        sides = _build_sides(self.case, rank, world)
-        mine = _alternate(self.case, sides)
+        sides, probe, sched = build_sides(self.case, rank, world, self.tamper)
+        check = check_gradients(self.case, sides, probe, rank, sched.stages)
+        mine: dict[str, Any] = {"check": check}
+        if check["grad_ok"]:
+            mine.update(_alternate(self.case, sides, probe))
         out: list[dict[str, Any]] | None = [{} for _ in range(world)] if rank == 0 else None
         dist.gather_object(mine, out, dst=0)
         return out
 
 
-@dataclass
-class _Side:
-    name: str
-    step: Callable[[int], list[float]]  # step index -> last-stage losses (empty elsewhere)
-    zero_grad: Callable[[], None]
-    opt_step: Callable[[], None]
-
-
-def _build_sides(case: Case, rank: int, world: int) -> list[Any]:
-    """pipesim's side (and torch's unless ``torch_side`` is False) plus the probe and data."""
-    import torch
+def build_sides(case: Case, rank: int, world: int, tamper: Tamper | None
+                 ) -> tuple[list[Side], Probe, Any]:
+    """pipesim's side (and torch's unless ``torch_side`` is False), the probe, the schedule."""
     import torch.distributed as dist
-    from torch import nn
 
-    from pipesim.bench.probe import Probe
-    from pipesim.bench.torchpp import TorchPipeline, torch_placement
-    from pipesim.models.mlp import build_mlp, split_layers, uniform_balance
-    from pipesim.runtime.comm import Comm, exchange_shapes
-    from pipesim.runtime.engine import Engine
-    from pipesim.runtime.stage import StageRunner
-    from pipesim.runtime.train import RunConfig, make_batch
     from pipesim.schedules import get_schedule
 
+    from .sides import make_batches, pipesim_side, stage_modules, torch_side
+
     sched = get_schedule(case.schedule, world, case.microbatches)
-    balance = uniform_balance(case.layers, sched.stages)
-    cfg = RunConfig(sched, batch_size=case.batch, hidden_size=case.hidden, layers=case.layers,
-                    seed=case.seed)
-    batches = [make_batch(cfg, i) for i in range(case.warmup + case.steps)]
-    loss_fn = nn.functional.mse_loss
+    batches = make_batches(case.microbatches, case.batch, case.hidden, case.seed,
+                           case.warmup + case.steps)
     probe = Probe()
 
-    def pipesim_side(name: str, patch: Callable[[Any, Any], None] | None) -> _Side:
-        ours = split_layers(build_mlp(case.hidden, case.layers, case.seed), balance)
-        runners = {s: StageRunner(s, sched.stages, ours[s], loss_fn, sched.microbatches)
-                   for s in sched.stages_of(rank)}
-        comm = Comm(sched, rank, torch.device("cpu"))
-        exchange_shapes(comm, sched, {s: ours[s] for s in runners}, batches[0][0][0])
-        engine = Engine(sched, rank, runners, comm)
-        if patch is None:
-            probe.attach(comm, runners)
-        else:
-            patch(comm, engine)
-        opt = torch.optim.SGD([p for r in runners.values() for p in r.parameters()], lr=case.lr)
+    def modules() -> list[Any]:
+        return stage_modules(case.hidden, case.layers, case.seed, sched.stages)
 
-        def step(i: int) -> list[float]:
-            rec = engine.step(*batches[i])
-            return [rec.losses[mb] for mb in sorted(rec.losses)]
-
-        return _Side(name, step, lambda: opt.zero_grad(set_to_none=True), opt.step)
-
-    sides = [pipesim_side("pipesim", None)]
-    if case.variant:
-        from pipesim.bench.experiments import PATCHES
-
-        sides.append(pipesim_side(f"pipesim+{case.variant}", PATCHES[case.variant]))
+    ours = pipesim_side("pipesim", sched, rank, modules(), batches, case.lr, probe)
+    sides = [tamper(ours) if tamper else ours]
     group = dist.new_group(backend="gloo")  # every rank calls it, even without a torch side
     if case.torch_side:
-        if torch_placement(case.schedule, world) != sched.stage_to_rank:
-            raise RuntimeError(f"{case.schedule}: torch places stages "
-                               f"{torch_placement(case.schedule, world)}, pipesim "
-                               f"{sched.stage_to_rank}")
-        theirs = split_layers(build_mlp(case.hidden, case.layers, case.seed), balance)
-        local = {s: theirs[s] for s in sched.stages_of(rank)}
-        pipe = TorchPipeline(case.schedule, rank, world, local, sched.stages,
-                             sched.microbatches, batches[0][0][0], loss_fn, group)
-        topt = torch.optim.SGD([p for m in local.values() for p in m.parameters()], lr=case.lr)
+        theirs, pipe = torch_side("torch", case.schedule, sched, rank, modules(), batches,
+                                  case.lr, group, case.torch_examples)
         probe.torch = pipe
-        sides.append(_Side("torch", lambda i: pipe.step(*batches[i]),
-                           lambda: topt.zero_grad(set_to_none=True), topt.step))
-    return [sides, probe, sched]
+        sides.append(theirs)
+    return sides, probe, sched
 
 
-def _alternate(case: Case, built: list[Any]) -> dict[str, Any]:
+def check_gradients(case: Case, sides: list[Side], probe: Probe, rank: int, stages: int
+                     ) -> dict[str, Any]:
+    """One untimed step of each side from identical weights; the verdict, on every rank."""
+    import torch.distributed as dist
+
+    from .sides import make_batches, one_process_grads, stage_modules
+
+    probe.recording = False
+    mine = {}
+    for side in sides:
+        side.zero_grad()
+        side.step(0)
+        mine[side.name] = grads_of(side.params)
+    world = dist.get_world_size()
+    got: list[Any] | None = [None] * world if rank == 0 else None
+    dist.gather_object(mine, got, dst=0)
+    box: list[Any] = [None]
+    if got is not None:
+        batch = make_batches(case.microbatches, case.batch, case.hidden, case.seed, 1)[0]
+        reference = one_process_grads(stage_modules(case.hidden, case.layers, case.seed,
+                                                    stages), batch)
+        per_side = {side.name: merge([part[side.name] for part in got]) for side in sides}
+        box[0] = verdict(per_side, reference, case.rtol)
+    dist.broadcast_object_list(box, src=0)
+    result: dict[str, Any] = box[0]
+    return result
+
+
+def _alternate(case: Case, sides: list[Side], probe: Probe) -> dict[str, Any]:
     """Run the steps, alternating which side goes first; this rank's raw measurements."""
     import torch.distributed as dist
 
-    sides, probe, _ = built
     times: dict[str, list[float]] = {s.name: [] for s in sides}
     losses: dict[str, list[float]] = {s.name: [] for s in sides}
     profile = dict.fromkeys(("step", "optimizer", "torch_step", "torch_compute"), 0.0)
+    actions = 0
     for i in range(case.warmup + case.steps):
         timed = i >= case.warmup
-        order = sides if i % 2 == 0 else sides[::-1]
-        for side in order:
+        for side in sides if i % 2 == 0 else sides[::-1]:
             probe.recording = timed
             dist.barrier()
             t0 = time.perf_counter()
@@ -170,20 +171,23 @@ def _alternate(case: Case, built: list[Any]) -> dict[str, Any]:
                     profile["optimizer"] += dt - (t2 - t1)
                     for k, v in probe.seconds.items():
                         profile[k] = profile.get(k, 0.0) + v
+                    actions = probe.actions
                 elif probe.torch is not None:
                     profile["torch_step"] += dt
                     profile["torch_compute"] += probe.torch.compute
             if got:
                 losses[side.name].append(sum(got) / len(got))
     durations = {f"{s}{op}": median(v) for (s, op), v in probe.durations.items()}
-    calls = dict(probe.calls)
     return {"times": times, "losses": losses, "profile": profile, "durations": durations,
-            "calls": calls}
+            "actions": actions}
 
 
 def summarize(case: Case, per_rank: list[dict[str, Any]]) -> dict[str, Any]:
-    """The row: samples/s per side, their ratio, loss difference, ideal step and profile."""
+    """The row: samples/s per side, ratio, gradient check, loss difference, ideal, profile."""
     row: dict[str, Any] = {**asdict(case)}
+    check = per_rank[0]["check"]
+    row["grad_errors"], row["grad_rtol"] = check["grad_errors"], check["grad_rtol"]
+    row["max_grad_error"] = max(check["grad_errors"].values())
     step: dict[str, float] = {}
     for side in per_rank[0]["times"]:
         slowest = [max(r["times"][side][i] for r in per_rank)
@@ -234,14 +238,14 @@ def ideal_step(case: Case, per_rank: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _profile(case: Case, per_rank: list[dict[str, Any]]) -> list[dict[str, float]]:
-    """Per rank, ms per step in each bucket (``overhead``: the engine's own Python), µs/action."""
+    """Per rank, ms per step in each bucket; ``engine``: all but compute, wait and optimizer."""
     out = []
     for r in per_rank:
-        p = r["profile"]
-        ms = {k: v / case.steps * 1e3 for k, v in p.items()}
-        ms["overhead"] = ms["step"] - sum(ms[k] for k in (*BUCKETS, "optimizer"))
+        ms = {k: v / case.steps * 1e3 for k, v in r["profile"].items()}
+        ms["other"] = ms["step"] - sum(ms[k] for k in (*BUCKETS, "optimizer"))
+        ms["engine"] = ms["step"] - ms["compute"] - ms["wait"] - ms["optimizer"]
         ms["torch_other"] = ms["torch_step"] - ms["torch_compute"]
-        ms["actions_per_step"] = r["calls"]["compute"]
-        ms["overhead_us_per_action"] = ms["overhead"] * 1e3 / max(1, r["calls"]["compute"])
+        ms["actions_per_step"] = r["actions"]
+        ms["engine_us_per_action"] = ms["engine"] * 1e3 / max(1, r["actions"])
         out.append(ms)
     return out

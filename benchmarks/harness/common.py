@@ -62,10 +62,11 @@ class ResultLog:
     path: str | None
     command: str = field(default_factory=lambda: " ".join(sys.argv))
     rows: list[Row] = field(default_factory=list)
+    tags: dict[str, Any] = field(default_factory=dict)  # added to every row (e.g. allocator)
 
     def add(self, bench: str, row: Row) -> Row:
         """Stamp ``row`` with the benchmark name, date, command, load and machine; store it."""
-        full: Row = {"bench": bench, **row,
+        full: Row = {"bench": bench, **row, **self.tags,
                      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
                          timespec="seconds"),
                      "command": self.command, "load": load_average(),
@@ -75,6 +76,18 @@ class ResultLog:
             with open(self.path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(full, default=str) + "\n")
         return full
+
+
+def glibc_default_allocator() -> None:
+    """Ranks launched from now on keep glibc's allocator defaults (mmap and trim thresholds).
+
+    pipesim's launcher calls ``keep_freed_memory()`` in every rank and offers no switch, so this
+    replaces the launcher module's reference to it with a no-op: the one patch the harness still
+    needs (to compare both allocator settings, as a torch user without tunables runs).
+    """
+    import pipesim.processes.launch as launcher
+
+    launcher.keep_freed_memory = lambda: False  # type: ignore[attr-defined]
 
 
 def median(values: Iterable[float]) -> float:

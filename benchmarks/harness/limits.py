@@ -1,12 +1,11 @@
 """Distance to the limit: synthetic compute vs the simulator, and one process vs a pipeline.
 
 Synthetic: each action sleeps F (or B, I, W) milliseconds and computes almost nothing (hidden
-64), so a perfect engine's step is exactly the simulator's makespan for those costs. Two ways
-of sleeping are timed, alternating step by step in the same ranks:
-
-    engine   the runtime's own ``synthetic`` option (it sleeps after the action's handler)
-    inside   benchmark-only: the sleep wrapped into StageRunner's call, so it ends before the
-             action's output is sent (what the simulator assumes)
+64), so a perfect engine's step is exactly the simulator's makespan for those costs. The sleep is
+the runtime's own ``--synthetic`` stage wrapper (``runtime/synthetic.py``): it ends before the
+action's output is sent, which is what the simulator assumes. (Until 2026-12-01 the engine slept
+after its handler and a benchmark-only wrapper was timed beside it; the wrapper is now the
+engine's, so one way is timed.)
 
 One process: the same MLP trained in one process, the batch in ``microbatches`` pieces
 (gradients accumulated) or whole, at 1 and 2 threads; a perfect ``p``-stage pipeline of it
@@ -16,15 +15,15 @@ would run ``p x m / (m + p - 1)`` times the one-thread microbatched rate.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from pipesim.bench.common import median
 from pipesim.costs import CostModel
 from pipesim.ir import Op
 from pipesim.schedules import get_schedule
 from pipesim.simulate import simulate
+
+from .common import median
 
 SYNTHETIC_MS = {"F": 20.0, "B": 40.0, "I": 20.0, "W": 20.0}  # --synthetic F=20,B=40
 
@@ -66,78 +65,37 @@ class _SyntheticWorker:
         self.case = case
 
     def __call__(self, rank: int, world: int, *_: Any) -> dict[str, list[float]] | None:
+        import torch
         import torch.distributed as dist
+        from torch import nn
 
-        engine, sleep = _synthetic_engine(self.case, rank)
+        import pipesim
+        from pipesim.runtime.synthetic import slow_down
+
+        from .sides import make_batches, stage_modules
+
+        sched = get_schedule(self.case.schedule, self.case.ranks, self.case.microbatches)
+        modules = stage_modules(self.case.hidden, sched.stages, 0, sched.stages)
+        pipe = pipesim.Pipeline(modules, sched, loss_fn=nn.functional.mse_loss,
+                                balance=[1] * sched.stages)
         table = {Op(k): v / 1e3 for k, v in SYNTHETIC_MS.items()}
-        ways = ("engine", "inside")
-        seconds: dict[str, list[float]] = {w: [] for w in ways}
+        for runner in pipe.runners.values():
+            slow_down(runner, table)
+        xs, ys = make_batches(self.case.microbatches, 32, self.case.hidden, 0, 1)[0]
+        x, y = torch.cat(xs), torch.cat(ys)
+        seconds: dict[str, list[float]] = {"engine": []}
         for i in range(self.case.warmup + self.case.steps):
-            for way in ways if i % 2 == 0 else ways[::-1]:
-                engine.synthetic = table if way == "engine" else {}
-                sleep.update(table if way == "inside" else dict.fromkeys(table, 0.0))
-                dt = _timed_step(engine, self.case)
-                if i >= self.case.warmup:
-                    seconds[way].append(dt)
+            dist.barrier()
+            t0 = time.perf_counter()
+            pipe.step(x, y)
+            if i >= self.case.warmup:
+                seconds["engine"].append(time.perf_counter() - t0)
         out: list[dict[str, list[float]]] | None = [{} for _ in range(world)] if rank == 0 \
             else None
         dist.gather_object(seconds, out, dst=0)
         if out is None:
             return None
-        return {w: [max(r[w][k] for r in out) for k in range(self.case.steps)] for w in ways}
-
-
-def _timed_step(engine: Any, case: SyntheticCase) -> float:
-    import torch.distributed as dist
-
-    from pipesim.runtime.train import RunConfig, make_batch
-
-    cfg = RunConfig(engine.schedule, batch_size=32, hidden_size=case.hidden,
-                    layers=engine.schedule.stages)
-    batch = make_batch(cfg, 0)
-    dist.barrier()
-    t0 = time.perf_counter()
-    engine.step(*batch)
-    return time.perf_counter() - t0
-
-
-def _synthetic_engine(case: SyntheticCase, rank: int) -> tuple[Any, dict[Op, float]]:
-    """An engine on the tutorial MLP whose runners sleep ``sleep[op]`` inside each call."""
-    import torch
-    from torch import nn
-
-    from pipesim.models.mlp import build_mlp, split_layers, uniform_balance
-    from pipesim.runtime.comm import Comm, exchange_shapes
-    from pipesim.runtime.engine import Engine
-    from pipesim.runtime.stage import StageRunner
-
-    sched = get_schedule(case.schedule, case.ranks, case.microbatches)
-    modules = split_layers(build_mlp(case.hidden, sched.stages, 0),
-                           uniform_balance(sched.stages, sched.stages))
-    runners = {s: StageRunner(s, sched.stages, modules[s], nn.functional.mse_loss,
-                              sched.microbatches) for s in sched.stages_of(rank)}
-    sleep: dict[Op, float] = {}
-    for runner in runners.values():
-        r: Any = runner  # instance attributes shadow the methods
-        r.forward = _sleeping(r.forward, sleep, lambda *a, **k: Op.F)
-        r.backward = _sleeping(r.backward, sleep, lambda mb, g, split: Op.I if split else Op.B)
-        r.weight = _sleeping(r.weight, sleep, lambda *a, **k: Op.W)
-    comm = Comm(sched, rank, torch.device("cpu"))
-    exchange_shapes(comm, sched, {s: modules[s] for s in runners},
-                    torch.zeros(32, case.hidden))
-    return Engine(sched, rank, runners, comm), sleep
-
-
-def _sleeping(fn: Callable[..., Any], sleep: dict[Op, float],
-              op_of: Callable[..., Op]) -> Callable[..., Any]:
-    def call(*args: Any, **kwargs: Any) -> Any:
-        out = fn(*args, **kwargs)
-        seconds = sleep.get(op_of(*args, **kwargs), 0.0)
-        if seconds:
-            time.sleep(seconds)
-        return out
-
-    return call
+        return {"engine": [max(r["engine"][k] for r in out) for k in range(self.case.steps)]}
 
 
 # ----------------------------------------------------------------------------- one process
@@ -170,10 +128,10 @@ class _SingleWorker:
         import torch
         from torch import nn
 
-        from pipesim.models.mlp import build_mlp
+        from .sides import mlp_layers
 
         c = self.case
-        model = nn.Sequential(*build_mlp(c.hidden, c.layers, 0))
+        model = nn.Sequential(*mlp_layers(c.hidden, c.layers, 0))
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(c.microbatches * c.batch, c.hidden, generator=gen)

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pipesim.bench.common import median
+from .common import median
 
 WAYS = ("raw", "raw-new", "pipesim")
 
@@ -48,13 +48,13 @@ class _Worker:
         import torch
         import torch.distributed as dist
 
-        from pipesim.runtime.comm import Boundary, Comm
+        from pipesim.runtime.comm import Comm, Member
         from pipesim.schedules import get_schedule
 
         n = self.case.mib * 2**20 // 4
         sched = get_schedule("forward", 2, self.case.count)
         comm = Comm(sched, rank, torch.device("cpu"))
-        comm.boundaries[0] = Boundary((n,), torch.float32)
+        comm.boundaries[0] = (Member((n,), torch.float32),)
         payload = torch.ones(n)
         buffer = torch.empty(n)
         runs = {"raw": lambda: _raw(rank, self.case.count, payload, buffer, fresh=False),
@@ -91,7 +91,7 @@ def _ours(rank: int, count: int, comm: Any, payload: Any) -> None:
 
     for mb in range(count):
         if rank == 0:
-            comm.send(Action(0, Op.F, mb), payload)
+            comm.send(Action(0, Op.F, mb), (payload,))
         else:
             for ahead in range(mb, min(count, mb + 3)):
                 comm.prefetch(Action(1, Op.F, ahead))

@@ -1,1 +1,0 @@
-"""Benchmarks of the runtime: pipesim vs torch.distributed.pipelining, distance to the limits."""
