@@ -93,6 +93,22 @@ def test_a_schedule_file_and_an_explicit_balance(tmp_path: Any) -> None:
     assert sorted(results[0]["names"]) == sorted(want)
 
 
+@pytest.mark.parametrize("placement", ["one", "v"])
+def test_a_synthesized_schedule_file_trains_as_one_process(tmp_path: Any, placement: str
+                                                           ) -> None:
+    """pipesim.synthesize for uneven costs, written as torch's CSV, trained from the file."""
+    from pipesim.costs import CostModel
+    from pipesim.schedule_io import format_csv
+    stages = 2 if placement == "one" else 4
+    costs = CostModel.from_lists(stages, [1.0, 2.0] * (stages // 2), [1.0, 2.5] * (stages // 2),
+                                 [0.5, 1.0] * (stages // 2))
+    sched = pipesim.synthesize(2, 4, costs, max_stashed=3, placement=placement, time_limit=2)
+    path = tmp_path / "synth.csv"
+    path.write_text(format_csv(sched))
+    results = pipesim.launch(_train, 2, mixed, mixed_batch, xent, str(path), {})
+    _check(results, mixed, mixed_batch, xent)
+
+
 def test_two_replicas_of_a_two_rank_pipeline() -> None:
     results = pipesim.launch(_train, 4, mixed, mixed_batch, xent, "1f1b",
                              {"microbatches": 2, "dp": 2})
