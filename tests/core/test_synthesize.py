@@ -17,7 +17,8 @@ from pipesim.planner.listsched import make_problem
 from pipesim.planner.synthesize import SynthesisError, bounds, synthesis, synthesize
 from pipesim.schedule_io import parse_schedule
 from pipesim.schedules import SCHEDULES, ConfigError, get_schedule
-from pipesim.simulate import simulate, steady_step
+from pipesim.simulate import simulate
+from pipesim.steady import steady_step
 from pipesim.validate import validate
 
 P4 = CostModel.from_lists(4, [3, 3, 3, 4], [3, 3, 3, 5], [2, 2, 2, 3])
