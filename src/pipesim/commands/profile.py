@@ -177,7 +177,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"cannot write {path}: its directory does not exist")
     import torch
 
-    from pipesim.profiling.profiler import profile_model, with_comm
+    from pipesim.profiling.comm import with_comm
+    from pipesim.profiling.profiler import profile_model
     torch.set_num_threads(1)  # as a rank runs; and the ping-pong forks this process
     with working(f"profiling {cfg.layers} layers of {cfg.model} ({args.repeats} repeats)",
                  enabled=not args.json) as status:
