@@ -37,7 +37,8 @@ from typing import Any
 
 from pipesim.costs import CostModel
 from pipesim.ir import Action, Op, Schedule, deps
-from pipesim.layercosts import LayerCosts, stage_costs, stage_optimizer
+from pipesim.layercosts import LayerCosts
+from pipesim.stagecosts import stage_costs, stage_optimizer
 from pipesim.steady import steady_step
 from pipesim.timeline import Timeline
 

@@ -250,7 +250,8 @@ def test_predict_charges_the_engines_time_per_action_and_between_steps() -> None
 def test_layer_costs_carry_the_engines_time_and_the_reference_kernel() -> None:
     from dataclasses import replace
 
-    from pipesim.layercosts import parse_layer_costs, stage_costs
+    from pipesim.layercosts import parse_layer_costs
+    from pipesim.stagecosts import stage_costs
     costs = replace(_costs(2), engine_action_overhead=1e-4, engine_step_overhead=5e-4,
                     reference_time=3e-4)
     again = parse_layer_costs(costs.to_json())

@@ -25,7 +25,8 @@ from pipesim.calibration import EngineCosts, cache_path, load_engine_costs, with
 from pipesim.commands import UserError, dump_json, positive_int, write_atomic
 from pipesim.commands._progress import working
 from pipesim.commands._vocab import add_batch_size, int_list
-from pipesim.layercosts import LayerCosts, stage_costs
+from pipesim.layercosts import LayerCosts
+from pipesim.stagecosts import stage_costs
 
 DEFAULT_LAYERS = {"mlp": 4, "gpt": 6}
 DEFAULT_BATCH = {"mlp": 32, "gpt": 8}

@@ -13,12 +13,13 @@ from typing import NamedTuple
 
 from pipesim.costs import CostModel
 from pipesim.ir import STASH_DELTA, ActionKey, Schedule
-from pipesim.layercosts import LayerCosts, stage_costs, stage_memory
+from pipesim.layercosts import LayerCosts
 from pipesim.planner.command import command_for
 from pipesim.planner.dataparallel import DPConfig, GradReady, dp_step, grad_ready
 from pipesim.planner.results import Candidate, Config, Rejected
 from pipesim.planner.space import format_bytes
 from pipesim.simulate import simulate
+from pipesim.stagecosts import stage_costs, stage_memory
 from pipesim.timeline import bubble_fraction, peak_stash
 
 
