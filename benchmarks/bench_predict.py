@@ -36,7 +36,8 @@ from pipesim.calibration import load_engine_costs, with_engine
 from pipesim.config import RunConfig
 from pipesim.predict import predict, prediction_report, replay, speed_drift
 from pipesim.processes.launch import launch
-from pipesim.profiling.profiler import ProfileConfig, measure_comm, profile_model
+from pipesim.profiling.comm import measure_comm
+from pipesim.profiling.profiler import ProfileConfig, profile_model
 from pipesim.runtime.predict import calibrate_engine, reference_time
 from pipesim.runtime.train import TrainJob
 from pipesim.schedules import get_schedule

@@ -2,7 +2,7 @@
 
     PYTHONPATH=src .venv/bin/python benchmarks/bench_synthesize.py [--time-limit 10]
 
-Objective ``step`` (``simulate.steady_step``), memory = ``max_stashed``. Per case: zb-h1's
+Objective ``step`` (``steady.steady_step``), memory = ``max_stashed``. Per case: zb-h1's
 steady step on the same costs, the synthesized one, the work bound (LB) and the memory bound
 (from the cap; reaching it proves the schedule optimal within the cap), which candidate won,
 how many were measured and the seconds the search took. Then the V placement against zbv and
@@ -22,7 +22,8 @@ from pipesim.costs import CostModel
 from pipesim.ir import Schedule
 from pipesim.planner.synthesize import synthesis
 from pipesim.schedules import get_schedule
-from pipesim.simulate import simulate, steady_step
+from pipesim.simulate import simulate
+from pipesim.steady import steady_step
 from pipesim.validate import peak_activations
 
 P4 = CostModel.from_lists(4, [3, 3, 3, 4], [3, 3, 3, 5], [2, 2, 2, 3])

@@ -14,7 +14,8 @@ from pipesim.planner.synthesize import Synthesis, synthesis, synthesize
 from pipesim.schedule_io import parse_schedule
 from pipesim.schedules import SCHEDULES, get_schedule
 from pipesim.see import ascii, write_html, write_png, write_trace
-from pipesim.simulate import DeadlockError, simulate, steady_step
+from pipesim.simulate import DeadlockError, simulate
+from pipesim.steady import steady_step
 from pipesim.timeline import Metrics, Timeline, metrics
 from pipesim.validate import InvalidScheduleError, Report, check, validate
 

@@ -25,7 +25,7 @@ The per-stage cost file (``CostModel.to_dict``; ``pipesim profile --stage-costs`
     }
 
 It fits only schedules with that many stages; the per-layer file (``pipesim.layercosts``) is
-summed into any schedule's stages (``layercosts.costs_for_stages``).
+summed into any schedule's stages (``stagecosts.costs_for_stages``).
 """
 
 from __future__ import annotations

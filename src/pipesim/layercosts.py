@@ -44,31 +44,23 @@ Unknown fields are errors (a typo must not pass silently). Without ``profiled`` 
 file, or ``pipesim.profile`` of a user's own layers) the planner prints the Python call of
 ``pipesim.Pipeline`` instead of a ``pipesim run`` command.
 
-A file of either kind (this one, or the per-stage file of ``pipesim.costs``) is read for a
-schedule by ``costs_for_stages`` / ``load_stage_costs``: per-layer costs are summed into its
-stages, balanced by F + B time; per-stage costs must have its stage count.
-
 API: ``load_layer_costs(path)`` / ``parse_layer_costs(text)`` / ``LayerCosts.from_dict`` read and
-validate (CostFileError, one line naming the field); ``LayerCosts.to_dict``/``to_json`` write;
-``stage_costs(layer_costs, balance, microbatch_size)`` sums layers into a ``CostModel`` for the
-simulator, ``stage_memory`` gives per-stage stash and parameter bytes, ``stage_optimizer``
-per-stage optimizer time. Loaded times are kept in
-seconds whatever the file's unit.
+validate (CostFileError, one line naming the field); ``LayerCosts.to_dict``/``to_json`` write.
+Loaded times are kept in seconds whatever the file's unit. ``pipesim.stagecosts`` sums layers
+into a schedule's stages (``stage_costs``, ``stage_memory``, ``stage_optimizer``) and reads a
+file of either kind for a schedule (``costs_for_stages``, ``load_stage_costs``).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from itertools import accumulate
 from typing import Any, NamedTuple
 
-from pipesim.balance import check_balance, partition_balanced
 from pipesim.checks import is_positive_int
 from pipesim.costs import KIND as STAGE_KIND
-from pipesim.costs import CostError, CostModel
 
 FORMAT = "pipesim-layer-costs"
 KIND = "per-layer"  # the ``kind`` field; the per-stage file's is costs.KIND
@@ -315,9 +307,6 @@ def load_layer_costs(path: str) -> LayerCosts:
     return parse_layer_costs(text, path)
 
 
-# ----------------------------------------------------------------------------- layers -> stages
-
-
 def cost_file_kind(data: Any) -> str:
     """"per-layer" or "per-stage": the ``kind`` field, else what the object looks like."""
     if isinstance(data, Mapping):
@@ -329,90 +318,6 @@ def cost_file_kind(data: Any) -> str:
         if isinstance(data.get("layers"), list) or data.get("format") == FORMAT:
             return KIND
     return STAGE_KIND
-
-
-def costs_for_stages(data: Any, stages: int, source: str = "") -> CostModel:
-    """A cost file's object of either kind as per-stage costs of a ``stages``-stage schedule.
-
-    Per-layer: the layers are summed into ``stages`` contiguous stages balanced by F + B time
-    (``partition_balanced``). Per-stage: used as written; StageCountError if made for another
-    stage count. Raises CostError / CostFileError (both ValueError) with one line.
-    """
-    if cost_file_kind(data) == STAGE_KIND:
-        return CostModel.from_dict(data, stages)
-    layers = LayerCosts.from_dict(data, source)
-    if len(layers) < stages:
-        raise CostError(f"{len(layers)} layers cannot fill {stages} stages")
-    return stage_costs(layers, partition_balanced(layers.layer_times(), stages))
-
-
-def load_stage_costs(path: str, stages: int) -> CostModel:
-    """Read a cost file of either kind for a ``stages``-stage schedule (``costs_for_stages``)."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except OSError as err:
-        raise CostError(f"cannot read cost file {path}: {err.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CostError(f"cost file {path} is not JSON: {err}") from None
-    return costs_for_stages(data, stages)
-
-
-def _stage_sums(values: Sequence[float], balance: Sequence[int]) -> list[float]:
-    out, start = [], 0
-    for end in accumulate(balance):
-        out.append(math.fsum(values[start:end]))
-        start = end
-    return out
-
-
-def _scale(layer_costs: LayerCosts, microbatch_size: int | None) -> float:
-    return 1.0 if microbatch_size is None else microbatch_size / layer_costs.microbatch_size
-
-
-def stage_costs(layer_costs: LayerCosts, balance: Sequence[int],
-                microbatch_size: int | None = None) -> CostModel:
-    """Sum layers into one CostModel stage per entry of ``balance`` (so stages = ranks x v).
-
-    Times and activation bytes scale linearly from the profiled microbatch size to
-    ``microbatch_size`` (a simplification: real kernels are less efficient on small inputs).
-    A stage's activation bytes are its last layer's output, its stash bytes the sum of its
-    layers' (as ``stage_memory``); the unit is seconds.
-    """
-    check_balance(balance, len(layer_costs))
-    k = _scale(layer_costs, microbatch_size)
-    layers = layer_costs.layers
-
-    def per_stage(values: list[float]) -> list[float]:
-        return [k * x for x in _stage_sums(values, balance)]
-
-    last = [end - 1 for end in accumulate(balance)]
-    return CostModel.from_lists(
-        len(balance), per_stage([c.forward for c in layers]),
-        per_stage([c.backward_input for c in layers]),
-        per_stage([c.backward_weight for c in layers]), per_stage([c.backward for c in layers]),
-        activation_bytes=[k * layers[i].activation_bytes for i in last],
-        param_bytes=_stage_sums(layer_costs.layer_params(), balance),
-        comm_latency=layer_costs.comm_latency, comm_bandwidth=layer_costs.comm_bandwidth,
-        unit="s", send_overhead=layer_costs.comm_send_overhead,
-        stash_bytes=stage_memory(layer_costs, balance, microbatch_size)[0],
-        action_overhead=layer_costs.engine_action_overhead,
-    )
-
-
-def stage_memory(layer_costs: LayerCosts, balance: Sequence[int],
-                 microbatch_size: int | None = None) -> tuple[list[float], list[float]]:
-    """(stash bytes, parameter bytes) per stage; stash scales with the microbatch size."""
-    check_balance(balance, len(layer_costs))
-    k = _scale(layer_costs, microbatch_size)
-    stash = _stage_sums([c.stash_bytes for c in layer_costs.layers], balance)
-    return [k * s for s in stash], _stage_sums(layer_costs.layer_params(), balance)
-
-
-def stage_optimizer(layer_costs: LayerCosts, balance: Sequence[int]) -> list[float]:
-    """Optimizer time per stage, per training step (it does not depend on the microbatch)."""
-    check_balance(balance, len(layer_costs))
-    return _stage_sums([c.optimizer for c in layer_costs.layers], balance)
 
 
 # ----------------------------------------------------------------------------- synthetic costs
@@ -463,10 +368,8 @@ __all__ = [
     "CostFileError",
     "LayerCost",
     "LayerCosts",
+    "cost_file_kind",
     "load_layer_costs",
     "parse_layer_costs",
-    "stage_costs",
-    "stage_memory",
-    "stage_optimizer",
     "transformer_layer_costs"
 ]

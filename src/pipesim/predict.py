@@ -15,7 +15,7 @@
 
 A step's time is what a training loop pays per step: from one step's end to the next one's
 (the last rank's), so it includes each rank's optimizer update between steps, during which the
-ranks that wait on it wait. The prediction is the simulator's (``simulate.steady_step``): every
+ranks that wait on it wait. The prediction is the simulator's (``steady.steady_step``): every
 action takes its profiled time and the engine's own ``engine_action_overhead`` before it, a
 message costs ``comm_latency + bytes / comm_bandwidth`` and its sender ``comm_send_overhead``,
 and rank r spends its stages' profiled ``optimizer`` time plus ``engine_step_overhead`` between
@@ -37,8 +37,9 @@ from typing import Any
 
 from pipesim.costs import CostModel
 from pipesim.ir import Action, Op, Schedule, deps
-from pipesim.layercosts import LayerCosts, stage_costs, stage_optimizer
-from pipesim.simulate import steady_step
+from pipesim.layercosts import LayerCosts
+from pipesim.stagecosts import stage_costs, stage_optimizer
+from pipesim.steady import steady_step
 from pipesim.timeline import Timeline
 
 __all__ = ["action_drift", "action_means", "engine_gaps", "median_step",

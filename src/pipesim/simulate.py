@@ -23,7 +23,7 @@ An overlapped pair (``Schedule.pairs``, torch's ``OVERLAP_F_B``) runs as one uni
 the dependencies of both parts are met, lasts ``costs.overlap x (F + B)`` (plus the send overhead
 of each part's outgoing message), and both outputs leave when it ends. Its two events lie side by
 side: the F for ``overlap x F``, then the B to the pair's end. The hot loop only compares an
-index per action; the pair itself is timed by ``_pair``, which reads ``ir.dep_keys``.
+index per action; the pair itself is timed by ``overlap.run_pair``, which reads ``ir.dep_keys``.
 """
 
 from __future__ import annotations
@@ -32,10 +32,11 @@ import gc
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from itertools import chain
-from typing import Any, NamedTuple
+from typing import Any
 
 from pipesim.costs import CostModel
 from pipesim.ir import Action, Op, Schedule, dep_keys, deps
+from pipesim.overlap import pair_positions, park, run_pair
 from pipesim.timeline import Event, MessageEvent, Timeline
 from pipesim.validate import format_listing
 
@@ -90,51 +91,6 @@ def simulate(schedule: Schedule, costs: CostModel | None = None,
     return Timeline(schedule.ranks, events, messages, costs.unit, schedule.name,
                     schedule.stage_to_rank, schedule.microbatches, pairs=schedule.pairs,
                     stash_bytes=costs.stash_bytes)
-
-
-class SteadyStep(NamedTuple):
-    """One training step once steps repeat: its time and its timeline."""
-
-    step: float  # time from one step's end (its last rank's) to the next one's
-    timeline: Timeline  # a steady step, time 0 = the first rank to begin it
-    steps: int  # steps simulated to get there
-
-
-def steady_step(schedule: Schedule, costs: CostModel | None = None,
-                between: Sequence[float] = (), max_steps: int = 64) -> SteadyStep:
-    """Simulate training step after step until the step repeats; its time and timeline.
-
-    Rank r begins step k+1 ``between[r]`` after its own last action of step k (the optimizer
-    update and whatever else a rank does between steps; none by default), so a rank that ends
-    early starts early and a slow optimizer delays the ranks that wait on it. Step 0 starts
-    every rank at 0. Simulation is translation-invariant, so once every rank's start moves by
-    the same amount the step repeats exactly; that amount is the step time. A step that never
-    settles (a periodic pattern longer than one step) gets the mean of its last half.
-    """
-    if max_steps < 2:
-        raise ValueError(f"max_steps must be >= 2, got {max_steps}")
-    between = list(between) or [0.0] * schedule.ranks
-    if len(between) != schedule.ranks:
-        raise ValueError(f"between has {len(between)} times; the schedule has "
-                         f"{schedule.ranks} ranks")
-    begin = [0.0] * schedule.ranks  # this step's rank starts, its first rank at 0
-    periods: list[float] = []
-    previous_end = shift = 0.0  # the previous step's end, in the previous step's frame
-    for k in range(1, max_steps + 1):
-        timeline = simulate(schedule, costs, begin)
-        ends = [row[-1].end if row else begin[r] for r, row in enumerate(timeline.by_rank())]
-        if k > 1:  # this step's frame starts ``shift`` after the previous one's
-            periods.append(max(ends) + shift - previous_end)
-        after = [e + gap for e, gap in zip(ends, between, strict=True)]
-        shift = min(after)
-        following = [a - shift for a in after]
-        tolerance = 1e-9 * max(1.0, max(ends))
-        if all(abs(a - b) <= tolerance for a, b in zip(following, begin, strict=True)):
-            # the next step is this one moved by ``shift``: so is every step after it
-            return SteadyStep(shift, timeline, k)
-        begin, previous_end = following, max(ends)
-    tail = periods[len(periods) // 2:]
-    return SteadyStep(sum(tail) / len(tail), timeline, max_steps)
 
 
 def _out_of_range(schedule: Schedule) -> str:
@@ -220,7 +176,7 @@ class _Run:
         self.next_index = [0] * schedule.ranks
         self.starts = [[0.0] * len(row) for row in schedule.actions]
         self.ends = [[0.0] * len(row) for row in schedule.actions]
-        self.pair_at = _pair_positions(schedule)  # per rank, where each pair's first part sits
+        self.pair_at = pair_positions(schedule)  # per rank, where each pair's first part sits
 
     def run(self) -> None:
         """Advance ranks until each ends or parks; a finishing action wakes its waiters."""
@@ -290,7 +246,7 @@ def _advance(  # the hot loop, kept flat
     pair_i = firsts[k] if k < len(firsts) else n  # where the next overlapped pair starts
     while i < n:
         if i == pair_i:
-            e = _pair(sim, rank, row, i, t, todo)
+            e = run_pair(sim, rank, row, i, t, todo)
             if e is None:
                 return i
             t = e + gap
@@ -305,7 +261,7 @@ def _advance(  # the hot loop, kept flat
                 p = s - 1
                 d = fin_f[p][mb]
                 if type(d) is not float:
-                    _park(fin_f[p], mb, d, rank)
+                    park(fin_f[p], mb, d, rank)
                     return i
                 if place[p] != rank:
                     d += hop[p]
@@ -315,7 +271,7 @@ def _advance(  # the hot loop, kept flat
         elif op is W:
             d = fin_i[s][mb]
             if type(d) is not float:
-                _park(fin_i[s], mb, d, rank)
+                park(fin_i[s], mb, d, rank)
                 return i
             if place[s] != rank:  # never in a valid schedule: I(s) runs on s's rank
                 d += hop[s]
@@ -331,7 +287,7 @@ def _advance(  # the hot loop, kept flat
                 raise ValueError(f"{a}: op {op!r} is not one of F, I, W, B")
             d = fin_f[s][mb]
             if type(d) is not float:
-                _park(fin_f[s], mb, d, rank)
+                park(fin_f[s], mb, d, rank)
                 return i
             if place[s] != rank:  # never in a valid schedule
                 d += hop[s]
@@ -342,7 +298,7 @@ def _advance(  # the hot loop, kept flat
                 tab = fin_i if split[q][mb] else fin_b
                 d = tab[q][mb]
                 if type(d) is not float:
-                    _park(tab[q], mb, d, rank)
+                    park(tab[q], mb, d, rank)
                     return i
                 if place[q] != rank:
                     d += hop[s]
@@ -364,67 +320,6 @@ def _advance(  # the hot loop, kept flat
     return i
 
 
-def _pair_positions(schedule: Schedule) -> list[list[int]]:
-    """Per rank, the row index of each overlapped pair's first part; ValueError if a pair's
-    parts are not next to each other on one rank."""
-    at: list[list[int]] = [[] for _ in schedule.actions]
-    if not schedule.pairs:
-        return at
-    found = 0
-    for rank, row in enumerate(schedule.actions):
-        for i in range(len(row) - 1):
-            if (row[i], row[i + 1]) in schedule.pairs:
-                at[rank].append(i)
-                found += 1
-    if found != len(schedule.pairs):
-        raise ValueError("an overlapped pair's actions are not next to each other on one rank; "
-                         "validate the schedule first")
-    return at
-
-
-def _pair(sim: _Run, rank: int, row: tuple[Action, ...], i: int, t: float,
-          todo: list[int]) -> float | None:
-    """Time the overlapped pair row[i], row[i+1] as one unit; its end, or None if it parked."""
-    first, second = row[i], row[i + 1]
-    fin, place, hop = sim.fin, sim.schedule.stage_to_rank, sim.hop
-    for part in (first, second):
-        for s, op, mb in dep_keys(part[0], part[1], part[2], sim.schedule):
-            d = fin[op][s][mb]
-            if d.__class__ is not float:
-                _park(fin[op][s], mb, d, rank)
-                return None
-            if place[s] != rank:
-                d += hop[min(s, part[0])]
-            if d > t:
-                t = d
-    raw, dur, overlap = sim.raw, sim.dur, sim.overlap
-    s1, op1, s2, op2 = first[0], first[1], second[0], second[1]
-    mid = t + overlap * raw[op1][s1]
-    end = (t + overlap * (raw[op1][s1] + raw[op2][s2])
-           + (dur[op1][s1] - raw[op1][s1]) + (dur[op2][s2] - raw[op2][s2]))
-    sim.starts[rank][i], sim.ends[rank][i] = t, mid
-    sim.starts[rank][i + 1], sim.ends[rank][i + 1] = mid, end
-    for a in (first, second):  # both outputs leave when the pair ends
-        s, op, mb = a
-        waiting = fin[op][s][mb]
-        if waiting.__class__ is float:
-            raise ValueError(f"{a} appears more than once on rank {rank}; "
-                             "validate the schedule first")
-        fin[op][s][mb] = end
-        sim.act[op][s][mb] = a
-        if waiting is not None:
-            todo += waiting
-    return end
-
-
-def _park(table_row: list[Any], mb: int, slot: Any, rank: int) -> None:
-    """Record that ``rank`` waits for ``table_row[mb]`` to end."""
-    if slot is None:
-        table_row[mb] = [rank]
-    else:
-        slot.append(rank)
-
-
 def _deadlock(schedule: Schedule, stuck: dict[int, tuple[Action, Action]]) -> DeadlockError:
     lines = []
     for r, (a, d) in sorted(stuck.items()):
@@ -436,4 +331,4 @@ def _deadlock(schedule: Schedule, stuck: dict[int, tuple[Action, Action]]) -> De
         + "\n".join(lines) + "\n" + format_listing(schedule, marked), stuck)
 
 
-__all__ = ["DeadlockError", "SteadyStep", "simulate", "steady_step"]
+__all__ = ["DeadlockError", "simulate"]

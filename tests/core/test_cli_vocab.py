@@ -20,9 +20,10 @@ from pipesim.commands._vocab import (
     warn_oversubscribed,
 )
 from pipesim.costs import CostModel
-from pipesim.layercosts import LayerCost, LayerCosts, cost_file_kind, costs_for_stages
+from pipesim.layercosts import LayerCost, LayerCosts, cost_file_kind
 from pipesim.schedule_io import parse_schedule
 from pipesim.schedules import get_schedule
+from pipesim.stagecosts import costs_for_stages
 from pipesim.validate import validate
 
 

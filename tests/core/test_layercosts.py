@@ -15,11 +15,9 @@ from pipesim.layercosts import (
     LayerCosts,
     load_layer_costs,
     parse_layer_costs,
-    stage_costs,
-    stage_memory,
-    stage_optimizer,
     transformer_layer_costs,
 )
+from pipesim.stagecosts import stage_costs, stage_memory, stage_optimizer
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "costs"
 

@@ -13,14 +13,7 @@ import pytest
 
 from pipesim.cli import main
 from pipesim.ir import Action, Op, Schedule
-from pipesim.layercosts import (
-    LayerCost,
-    LayerCosts,
-    ProfiledModel,
-    load_layer_costs,
-    stage_costs,
-    stage_memory,
-)
+from pipesim.layercosts import LayerCost, LayerCosts, ProfiledModel, load_layer_costs
 from pipesim.planner.dataparallel import DPConfig, simulate_dp
 from pipesim.planner.search import (
     Candidate,
@@ -36,6 +29,7 @@ from pipesim.planner.search import (
 )
 from pipesim.schedules import get_schedule
 from pipesim.simulate import simulate
+from pipesim.stagecosts import stage_costs, stage_memory
 from pipesim.timeline import metrics
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "costs"

@@ -150,7 +150,7 @@ def _run_like(schedule: Schedule, costs: CostModel, between: list[float], steps:
               ) -> list[Timeline]:
     """Steps of a run whose actions and messages took what ``costs`` says: the steady step,
     laid end to end on the run's clock as the runtime records it (meta start and end)."""
-    from pipesim.simulate import steady_step
+    from pipesim.steady import steady_step
     steady = steady_step(schedule, costs, between)
     out, start = [], 0.0
     for _ in range(steps):
@@ -161,7 +161,7 @@ def _run_like(schedule: Schedule, costs: CostModel, between: list[float], steps:
 
 def test_replay_of_a_run_equals_the_simulation_of_its_medians_and_messages() -> None:
     from pipesim.predict import action_means, replay
-    from pipesim.simulate import steady_step
+    from pipesim.steady import steady_step
     sched = get_schedule("1f1b", 2, 4)
     truth = CostModel.from_lists(2, [1.0, 1.5], [1.0, 1.2], [0.5, 0.7], [2.0, 3.0],
                                  comm_latency=0.25, unit="s")
@@ -250,7 +250,8 @@ def test_predict_charges_the_engines_time_per_action_and_between_steps() -> None
 def test_layer_costs_carry_the_engines_time_and_the_reference_kernel() -> None:
     from dataclasses import replace
 
-    from pipesim.layercosts import parse_layer_costs, stage_costs
+    from pipesim.layercosts import parse_layer_costs
+    from pipesim.stagecosts import stage_costs
     costs = replace(_costs(2), engine_action_overhead=1e-4, engine_step_overhead=5e-4,
                     reference_time=3e-4)
     again = parse_layer_costs(costs.to_json())

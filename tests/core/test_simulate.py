@@ -16,7 +16,8 @@ from pipesim.costs import CostModel
 from pipesim.ir import Action, Op, Schedule, deps
 from pipesim.schedule_io import parse_text
 from pipesim.schedules import SCHEDULES, ConfigError, get_schedule
-from pipesim.simulate import DeadlockError, simulate, steady_step
+from pipesim.simulate import DeadlockError, simulate
+from pipesim.steady import steady_step
 from pipesim.timeline import (
     Event,
     MessageEvent,

@@ -17,7 +17,8 @@ from pipesim.planner.listsched import make_problem
 from pipesim.planner.synthesize import SynthesisError, bounds, synthesis, synthesize
 from pipesim.schedule_io import parse_schedule
 from pipesim.schedules import SCHEDULES, ConfigError, get_schedule
-from pipesim.simulate import simulate, steady_step
+from pipesim.simulate import simulate
+from pipesim.steady import steady_step
 from pipesim.validate import validate
 
 P4 = CostModel.from_lists(4, [3, 3, 3, 4], [3, 3, 3, 5], [2, 2, 2, 3])
@@ -225,7 +226,8 @@ def test_plan_world_adds_synthesized_candidates() -> None:
 def test_readme_stage_file_is_what_stage_costs_writes() -> None:
     """examples/costs/gpt-10b-4stages.json: the 10B GPT cut 13,12,12,13, microbatch 1."""
     from pipesim.costs import load_costs
-    from pipesim.layercosts import load_layer_costs, stage_costs
+    from pipesim.layercosts import load_layer_costs
+    from pipesim.stagecosts import stage_costs
     examples = Path(__file__).parents[2] / "examples" / "costs"
     layers = load_layer_costs(str(examples / "gpt-10b-48l.json"))
     written = load_costs(str(examples / "gpt-10b-4stages.json"))

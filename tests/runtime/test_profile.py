@@ -15,12 +15,14 @@ from torch import nn
 
 from pipesim.cli import main
 from pipesim.costs import CostModel, load_costs
-from pipesim.layercosts import load_layer_costs, parse_layer_costs, stage_costs
+from pipesim.layercosts import load_layer_costs, parse_layer_costs
 from pipesim.models.mlp import LinearReLU
+from pipesim.profiling.comm import measure_comm
 from pipesim.profiling.partitioning import balance_for, partition
-from pipesim.profiling.profiler import ProfileConfig, measure_comm, profile_layers, profile_model
+from pipesim.profiling.profiler import ProfileConfig, profile_layers, profile_model
 from pipesim.schedules import get_schedule
 from pipesim.simulate import simulate
+from pipesim.stagecosts import stage_costs
 
 
 def _mlp(layers: int = 3, hidden: int = 8, batch: int = 4, model: str = "mlp",

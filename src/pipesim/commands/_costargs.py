@@ -25,7 +25,8 @@ import sys
 from pipesim.commands import UserError, non_negative_float, positive_float
 from pipesim.costs import CostError, CostModel, StageCountError, parse_cost_flag
 from pipesim.ir import Schedule
-from pipesim.layercosts import CostFileError, load_stage_costs
+from pipesim.layercosts import CostFileError
+from pipesim.stagecosts import load_stage_costs
 
 __all__ = ["StageCountError", "add_cost_args", "costs_from_args", "describe", "describe_args",
            "op_times"]

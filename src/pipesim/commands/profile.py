@@ -25,7 +25,8 @@ from pipesim.calibration import EngineCosts, cache_path, load_engine_costs, with
 from pipesim.commands import UserError, dump_json, positive_int, write_atomic
 from pipesim.commands._progress import working
 from pipesim.commands._vocab import add_batch_size, int_list
-from pipesim.layercosts import LayerCosts, stage_costs
+from pipesim.layercosts import LayerCosts
+from pipesim.stagecosts import stage_costs
 
 DEFAULT_LAYERS = {"mlp": 4, "gpt": 6}
 DEFAULT_BATCH = {"mlp": 32, "gpt": 8}
@@ -177,7 +178,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"cannot write {path}: its directory does not exist")
     import torch
 
-    from pipesim.profiling.profiler import profile_model, with_comm
+    from pipesim.profiling.comm import with_comm
+    from pipesim.profiling.profiler import profile_model
     torch.set_num_threads(1)  # as a rank runs; and the ping-pong forks this process
     with working(f"profiling {cfg.layers} layers of {cfg.model} ({args.repeats} repeats)",
                  enabled=not args.json) as status:

@@ -30,7 +30,8 @@ from pipesim.commands.plan import add_network_args, network_from_args
 from pipesim.costs import CostModel
 from pipesim.ir import Schedule
 from pipesim.planner.dataparallel import DPResult, simulate_dp
-from pipesim.simulate import DeadlockError, steady_step
+from pipesim.simulate import DeadlockError
+from pipesim.steady import steady_step
 from pipesim.timeline import Metrics, Timeline, metrics
 from pipesim.validate import validate
 from pipesim.views.ascii import render_ascii
@@ -177,7 +178,7 @@ def summary(sched: Schedule, costs: CostModel, measured: Metrics,
             steady: float | None = None) -> str:
     """The short report: what was simulated, makespan, bubble, and a per-rank table.
 
-    ``steady``: the step time when steps run back to back (``simulate.steady_step``)."""
+    ``steady``: the step time when steps run back to back (``steady.steady_step``)."""
     unit = costs.unit
     lines = [
         f"{sched.name or 'schedule'}: {sched.ranks} ranks, {sched.stages} stages, "

@@ -23,7 +23,8 @@ from pipesim.planner.synthesize import OBJECTIVES, PLACEMENTS, Synthesis, Synthe
 from pipesim.schedule_io import format_csv, format_text
 from pipesim.schedules import SCHEDULES, ConfigError
 from pipesim.schedules._common import v_placement
-from pipesim.simulate import simulate, steady_step
+from pipesim.simulate import simulate
+from pipesim.steady import steady_step
 from pipesim.validate import peak_activations
 from pipesim.views.ascii import render_ascii
 

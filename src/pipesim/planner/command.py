@@ -17,7 +17,7 @@ from pipesim.layercosts import LayerCosts, ProfiledModel
 from pipesim.planner.space import SYNTHESIZED
 
 if TYPE_CHECKING:
-    from pipesim.planner.search import Config
+    from pipesim.planner.results import Config
 
 DEFAULT_STEPS = 10  # --steps in the suggested `pipesim run` command
 

@@ -40,24 +40,21 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from operator import itemgetter
 from typing import Any, NamedTuple
 
 from pipesim.checks import is_positive_int
-from pipesim.costs import CostModel
-from pipesim.ir import STASH_DELTA, ActionKey, Schedule
-from pipesim.layercosts import LayerCosts, stage_costs, stage_memory
+from pipesim.layercosts import LayerCosts
 from pipesim.planner.command import command_for, pipeline_args, pipeline_call, run_command
 from pipesim.planner.dataparallel import (
     DPConfig,
-    GradReady,
-    dp_step,
-    grad_ready,
     microbatch_counts_for,
     step_lower_bound,
     world_splits,
 )
+from pipesim.planner.results import Candidate, Config, PlanResult, Rejected, Skipped
+from pipesim.planner.score import StageData, digest_of, evaluate, peak_memory, score
 from pipesim.planner.space import (
     PARTITIONS,
     PlanError,
@@ -72,111 +69,6 @@ from pipesim.planner.space import (
 )
 from pipesim.planner.synth import SYNTHESIZED, synth_pairs, synth_schedule
 from pipesim.schedules import SCHEDULES, ConfigError, get_schedule
-from pipesim.simulate import simulate
-from pipesim.timeline import bubble_fraction, peak_stash
-
-
-class Config(NamedTuple):
-    """One point of the search space."""
-
-    schedule: str
-    microbatches: int  # per replica
-    virtual_stages: int
-    microbatch_size: int
-    partition: str  # "time", "params", "uniform" or "explicit"
-    balance: tuple[int, ...]  # layers per stage, stages = ranks x virtual_stages
-    dp: int = 1  # pipeline replicas, each on batch / dp samples
-
-    @property
-    def pp(self) -> int:
-        """Pipeline ranks."""
-        return len(self.balance) // self.virtual_stages
-
-    @property
-    def world_size(self) -> int:
-        """Processes in all: dp replicas x pp pipeline ranks."""
-        return self.pp * self.dp
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A configuration that fits: its predicted step and the command that would run it."""
-
-    config: Config
-    predicted_step_seconds: float
-    bubble_fraction: float  # the pipeline's (timeline.bubble_fraction)
-    peak_memory_bytes: tuple[float, ...]  # per pipeline rank
-    command: str  # `pipesim run ...` for a profiled built-in model, else a Pipeline(...) call
-    exposed_allreduce_seconds: float = 0.0  # gradient all-reduce not hidden behind compute
-
-    @property
-    def world_size(self) -> int:
-        """Processes to launch: ``pipesim.launch(train, world_size=best.world_size)``."""
-        return self.config.world_size
-
-    @property
-    def pipeline_args(self) -> dict[str, Any]:
-        """``pipesim.Pipeline(model, loss_fn=..., **best.pipeline_args)`` runs this plan."""
-        return pipeline_args(self.config)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**_config_dict(self.config),
-                "predicted_step_seconds": self.predicted_step_seconds,
-                "bubble_fraction": self.bubble_fraction,
-                "exposed_allreduce_seconds": self.exposed_allreduce_seconds,
-                "peak_memory_bytes": list(self.peak_memory_bytes),
-                "command": self.command,
-                "pipeline_args": self.pipeline_args | {"balance": list(self.config.balance)}}
-
-
-@dataclass(frozen=True)
-class Rejected:
-    """A configuration over the memory limit."""
-
-    config: Config
-    peak_memory_bytes: tuple[float, ...]
-    reason: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**_config_dict(self.config), "peak_memory_bytes": list(self.peak_memory_bytes),
-                "reason": self.reason}
-
-
-class Skipped(NamedTuple):
-    """What a schedule, the model or the split does not accept (schedule "" for a whole D)."""
-
-    schedule: str
-    microbatches: int
-    virtual_stages: int
-    reason: str
-    dp: int = 1
-
-
-@dataclass(frozen=True)
-class PlanResult:
-    """Ranked candidates (best first), the rejected and the skipped."""
-
-    candidates: tuple[Candidate, ...]
-    rejected: tuple[Rejected, ...] = ()
-    skipped: tuple[Skipped, ...] = ()
-    meta: dict[str, Any] = field(default_factory=dict, compare=False)
-
-    @property
-    def best(self) -> Candidate | None:
-        return self.candidates[0] if self.candidates else None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"best": self.best.to_dict() if self.best else None,
-                "candidates": [c.to_dict() for c in self.candidates],
-                "rejected": [r.to_dict() for r in self.rejected],
-                "skipped": [s._asdict() for s in self.skipped], **self.meta}
-
-
-def _config_dict(config: Config) -> dict[str, Any]:
-    return config._asdict() | {"balance": list(config.balance), "pp": config.pp}
-
-
-# ----------------------------------------------------------------------------- the search
 
 
 def plan(layer_costs: LayerCosts, ranks: int, batch: int,
@@ -281,7 +173,7 @@ class _Search:
                  pairs: list[tuple[str, int]], limit: float | None, factor: float,
                  keep: int | None = None, synth_seconds: float | None = None) -> None:
         self.synth_seconds = synth_seconds or 1.0
-        self.data = _StageData(layer_costs)
+        self.data = StageData(layer_costs)
         self.partition, self.pairs, self.limit, self.factor, self.keep = (
             partition, pairs, limit, factor, keep)
         self.jobs: list[_Job] = []
@@ -331,7 +223,7 @@ class _Search:
                 self.skipped.append(Skipped(job.name, job.microbatches, job.virtual, str(err),
                                             job.dp.replicas))
                 continue
-            digest = None if sched is None else _digest(sched)
+            digest = None if sched is None else digest_of(sched)
             for bound, config in job.configs:
                 if bound > self.cutoff(job.dp.replicas):
                     self.pruned += 1
@@ -343,9 +235,9 @@ class _Search:
                                           self.limit, self.factor, self.synth_seconds)
                     if mine is None:
                         continue
-                    mine_digest = _digest(mine)
+                    mine_digest = digest_of(mine)
                 assert mine_digest is not None
-                outcome = _evaluate(mine, mine_digest, config, self.data, self.limit,
+                outcome = score(mine, mine_digest, config, self.data, self.limit,
                                     self.factor, job.dp)
                 if isinstance(outcome, Rejected):
                     self.rejected.append(outcome)
@@ -366,97 +258,6 @@ class _Search:
         if self.keep is not None:
             meta = meta | {"pruned": self.pruned}
         return PlanResult(tuple(self.candidates), tuple(self.rejected), tuple(self.skipped), meta)
-
-
-def evaluate(schedule: Schedule, config: Config, layer_costs: LayerCosts,
-             memory_limit_bytes: float | None = None,
-             optimizer_factor: float = 4.0, dp: DPConfig | None = None) -> Candidate | Rejected:
-    """Memory first (no simulation if over the limit), then the simulated step."""
-    dp = dp or DPConfig(config.dp)
-    return _evaluate(schedule, _digest(schedule), config, _StageData(layer_costs),
-                     memory_limit_bytes, optimizer_factor, dp)
-
-
-class _StageData:
-    """Per-stage costs and memory for (balance, microbatch size), computed once per plan()."""
-
-    def __init__(self, layer_costs: LayerCosts) -> None:
-        self.layer_costs = layer_costs
-        self._costs: dict[tuple[tuple[int, ...], int], CostModel] = {}
-        self._memory: dict[tuple[tuple[int, ...], int], tuple[list[float], list[float]]] = {}
-
-    def costs(self, config: Config) -> CostModel:
-        key = (config.balance, config.microbatch_size)
-        if key not in self._costs:
-            self._costs[key] = stage_costs(self.layer_costs, *key)
-        return self._costs[key]
-
-    def memory(self, config: Config) -> tuple[list[float], list[float]]:
-        key = (config.balance, config.microbatch_size)
-        if key not in self._memory:
-            self._memory[key] = stage_memory(self.layer_costs, *key)
-        return self._memory[key]
-
-
-class _Digest(NamedTuple):
-    """What the memory walk, busy time and all-reduce need from a schedule, computed once."""
-
-    stashing: tuple[Sequence[ActionKey], ...]  # per rank, in order: its F's, B's and W's
-    stages_of: tuple[tuple[int, ...], ...]  # per rank
-    split: tuple[int, ...]  # per stage: microbatches whose backward is split into I and W
-    ready: GradReady  # where each stage's gradients become final
-
-
-def _digest(schedule: Schedule) -> _Digest:
-    # what timeline.peak_stash walks, less the actions that leave the stash as it is (I)
-    stashing = tuple([a for a in row if STASH_DELTA[a[1]]] for row in schedule.actions)
-    split = [0] * schedule.stages
-    for stage, _ in schedule.split_backward:
-        split[stage] += 1
-    return _Digest(stashing, tuple(schedule.stages_of(r) for r in range(schedule.ranks)),
-                   tuple(split), grad_ready(schedule))
-
-
-def _evaluate(schedule: Schedule, digest: _Digest, config: Config, data: _StageData,
-              memory_limit_bytes: float | None, optimizer_factor: float,
-              dp: DPConfig) -> Candidate | Rejected:
-    stash, params = data.memory(config)
-    peaks = tuple(_peaks(digest, stash, params, optimizer_factor))
-    if memory_limit_bytes is not None:
-        worst = max(range(len(peaks)), key=peaks.__getitem__)
-        if peaks[worst] > memory_limit_bytes:
-            return Rejected(config, peaks, f"rank {worst} needs {format_bytes(peaks[worst])} > "
-                                           f"limit {format_bytes(memory_limit_bytes)}")
-    costs = data.costs(config)
-    events = simulate(schedule, costs).events
-    start = min(map(itemgetter(2), events))
-    span = max(map(itemgetter(3), events)) - start
-    m = schedule.microbatches
-    busy = math.fsum(m * f + k * (i + w) + (m - k) * b for f, i, w, b, k in zip(
-        costs.forward, costs.backward_input, costs.backward_weight, costs.backward,
-        digest.split, strict=True))  # every stage runs m F's and m backwards (B, or I and W)
-    bubble = bubble_fraction(busy, schedule.ranks, span)
-    steps, _ = dp_step(digest.ready, events, costs.param_bytes, dp, schedule.ranks)
-    step = max(r.step_end for r in steps) - start
-    return Candidate(config, step, bubble, peaks, command_for(config, data.layer_costs),
-                     max(0.0, step - dp.optimizer_time - span))
-
-
-def peak_memory(schedule: Schedule, stash_bytes: Sequence[float],
-                param_bytes: Sequence[float], optimizer_factor: float = 4.0) -> list[float]:
-    """Per rank: optimizer_factor x its parameter bytes + its peak stashed activation bytes.
-
-    Walks each rank's actions in order: F(s) adds stash_bytes[s]; B(s), or W(s) when the backward
-    is split, frees them; I frees nothing.
-    """
-    return _peaks(_digest(schedule), stash_bytes, param_bytes, optimizer_factor)
-
-
-def _peaks(digest: _Digest, stash_bytes: Sequence[float], param_bytes: Sequence[float],
-           optimizer_factor: float) -> list[float]:
-    return [optimizer_factor * math.fsum(param_bytes[s] for s in stages) + peak
-            for peak, stages in zip(peak_stash(digest.stashing, stash_bytes), digest.stages_of,
-                                    strict=True)]
 
 
 __all__ = ["PARTITIONS", "Candidate", "Config", "PlanError", "PlanResult", "Rejected", "Skipped",

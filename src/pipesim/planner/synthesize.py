@@ -34,7 +34,8 @@ from pipesim.ir import Op, Schedule
 from pipesim.planner.listsched import Knobs, Problem, list_schedule, make_problem
 from pipesim.schedules import SCHEDULES, ConfigError, _check_size
 from pipesim.schedules._common import v_placement
-from pipesim.simulate import DeadlockError, simulate, steady_step
+from pipesim.simulate import DeadlockError, simulate
+from pipesim.steady import steady_step
 from pipesim.timeline import peak_stash
 from pipesim.validate import peak_activations, validate
 

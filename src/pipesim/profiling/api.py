@@ -46,7 +46,8 @@ def profile(layers: nn.Sequential | nn.ModuleList | Sequence[nn.Module], example
     from torch import nn
 
     from pipesim.processes.launch import RankFailedError, launch
-    from pipesim.profiling.profiler import STATISTICS, with_comm
+    from pipesim.profiling.comm import with_comm
+    from pipesim.profiling.profiler import STATISTICS
     listed = isinstance(layers, nn.Sequential | nn.ModuleList | list | tuple)
     modules = list(layers) if listed else []
     if not modules or not all(isinstance(m, nn.Module) for m in modules):

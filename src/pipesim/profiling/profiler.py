@@ -14,10 +14,8 @@ a rank updates its stages' parameters between steps). Times are the median (or,
 ``statistic="min"``, the fastest) of ``repeats`` after ``warmup`` runs, on one torch thread
 (as a rank runs); the minimum estimates an idle machine's time where other work preempts the
 profile. Stash bytes are the tensors autograd saves during F
-(``saved_tensors_hooks``), counted once per storage and without parameters. ``measure_comm``
-times a 2-rank gloo ping-pong for the message latency and bandwidth, and the sender's own time
-per message. The result is a
-``LayerCosts`` (``pipesim.layercosts``).
+(``saved_tensors_hooks``), counted once per storage and without parameters. The result is a
+``LayerCosts`` (``pipesim.layercosts``); message costs are ``profiling.comm``'s.
 """
 
 from __future__ import annotations
@@ -29,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -342,108 +340,14 @@ def mean_over_ranks(costs: LayerCosts, rank: int, world: int) -> LayerCosts | No
                                f", mean of {world} processes profiling at once")
 
 
-# ----------------------------------------------------------------------------- messages
-
-
-class CommCosts(NamedTuple):
-    """What ``measure_comm`` measured (seconds, bytes per second)."""
-
-    latency: float  # one-way time of a 4-byte message
-    bandwidth: float  # bytes per second beyond the latency; inf if not measurable
-    send_overhead: float  # the sender's own time to post a message, as the engine sends
-
-
-@dataclass(frozen=True)
-class PingPong:
-    """Picklable 2-rank worker: one-way times of messages of ``sizes`` bytes (median or min),
-    then the time rank 0 spends in ``isend`` of the last size while rank 1 is busy computing
-    with its receive already posted, as a pipeline's ranks are."""
-
-    sizes: tuple[int, ...]
-    repeats: int = 30
-    statistic: str = "median"
-
-    def __call__(self, rank: int, world: int, monitor: Any = None) -> list[float] | None:
-        out = []
-        for size in self.sizes:
-            buf = torch.zeros(max(1, size // 4), dtype=torch.float32)
-            times = []
-            for _ in range(self.repeats + 3):
-                t0 = time.perf_counter()
-                if rank == 0:
-                    dist.send(buf, 1)
-                    dist.recv(buf, 1)
-                else:
-                    dist.recv(buf, 0)
-                    dist.send(buf, 0)
-                times.append((time.perf_counter() - t0) / 2)
-            out.append(_STATISTICS[self.statistic](times[3:]))
-        out.append(self._send_overhead(rank, max(1, self.sizes[-1] // 4)))
-        return out if rank == 0 else None
-
-    def _send_overhead(self, rank: int, numel: int) -> float:
-        buf, ack = torch.zeros(numel), torch.zeros(1)
-        a, w = torch.randn(64, 256), torch.randn(256, 256)  # ~1 ms of work between messages
-        times = []
-        for _ in range(self.repeats + 3):
-            if rank == 0:
-                t0 = time.perf_counter()
-                work = dist.isend(buf, 1)
-                times.append(time.perf_counter() - t0)
-                assert work is not None  # None only for a rank outside the group
-                work.wait()
-                dist.recv(ack, 1)
-            else:
-                work = dist.irecv(buf, 0)
-                assert work is not None
-                for _ in range(20):
-                    a @ w
-                work.wait()
-                dist.send(ack, 0)
-        return _STATISTICS[self.statistic](times[3:]) if rank == 0 else 0.0
-
-
-def measure_comm(message_bytes: int, repeats: int = 30, statistic: str = "median"
-                 ) -> CommCosts:
-    """Gloo between two forked ranks on this machine: latency, bandwidth and send overhead.
-
-    Latency is the one-way time of a 4-byte message; bandwidth fits the extra time of a
-    ``message_bytes`` message (the model's largest activation), infinite if not measurable;
-    the send overhead is the sender's time in ``isend`` of such a message to a busy rank that
-    posted its receive ahead (as the engine does; over loopback TCP it is 0.1-0.4 ms here).
-    """
-    from pipesim.processes.launch import launch
-    small, large = 4, max(message_bytes, 8)
-    times = launch(PingPong((small, large), repeats, statistic), 2)
-    latency, big, send = float(times[0]), float(times[1]), float(times[2])
-    extra = big - latency
-    bandwidth = (large - small) / extra if extra > 0 else float("inf")
-    return CommCosts(latency, bandwidth, send)
-
-
-def with_comm(costs: LayerCosts, statistic: str = "median") -> LayerCosts:
-    """``costs`` with the message latency, bandwidth and send overhead measured for its largest
-    activation between layers (``measure_comm``); unchanged for a one-layer model."""
-    if len(costs) < 2:
-        return costs
-    comm = measure_comm(int(max(c.activation_bytes for c in costs.layers[:-1])),
-                        statistic=statistic)
-    return dataclasses.replace(costs, comm_latency=comm.latency, comm_bandwidth=comm.bandwidth,
-                               comm_send_overhead=comm.send_overhead)
-
-
 __all__ = [
     "STATISTICS",
-    "CommCosts",
     "MakeOptimizer",
-    "PingPong",
     "ProfileConfig",
     "Times",
     "mean_over_ranks",
-    "measure_comm",
     "one_thread",
     "profile_layers",
     "profile_model",
     "profiled_model",
-    "with_comm",
 ]

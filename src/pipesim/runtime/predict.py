@@ -23,7 +23,8 @@ import torch
 from pipesim.calibration import EngineCosts, machine_id, torch_version, with_engine
 from pipesim.layercosts import load_layer_costs
 from pipesim.predict import engine_gaps, predict
-from pipesim.profiling.profiler import measure_comm, one_thread, profile_model
+from pipesim.profiling.comm import measure_comm
+from pipesim.profiling.profiler import one_thread, profile_model
 from pipesim.runtime.train import RunConfig
 from pipesim.schedules import get_schedule
 from pipesim.timeline import Timeline
