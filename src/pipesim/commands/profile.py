@@ -140,10 +140,9 @@ def engine_costs(calibrate: bool = True) -> EngineCosts | None:
 
 
 def _calibrate() -> EngineCosts:
-    import torch
-
+    from pipesim.processes.launch import set_threads
     from pipesim.runtime.predict import calibrate_engine
-    torch.set_num_threads(1)  # the calibration forks this process
+    set_threads(1)  # the calibration forks this process
     engine = calibrate_engine()
     path = cache_path()
     try:
@@ -176,11 +175,10 @@ def run(args: argparse.Namespace) -> int:
     for path in (args.output, args.stage_costs):
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise UserError(f"cannot write {path}: its directory does not exist")
-    import torch
-
+    from pipesim.processes.launch import set_threads
     from pipesim.profiling.comm import with_comm
     from pipesim.profiling.profiler import profile_model
-    torch.set_num_threads(1)  # as a rank runs; and the ping-pong forks this process
+    set_threads(1)  # as a rank runs; and the ping-pong forks this process
     with working(f"profiling {cfg.layers} layers of {cfg.model} ({args.repeats} repeats)",
                  enabled=not args.json) as status:
         try:

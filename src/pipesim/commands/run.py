@@ -274,16 +274,15 @@ def _check_size(args: argparse.Namespace, sched: Schedule, layers: int) -> None:
 
 
 def _check_gpus(ranks: int) -> None:
-    import torch
-
-    from pipesim.processes.launch import under_torchrun
-    if not torch.cuda.is_available():
+    from pipesim.processes.launch import cuda_devices, under_torchrun
+    gpus = cuda_devices()
+    if not gpus:
         raise UserError("--backend nccl needs CUDA GPUs, and none is available here; "
                         "use --backend gloo")
     local = int(os.environ.get("LOCAL_WORLD_SIZE", ranks)) if under_torchrun() else ranks
-    if torch.cuda.device_count() < local:
+    if gpus < local:
         raise UserError(f"--backend nccl puts each rank on its own GPU: {local} ranks here, "
-                        f"{torch.cuda.device_count()} GPUs")
+                        f"{gpus} GPUs")
 
 
 # ----------------------------------------------------------------------------- running

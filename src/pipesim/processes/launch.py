@@ -99,6 +99,16 @@ def _set_monitor(monitor: Monitor) -> None:
     _CURRENT[:] = [_Watched(monitor)]
 
 
+def cuda_devices() -> int:
+    """How many CUDA devices this process sees (0 without CUDA)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def set_threads(threads: int = 1) -> None:
+    """torch's thread count in this process (set it before forking ranks from it)."""
+    torch.set_num_threads(threads)
+
+
 def under_torchrun() -> bool:
     return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
 
@@ -324,5 +334,6 @@ def _own_watchdog(rows: list[float], rank: int, timeout: float) -> None:
             os._exit(3)
 
 
-__all__ = ["LaunchOptions", "RankFailedError", "Worker", "current_monitor", "init_torchrun",
-           "launch", "launch_all", "run_torchrun", "under_torchrun"]
+__all__ = ["LaunchOptions", "RankFailedError", "Worker", "cuda_devices", "current_monitor",
+           "init_torchrun", "launch", "launch_all", "run_torchrun", "set_threads",
+           "under_torchrun"]
