@@ -42,12 +42,13 @@ def main() -> None:
     parser.add_argument("--old", required=True, help="an older checkout (its src/ is used)")
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--only", default="", help="run the cases whose name contains this")
     args = parser.parse_args()
     trees = {"old": Path(args.old) / "src", "new": Path(__file__).resolve().parents[1] / "src"}
     print(f"load: {os.getloadavg()[0]:.1f}")
     print("| case | old step (ms), per trial | new step (ms), per trial | new / old (medians) |")
     print("|---|---|---|---:|")
-    for name, case in CASES.items():
+    for name, case in ((n, c) for n, c in CASES.items() if args.only in n):
         got: dict[str, list[float]] = {"old": [], "new": []}
         for _ in range(args.trials):
             for tree in ("old", "new"):

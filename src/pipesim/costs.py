@@ -240,16 +240,20 @@ def _check_overlap(value: object) -> None:
                         "takes overlap x (F + B); 1 runs F then B)")
 
 
-def load_costs(path: str, stages: int | None = None) -> CostModel:
-    """Read a JSON cost file; raises CostError with a one-line reason."""
+def read_cost_json(path: str) -> Any:
+    """A cost file's JSON, of either kind; raises CostError with a one-line reason."""
     try:
         with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
+            return json.load(fh)
     except OSError as err:
         raise CostError(f"cannot read cost file {path}: {err.strerror}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CostError(f"cost file {path} is not JSON: {err}") from None
-    return CostModel.from_dict(data, stages)
+
+
+def load_costs(path: str, stages: int | None = None) -> CostModel:
+    """Read a per-stage JSON cost file; raises CostError with a one-line reason."""
+    return CostModel.from_dict(read_cost_json(path), stages)
 
 
 def parse_cost_flag(text: str, overlap: bool = False) -> dict[str, float]:
@@ -284,4 +288,4 @@ def parse_cost_flag(text: str, overlap: bool = False) -> dict[str, float]:
     return out
 
 
-__all__ = ["CostError", "CostModel", "load_costs", "parse_cost_flag"]
+__all__ = ["CostError", "CostModel", "load_costs", "parse_cost_flag", "read_cost_json"]

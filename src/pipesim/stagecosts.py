@@ -7,7 +7,6 @@ into its stages, balanced by F + B time; per-stage costs must have its stage cou
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from itertools import accumulate
@@ -15,7 +14,7 @@ from typing import Any
 
 from pipesim.balance import check_balance, partition_balanced
 from pipesim.costs import KIND as STAGE_KIND
-from pipesim.costs import CostError, CostModel
+from pipesim.costs import CostError, CostModel, read_cost_json
 from pipesim.layercosts import LayerCosts, cost_file_kind
 
 
@@ -36,14 +35,7 @@ def costs_for_stages(data: Any, stages: int, source: str = "") -> CostModel:
 
 def load_stage_costs(path: str, stages: int) -> CostModel:
     """Read a cost file of either kind for a ``stages``-stage schedule (``costs_for_stages``)."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except OSError as err:
-        raise CostError(f"cannot read cost file {path}: {err.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CostError(f"cost file {path} is not JSON: {err}") from None
-    return costs_for_stages(data, stages)
+    return costs_for_stages(read_cost_json(path), stages)
 
 
 def _stage_sums(values: Sequence[float], balance: Sequence[int]) -> list[float]:

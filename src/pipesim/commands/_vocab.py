@@ -28,6 +28,7 @@ __all__ = [
     "add_microbatches",
     "add_ranks",
     "add_schedule_name",
+    "bytes_arg",
     "int_list",
     "positive_int",
     "resolve_microbatches",
@@ -54,6 +55,15 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def bytes_arg(text: str) -> int:
+    """argparse type: a size in bytes, ``2GB``, ``512MiB`` or ``1000000`` (``units``)."""
+    from pipesim.units import parse_bytes
+    try:
+        return parse_bytes(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def int_list(text: str) -> list[int]:

@@ -17,11 +17,11 @@ from typing import Any
 from pipesim.balance import check_balance
 from pipesim.commands import UserError, dump_json, non_negative_float, positive_float, positive_int
 from pipesim.commands._progress import working
-from pipesim.commands._vocab import add_batch_size, int_list, schedule_names
+from pipesim.commands._vocab import add_batch_size, bytes_arg, int_list, schedule_names
 from pipesim.layercosts import CostFileError, LayerCosts, load_layer_costs
 from pipesim.planner.dataparallel import BUCKET_BYTES, DPConfig
 from pipesim.planner.search import Candidate, PlanResult, plan, plan_world
-from pipesim.planner.space import PARTITIONS, PlanError, format_bytes, parse_bytes
+from pipesim.planner.space import PARTITIONS, PlanError, format_bytes
 from pipesim.ranks import ORDERS
 
 _BALANCE_WIDTH = 28  # the table shortens longer balances; the command has them in full
@@ -54,7 +54,7 @@ def register(sub: Any) -> None:
                    help="GPUs in all: try every split into D replicas x P pipeline ranks")
     p.add_argument("--batch", type=positive_int, required=True,
                    help="global samples per step, split into microbatches")
-    p.add_argument("--memory-limit", metavar="BYTES", type=_bytes_arg,
+    p.add_argument("--memory-limit", metavar="BYTES", type=bytes_arg,
                    help="per-rank memory limit: 80GB, 512MiB or plain bytes (default none)")
     p.add_argument("-m", "--microbatches", metavar="M,M", type=int_list,
                    help="microbatch counts to try (default divisors of the batch up to 4 x ranks)")
@@ -109,7 +109,7 @@ def add_network_args(group: Any, unit: str = "time unit") -> None:
                             f"{d.intra_node_latency:g} s)")
     group.add_argument("--ranks-per-node", type=positive_int, default=d.ranks_per_node,
                        help=f"GPUs per node (default {d.ranks_per_node})")
-    group.add_argument("--bucket-bytes", type=_bytes_arg, default=BUCKET_BYTES, metavar="BYTES",
+    group.add_argument("--bucket-bytes", type=bytes_arg, default=BUCKET_BYTES, metavar="BYTES",
                        help="gradient bytes per all-reduce (default 25MiB, as DDP)")
     group.add_argument("--rank-order", choices=ORDERS, default=d.order,
                        help="global rank = replica x P + pipeline rank (pipeline-first, default: "
@@ -124,13 +124,6 @@ def network_from_args(args: argparse.Namespace, replicas: int = 1,
                     args.rank_order, optimizer_time)
 
 
-
-
-def _bytes_arg(text: str) -> int:
-    try:
-        return parse_bytes(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,10 +15,10 @@ from typing import Any
 
 from pipesim.commands import UserError, dump_json, positive_float, positive_int, write_atomic
 from pipesim.commands._costargs import add_cost_args, costs_from_args, describe
+from pipesim.commands._vocab import bytes_arg
 from pipesim.commands.simulate import chart_width, write_views
 from pipesim.costs import CostModel
 from pipesim.ir import Schedule
-from pipesim.planner.space import parse_bytes
 from pipesim.planner.synthesize import OBJECTIVES, PLACEMENTS, Synthesis, SynthesisError, synthesis
 from pipesim.schedule_io import format_csv, format_text
 from pipesim.schedules import SCHEDULES, ConfigError
@@ -42,7 +42,7 @@ def register(sub: Any) -> None:
     p.add_argument("--max-stashed", type=positive_int, metavar="N",
                    help="most microbatches' activations stashed on a rank at once, as "
                         "'pipesim validate' counts them (1F1B's peak is p; default none)")
-    p.add_argument("--memory-limit", metavar="BYTES", type=_bytes_arg,
+    p.add_argument("--memory-limit", metavar="BYTES", type=bytes_arg,
                    help="most stashed activation bytes on a rank (2GB, 512MiB); each F stashes "
                         "its stage's activation_bytes")
     p.add_argument("--objective", choices=OBJECTIVES, default="step",
@@ -62,13 +62,6 @@ def register(sub: Any) -> None:
     out.add_argument("--plot", metavar="OUT.png", help="write a PNG Gantt chart (matplotlib)")
     out.add_argument("--trace", metavar="OUT.json", help="write a Chrome trace")
     p.set_defaults(func=run)
-
-
-def _bytes_arg(text: str) -> int:
-    try:
-        return parse_bytes(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def run(args: argparse.Namespace) -> int:
