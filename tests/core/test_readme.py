@@ -113,6 +113,8 @@ def runnable(cmd: Command) -> bool:
 def readme_commands() -> list[Command]:
     found = []
     for start, lang, lines in blocks(README.read_text(encoding="utf-8")):
+        if lang == "" and any(line.startswith("$ ") for line in lines):
+            lang = "console"  # an untagged block of commands is run all the same
         if lang in SHELLS:
             found += [c for c in commands(start, lang, lines) if runnable(c)]
     return found
