@@ -163,3 +163,21 @@ def test_a_deadlocking_schedule_file_is_refused_before_any_process_starts(tmp_pa
     err = capsys.readouterr().err
     assert "the schedule cannot run" in err and "deadlock" in err
     assert set(mp.active_children()) == before
+
+
+def test_a_rank_whose_launcher_is_gone_leaves_at_once() -> None:
+    """A Ctrl-C can end the launcher between a fork and the rank's PR_SET_PDEATHSIG: the rank
+    notices that its parent is not the launcher that forked it, and exits (no orphan)."""
+    import multiprocessing as mp
+
+    from pipesim.processes.launch import _die_with_parent, _stop
+    ctx = mp.get_context("fork")
+    orphan = ctx.Process(target=_die_with_parent, args=(1,))  # "forked by pid 1": not ours
+    orphan.start()
+    orphan.join(30)
+    assert orphan.exitcode == 1
+    kept = ctx.Process(target=_die_with_parent, args=(os.getpid(),))  # its launcher: it stays
+    kept.start()
+    kept.join(30)
+    assert kept.exitcode == 0
+    _stop([ctx.Process(target=print)])  # a rank never started: nothing to stop, no error

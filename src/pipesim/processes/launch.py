@@ -113,13 +113,16 @@ def under_torchrun() -> bool:
     return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
 
 
-def _die_with_parent() -> None:
-    """Linux: the kernel kills this rank if the launcher dies (no orphans)."""
+def _die_with_parent(parent: int) -> None:
+    """Linux: the kernel kills this rank if the launcher dies (no orphans). A launcher that died
+    between the fork and this call would not be noticed: then this rank leaves at once."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _init_group(rank: int, world: int, port: Any, ready: Any, opts: LaunchOptions) -> None:
@@ -144,8 +147,8 @@ def _init_group(rank: int, world: int, port: Any, ready: Any, opts: LaunchOption
 
 
 def _child(rank: int, world: int, worker: Worker, opts: LaunchOptions, port: Any, ready: Any,
-           conn: Connection, rows: Any) -> None:
-    _die_with_parent()
+           conn: Connection, rows: Any, parent: int) -> None:
+    _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to handle
     torch.set_num_threads(opts.threads)
     keep_freed_memory()
@@ -190,16 +193,18 @@ def launch_all(worker: Worker, world: int, opts: LaunchOptions | None = None) ->
     port, ready = ctx.Value("i", 0), ctx.Event()
     rows = shared_rows(ctx, world)
     sys.stdout.flush()
-    procs, conns = [], []
-    for rank in range(world):
-        recv_end, send_end = ctx.Pipe(duplex=False)
-        p = ctx.Process(target=_child, name=f"pipesim-rank{rank}", daemon=True,
-                        args=(rank, world, worker, opts, port, ready, send_end, rows))
-        p.start()
-        send_end.close()
-        procs.append(p)
-        conns.append(recv_end)
-    try:
+    procs: list[Any] = []
+    conns: list[Connection] = []
+    try:  # a Ctrl-C even while forking stops every rank started so far
+        for rank in range(world):
+            recv_end, send_end = ctx.Pipe(duplex=False)
+            p = ctx.Process(target=_child, name=f"pipesim-rank{rank}", daemon=True,
+                            args=(rank, world, worker, opts, port, ready, send_end, rows,
+                                  os.getpid()))
+            procs.append(p)
+            p.start()
+            send_end.close()
+            conns.append(recv_end)
         return _watch(procs, conns, rows, opts.stall_timeout)
     finally:
         _stop(procs)
@@ -276,7 +281,9 @@ def _exit_reason(rank: int, code: int | None, conn: Connection) -> str:
 
 
 def _stop(procs: list[Any], grace: float = 2.0) -> None:
-    """SIGTERM, then SIGKILL whatever is left; reap everything."""
+    """SIGTERM, then SIGKILL whatever is left; reap everything (ranks never started are skipped:
+    one forked without its handle yet dies with the launcher, ``_die_with_parent``)."""
+    procs = [p for p in procs if p.pid is not None]
     for p in procs:
         if p.is_alive():
             p.kill() if grace <= 0 else p.terminate()
