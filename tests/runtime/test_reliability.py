@@ -181,3 +181,18 @@ def test_a_rank_whose_launcher_is_gone_leaves_at_once() -> None:
     kept.join(30)
     assert kept.exitcode == 0
     _stop([ctx.Process(target=print)])  # a rank never started: nothing to stop, no error
+
+
+def test_a_ctrl_c_reaches_the_launcher_even_without_keyboardinterrupt() -> None:
+    """The launcher watches a wakeup pipe that the C-level handler writes: a SIGINT stops the
+    job even when Python's KeyboardInterrupt does not come (here a no-op handler swallows it)."""
+    from pipesim.processes.launch import _Interrupts
+    before = signal.signal(signal.SIGINT, lambda *_: None)
+    try:
+        with _Interrupts() as interrupts:
+            interrupts.check()  # nothing yet
+            os.kill(os.getpid(), signal.SIGINT)
+            with pytest.raises(KeyboardInterrupt):
+                interrupts.check()
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -113,6 +113,43 @@ def under_torchrun() -> bool:
     return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
 
 
+class _Interrupts:
+    """Ctrl-C as the C-level handler sees it: ``signal.set_wakeup_fd`` writes each handled
+    signal's number into a pipe, which ``_watch`` waits on beside the ranks. A SIGINT then stops
+    the job even if Python's KeyboardInterrupt never reaches the watch loop (seen rarely on a
+    loaded machine: the signal caught, the launcher still waiting; the ranks ran on)."""
+
+    def __init__(self) -> None:
+        self.read_end: int | None = None
+        self._write_end: int | None = None
+        self._previous = -1
+
+    def __enter__(self) -> _Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            self.read_end, self._write_end = os.pipe()
+            os.set_blocking(self.read_end, False)
+            os.set_blocking(self._write_end, False)
+            self._previous = signal.set_wakeup_fd(self._write_end, warn_on_full_buffer=False)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.read_end is not None and self._write_end is not None:
+            signal.set_wakeup_fd(self._previous)
+            os.close(self.read_end)
+            os.close(self._write_end)
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if a SIGINT arrived since the last check."""
+        if self.read_end is None:
+            return
+        try:
+            seen = os.read(self.read_end, 512)
+        except BlockingIOError:
+            return
+        if signal.SIGINT in seen:
+            raise KeyboardInterrupt
+
+
 def _die_with_parent(parent: int) -> None:
     """Linux: the kernel kills this rank if the launcher dies (no orphans). A launcher that died
     between the fork and this call would not be noticed: then this rank leaves at once."""
@@ -148,6 +185,7 @@ def _init_group(rank: int, world: int, port: Any, ready: Any, opts: LaunchOption
 
 def _child(rank: int, world: int, worker: Worker, opts: LaunchOptions, port: Any, ready: Any,
            conn: Connection, rows: Any, parent: int) -> None:
+    signal.set_wakeup_fd(-1)  # the launcher's Ctrl-C pipe is not this rank's
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to handle
     torch.set_num_threads(opts.threads)
@@ -190,9 +228,15 @@ def launch_all(worker: Worker, world: int, opts: LaunchOptions | None = None) ->
     if callable(prepare):
         prepare()
     ctx: Any = mp.get_context("fork" if opts.backend == "gloo" else "spawn")
+    sys.stdout.flush()
+    with _Interrupts() as interrupts:
+        return _start_and_watch(worker, world, opts, ctx, interrupts)
+
+
+def _start_and_watch(worker: Worker, world: int, opts: LaunchOptions, ctx: Any,
+                     interrupts: _Interrupts) -> list[Any]:
     port, ready = ctx.Value("i", 0), ctx.Event()
     rows = shared_rows(ctx, world)
-    sys.stdout.flush()
     procs: list[Any] = []
     conns: list[Connection] = []
     try:  # a Ctrl-C even while forking stops every rank started so far
@@ -205,13 +249,13 @@ def launch_all(worker: Worker, world: int, opts: LaunchOptions | None = None) ->
             p.start()
             send_end.close()
             conns.append(recv_end)
-        return _watch(procs, conns, rows, opts.stall_timeout)
+        return _watch(procs, conns, rows, opts.stall_timeout, interrupts)
     finally:
         _stop(procs)
 
 
-def _watch(procs: list[Any], conns: list[Connection], rows: Any, stall_timeout: float
-           ) -> list[Any]:
+def _watch(procs: list[Any], conns: list[Connection], rows: Any, stall_timeout: float,
+           interrupts: _Interrupts) -> list[Any]:
     results: dict[int, tuple[Any, ...]] = {}
     alive = set(range(len(procs)))
     poll = max(0.05, min(1.0, stall_timeout / 4))
@@ -222,7 +266,10 @@ def _watch(procs: list[Any], conns: list[Connection], rows: Any, stall_timeout: 
             break
         sentinels = {procs[r].sentinel: r for r in alive}
         readable = {conns[r]: r for r in alive if r not in results}
-        ready_list = wait([*sentinels, *readable], timeout=poll)
+        woken = [interrupts.read_end] if interrupts.read_end is not None else []
+        ready_list = wait([*sentinels, *readable, *woken], timeout=poll)
+        interrupts.check()
+        ready_list = [x for x in ready_list if x not in woken]
         if not ready_list and not failures and stalled(rows, alive - set(results),
                                                        stall_timeout):
             raise StallError(stall_report(rows, len(procs), stall_timeout))
