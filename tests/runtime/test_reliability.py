@@ -70,10 +70,18 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _default_sigint() -> None:
+    """In the child before exec: Ctrl-C as a terminal delivers it. A test run started in the
+    background of a shell without job control inherits SIGINT ignored, and Python then installs
+    no handler: the run would rightly ignore the Ctrl-C this test sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_ends_every_rank() -> None:
     env = {**os.environ, "PIPESIM_FAULT": "1:1F2:hang"}
     proc = subprocess.Popen([sys.executable, "-m", "pipesim", *RUN, "--stall-timeout", "600"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=_default_sigint)
     deadline = time.monotonic() + 120
     while len(_children(proc.pid)) < 3 and time.monotonic() < deadline:
         time.sleep(0.05)  # polling for the ranks to exist, not synchronising with them
