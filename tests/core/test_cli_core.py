@@ -11,21 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from pipesim.cli import main
 from pipesim.schedule_io import format_text, parse_csv, parse_text
 from pipesim.schedules import SCHEDULES, get_schedule
+from tests.cli import run_cli as run
 
 WriteFile = Callable[[str, "str | bytes"], str]
 
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """main(argv) -> (exit code, stdout, stderr); argparse's own errors exit via SystemExit."""
-    try:
-        code = main(list(argv))
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_one_line_error(err: str, *fragments: str) -> None:

@@ -11,19 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from pipesim.cli import main
+from tests.cli import run_cli as run
 
 WriteFile = Callable[[str, str], str]
 
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """Exit code, stdout, stderr of ``pipesim ARGV`` (argparse's own errors exit via SystemExit)."""
-    try:
-        code = main(list(argv))
-    except SystemExit as done:
-        code = int(done.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # ----------------------------------------------------------------------------- simulate

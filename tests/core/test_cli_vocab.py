@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from pipesim.cli import main
 from pipesim.commands._progress import Status, working
 from pipesim.commands._runreport import LineHook
 from pipesim.commands._vocab import (
@@ -25,15 +24,7 @@ from pipesim.schedule_io import parse_schedule
 from pipesim.schedules import get_schedule
 from pipesim.stagecosts import costs_for_stages
 from pipesim.validate import validate
-
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as done:
-        code = int(done.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.cli import run_cli as cli
 
 
 def layer_file(tmp_path: Path, layers: int = 8) -> str:

@@ -8,17 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pipesim.cli import build_parser, main
+from pipesim.cli import build_parser
 from pipesim.commands.run import build_config
-
-
-def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as done:
-        code = int(done.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.cli import run_cli as cli
 
 
 def test_run_takes_the_positional_name_and_p(capsys: pytest.CaptureFixture[str]) -> None:

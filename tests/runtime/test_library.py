@@ -218,7 +218,8 @@ def test_forward_returns_outputs_and_timeline_holds_every_action() -> None:
     timeline = results[0][1]
     want = sorted(str(a) for row in get_schedule("1f1b", 2, 4).actions for a in row)
     assert sorted(str(e.action) for e in timeline.events) == want
-    assert "1F0" in pipesim.ascii(timeline) or "F" in pipesim.ascii(timeline)
+    chart = pipesim.ascii(timeline)
+    assert all(f"rank {r} |" in chart for r in range(2)) and "F0" in chart
 
 
 # ----------------------------------------------------------------------------- mistakes
