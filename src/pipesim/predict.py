@@ -140,21 +140,27 @@ def run_messages(schedule: Schedule, measured: Sequence[Timeline], action_overhe
 
 def replay(schedule: Schedule, predicted: Timeline, measured: Sequence[Timeline]) -> Timeline:
     """``predicted``'s simulation again with what the run measured: each action its mean
-    time, and each message the run's own hop and sender's time (``run_messages``).
+    time, each message the run's own hop and sender's time (``run_messages``), the engine's
+    own time before an action the run's mean (``_gaps``), and each rank's time between steps
+    (optimizer, data, the step's set-up) the run's mean where the run shows it: a rank whose
+    step begins by waiting for a message keeps ``predict``'s ``meta["between_seconds"]``.
 
-    The engine's own time and what each rank does between steps (its profiled optimizer)
-    stay as predicted (``meta["costs"]`` and ``meta["between_seconds"]`` of ``predict``'s
-    Timeline). Where the replay misses the run, the model misses it (the engine's time, the
-    schedule's semantics, the optimizer); where the prediction misses and the replay does not,
-    the machine ran the run slower (or faster) than when it was profiled.
+    Where the replay misses the run, the model misses it (the schedule's semantics, what the
+    simulator leaves out); where the prediction misses and the replay does not, the machine
+    ran the run slower (or faster) than when it was profiled, or the profile missed a cost.
     """
     base = CostModel.from_dict(predicted.meta["costs"])
+    inner, gaps = _gaps(schedule, measured)
+    if inner:
+        base = dataclasses.replace(base, action_overhead=max(0.0, statistics.fmean(inner)))
     hop, send = run_messages(schedule, measured, base.action_overhead)
     if hop is not None:
         base = dataclasses.replace(base, comm_latency=hop, comm_bandwidth=math.inf)
     if send is not None:
         base = dataclasses.replace(base, send_overhead=send)
-    between = predicted.meta.get("between_seconds", ())
+    between = list(predicted.meta.get("between_seconds", ())) or [0.0] * schedule.ranks
+    for rank, seen in gaps.items():  # a rank whose next step begins by waiting keeps its own
+        between[rank] = max(0.0, statistics.fmean(seen) - base.action_overhead)
     steady = steady_step(schedule, replay_costs(base, action_means(measured)), between)
     return dataclasses.replace(steady.timeline, meta={
         **steady.timeline.meta, "replayed": True, "step_seconds": steady.step,
@@ -201,34 +207,46 @@ def _crossing(schedule: Schedule) -> tuple[set[Action], set[Action]]:
     return receive, send
 
 
-def engine_gaps(schedule: Schedule, measured: Sequence[Timeline]) -> tuple[float, float]:
-    """(action overhead, step overhead) in seconds: the engine's own time, read off a run.
+def _gaps(schedule: Schedule, measured: Sequence[Timeline]
+          ) -> tuple[list[float], dict[int, list[float]]]:
+    """The engine's own gaps in a run: (inside a step, per rank between steps).
 
-    Action overhead: the median gap on a rank between an action that sends nothing to another
-    rank and a next one that waits for no message (no send and no wait in it: the engine's
-    bookkeeping alone). Step overhead: the median gap from a rank's last action of one step to
-    its first of the next, where that first action waits for no message, less the action
-    overhead (the simulator charges that before the action). Both over ``used_steps``; a
-    step's events are placed on the run's clock by ``meta["start"]``. 0 where nothing can be
-    read (e.g. every action waits for a message).
+    Inside: on a rank, from an action that sends nothing to another rank to a next one that
+    waits for no message (no send and no wait in it: the engine's bookkeeping alone).
+    Between: from a rank's last action of one step to its first of the next, where that first
+    action waits for no message (a step's events are placed on the run's clock by
+    ``meta["start"]``). Over ``used_steps``.
     """
     receive, send = _crossing(schedule)
     steps = used_steps(measured)
-    inner, between = [], []
+    inner: list[float] = []
+    between: dict[int, list[float]] = {}
     for s in steps:
         for row in measured[s].by_rank():
             inner += [b.start - a.end for a, b in pairwise(row)
                       if a.action not in send and b.action not in receive]
-    for s in steps:
         if s == 0:
             continue
         before, after = measured[s - 1], measured[s]
         shift = after.meta.get("start", 0.0) - before.meta.get("start", 0.0)
-        for old, new in zip(before.by_rank(), after.by_rank(), strict=True):
+        for rank, (old, new) in enumerate(zip(before.by_rank(), after.by_rank(), strict=True)):
             if old and new and new[0].action not in receive:
-                between.append(new[0].start + shift - old[-1].end)
+                between.setdefault(rank, []).append(new[0].start + shift - old[-1].end)
+    return inner, between
+
+
+def engine_gaps(schedule: Schedule, measured: Sequence[Timeline]) -> tuple[float, float]:
+    """(action overhead, step overhead) in seconds: the engine's own time, read off a run.
+
+    Action overhead: the median gap inside a step with no send and no wait in it (``_gaps``).
+    Step overhead: the median gap between steps of every rank whose first action waits for no
+    message, less the action overhead (the simulator charges that before the action). 0 where
+    nothing can be read (e.g. every action waits for a message).
+    """
+    inner, between = _gaps(schedule, measured)
+    gaps = [g for rank in between.values() for g in rank]
     action = max(0.0, statistics.median(inner)) if inner else 0.0
-    step = max(0.0, statistics.median(between) - action) if between else 0.0
+    step = max(0.0, statistics.median(gaps) - action) if gaps else 0.0
     return action, step
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -180,6 +182,25 @@ def test_replay_of_a_run_equals_the_simulation_of_its_medians_and_messages() -> 
     assert report["speed_drift"] == 0.1
     # F 1 + 1.5 and B 2 + 3 per microbatch, profiled F 1 + 1 and B 2 + 2
     assert report["action_drift"] == pytest.approx(7.5 / 6 - 1)
+
+
+def test_replay_takes_the_engines_time_and_each_ranks_time_between_steps_from_the_run() -> None:
+    """The run's engine spent 0.125 before each action and rank 0 1.5 between steps, where the
+    prediction said 0 and 0.5: the replay reads both off the run and equals it."""
+    from pipesim.predict import replay
+    from pipesim.steady import steady_step
+    for name in ("1f1b", "zb-h1", "gpipe"):
+        sched = get_schedule(name, 2, 4)
+        truth = CostModel.from_lists(2, [1.0, 1.5], [1.0, 1.2], [0.5, 0.7], [2.0, 3.0],
+                                     comm_latency=0.25, action_overhead=0.125, unit="s")
+        measured = _run_like(sched, truth, [1.5, 0.75], 4)
+        predicted = Timeline(2, (), unit="s", meta={
+            "costs": CostModel.uniform(2, unit="s").to_dict(), "between_seconds": [0.5, 0.75]})
+        want = steady_step(sched, truth, [1.5, 0.75]).step
+        got = replay(sched, predicted, measured).meta["step_seconds"]
+        assert got == pytest.approx(want), name
+        assert got > steady_step(sched, dataclasses.replace(truth, action_overhead=0.0),
+                                 [0.5, 0.75]).step + 1.0  # the run's own times matter here
 
 
 class _Meta:

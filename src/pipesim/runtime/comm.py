@@ -83,6 +83,8 @@ class Comm:
         self.posted: dict[Message, _Posted] = {}
         self._buffers: dict[Message, Payload] = {}
         self.sends: deque[tuple[dist.Work, torch.Tensor]] = deque()
+        # gloo: a rank about to wait posts every receive of the step left (see ``recv``)
+        self.post_when_idle = device.type == "cpu"
 
     def _tag(self, m: Message, member: int) -> int:
         return self.tag[m.producer, m.consumer] * MAX_TENSORS + member
@@ -126,6 +128,19 @@ class Comm:
             self.posted[msg] = _Posted(works, bufs)
             self.next_post[m.src] += 1
 
+    def _post_rest(self) -> None:
+        """Post every receive of the step not yet posted, on every channel.
+
+        Done only when the rank is about to wait anyway, so it costs no time: on gloo a sender
+        whose receive is not posted yet pays for it (its message waits in gloo, the hand-over
+        happens later on its side), which the posting ``lookahead`` alone left to chance.
+        Receive buffers are per message and kept across steps, so this takes no memory.
+        Not on nccl, where a receive posted early can hold up a send queued behind it.
+        """
+        for src, order in self.channel.items():
+            if self.next_post[src] < len(order):
+                self._post_until(order[-1])
+
     def prefetch(self, consumer: Action) -> None:
         """Post (without waiting) every receive ``consumer`` will need."""
         for m in self.incoming.get(consumer, ()):
@@ -136,6 +151,8 @@ class Comm:
         m = next(x for x in self.incoming[consumer] if x.producer == producer)
         self._post_until(m)
         posted = self.posted.pop(m)
+        if self.post_when_idle and not all(w.is_completed() for w in posted.works):
+            self._post_rest()
         for work in posted.works:
             work.wait()
         return posted.buffers

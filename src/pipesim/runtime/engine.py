@@ -9,7 +9,8 @@ producer of its input (the same rule the validator and the simulator use). Recei
 upcoming actions are posted ahead (``lookahead``); sends start right after the producing action
 and never block. Each handler returns when its inputs were in hand and when its output existed;
 an action's event spans the two (waiting for a message is idle time, sending is the consumer's
-business). An overlapped pair (``Schedule.pairs``) runs as torch runs OVERLAP_F_B: its F,
+business). W that run back to back on one stage are one GEMM per layer (``_weights``).
+An overlapped pair (``Schedule.pairs``) runs as torch runs OVERLAP_F_B: its F,
 then its B, and only then both sends (``_run``). Observers see every action (progress lines,
 the stall watchdog, fault injection, data-parallel all-reduce) through one interface.
 """
@@ -34,8 +35,9 @@ class Observer:
     """Sees one rank's actions; override what you need (every method is a no-op here).
 
     ``detail`` says where data came from ("from": "recv"/"local") and went ("to": "send"/
-    "local"), "created" (the shape of a batch input), "loss" (a 0-d tensor, last stage) and
-    "output" (inference output payload, last stage). Reading a tensor in it costs a sync on CUDA.
+    "local"), "created" (the shape of a batch input), "merged" (a W computed in the GEMM of
+    the W before it), "loss" (a 0-d tensor, last stage) and "output" (inference output
+    payload, last stage). Reading a tensor in it costs a sync on CUDA.
     """
 
     def started(self, rank: int, action: Action) -> None:
@@ -106,15 +108,23 @@ class Engine:
         self._inputs, self._targets = inputs, targets
         self._record = record = StepRecord(start=self.clock())
         row = self.schedule.actions[self.rank]
-        for i, action in enumerate(row):
-            for ahead in row[i:i + 1 + self.lookahead]:
+        i = 0
+        while i < len(row):
+            n = self._weights_ahead(row, i)
+            for ahead in row[i:i + n + self.lookahead]:
                 self.comm.prefetch(ahead)
+            if n > 1:
+                self._weights(row[i:i + n])
+                i += n
+                continue
+            action = row[i]
             for o in self.observers:
                 o.started(self.rank, action)
             done = self._run(action)
             record.events.append((action, done.ready, done.made))
             for o in self.observers:
                 o.done(self.rank, action, done.detail)
+            i += 1
         self.comm.finish()
         for o in self.observers:
             o.finished(self.rank)
@@ -125,6 +135,32 @@ class Engine:
         if self._local:
             raise RuntimeError(f"local hand-offs never consumed: {list(self._local)}")
         return record
+
+    def _weights_ahead(self, row: Sequence[Action], i: int) -> int:
+        """How many W of ``row[i]``'s stage run back to back from ``i`` (1 if it is no W);
+        a W in an overlapped pair runs alone."""
+        first, partner = row[i], self.schedule.partner
+        j = i
+        while (j < len(row) and row[j].op is Op.W and row[j].stage == first.stage
+               and row[j] not in partner):
+            j += 1
+        return max(1, j - i)
+
+    def _weights(self, group: Sequence[Action]) -> None:
+        """Back-to-back W of one stage as one GEMM per layer. The first W's event spans the
+        work; the others are recorded as done at its end, with no time of their own."""
+        for o in self.observers:
+            o.started(self.rank, group[0])
+        ready = self.clock()
+        self.runners[group[0].stage].weight(*(a.microbatch for a in group))
+        made = self.clock()
+        for k, a in enumerate(group):
+            if k:
+                for o in self.observers:
+                    o.started(self.rank, a)
+            self._record.events.append((a, ready if k == 0 else made, made))
+            for o in self.observers:
+                o.done(self.rank, a, {"merged": True} if k else {})
 
     def _run(self, action: Action) -> _Done:
         """The action's handler; a part of an overlapped pair holds its outgoing messages until

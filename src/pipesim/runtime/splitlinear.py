@@ -4,16 +4,33 @@
 the input gradient and either accumulates the weight gradient at once, in place into ``.grad``
 (mode "now": a full backward B), or queues the tensors it needs for a later W (mode "later").
 Other modules keep plain autograd.
+
+Several microbatches' W that a schedule runs back to back are one GEMM per layer
+(``WeightGradQueue.run(*microbatches)``): sum_i g_i^T x_i = [g_1; g_2; ...]^T [x_1; x_2; ...],
+so the weight gradient is read and written once instead of once per microbatch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
 from torch import nn
 from torch.nn import functional
+
+
+@dataclass
+class _Deferred:
+    """One layer's weight gradient, not yet computed: weight.grad += g^T x (bias: sum g)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    x: torch.Tensor  # [rows, in]
+    g: torch.Tensor  # [rows, out]
+
+    def run(self) -> None:
+        _accumulate(self.weight, self.bias, self.x, self.g)
 
 
 class WeightGradQueue:
@@ -22,17 +39,34 @@ class WeightGradQueue:
     def __init__(self) -> None:
         self.defer = False  # True while an I runs: queue instead of accumulate
         self.current: int | None = None  # the microbatch whose backward is running
-        self.pending: dict[int, list[Callable[[], None]]] = {}
+        self.pending: dict[int, list[_Deferred]] = {}
 
-    def add(self, work: Callable[[], None]) -> None:
+    def add(self, work: _Deferred) -> None:
         if self.defer and self.current is not None:
             self.pending.setdefault(self.current, []).append(work)
         else:
-            work()
+            work.run()
 
-    def run(self, microbatch: int) -> None:
-        for work in self.pending.pop(microbatch, []):
-            work()
+    def run(self, *microbatches: int) -> None:
+        """The deferred weight gradients of ``microbatches``: with several, one GEMM per layer
+        over all their rows (the same sum, read and written once)."""
+        batches = [self.pending.pop(mb, []) for mb in microbatches]
+        if len(batches) > 1 and _aligned(batches):
+            for works in zip(*batches, strict=True):
+                _accumulate(works[0].weight, works[0].bias, torch.cat([w.x for w in works]),
+                            torch.cat([w.g for w in works]))
+            return
+        for batch in batches:
+            for work in batch:
+                work.run()
+
+
+def _aligned(batches: list[list[_Deferred]]) -> bool:
+    """Every microbatch deferred the same layers in the same order (rows may differ)."""
+    first = batches[0]
+    return all(len(b) == len(first) and all(w.weight is v.weight and w.x.dtype == v.x.dtype
+                                            for w, v in zip(b, first, strict=True))
+               for b in batches[1:])
 
 
 def _accumulate(weight: torch.Tensor, bias: torch.Tensor | None, x2d: torch.Tensor,
@@ -66,13 +100,9 @@ class _SplitLinearFn(torch.autograd.Function):
         grad_in = grad_out.matmul(weight) if ctx.needs_input_grad[0] else None
         x2d = x.reshape(-1, x.shape[-1])
         g2d = grad_out.reshape(-1, grad_out.shape[-1])
-        w, b = owner.weight, owner.bias
-
-        def work() -> None:
-            _accumulate(w, b, x2d, g2d)
-
+        work = _Deferred(owner.weight, owner.bias, x2d, g2d)
         if owner.queue is None:
-            work()
+            work.run()
         else:
             owner.queue.add(work)
         return grad_in, None, None, None

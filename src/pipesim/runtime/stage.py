@@ -141,9 +141,9 @@ class StageRunner:
             x.grad = None
         return grad_in
 
-    def weight(self, mb: int) -> None:
-        """W: the deferred Linear weight gradients of ``mb``."""
-        self.queue.run(mb)
+    def weight(self, *mbs: int) -> None:
+        """W: the deferred Linear weight gradients of ``mbs`` (several: one GEMM per layer)."""
+        self.queue.run(*mbs)
 
     def parameters(self) -> list[nn.Parameter]:
         return list(self.module.parameters())

@@ -42,7 +42,11 @@ def slow_down(runner: StageRunner, seconds: dict[Op, float]) -> None:
             return (timed_i if split_backward else timed_b)(mb, grads, split_backward)
         runner.backward = either  # type: ignore[method-assign,assignment]
     if Op.W in seconds:
-        runner.weight = _to_deadline(seconds[Op.W], weight)  # type: ignore[method-assign]
+        w = seconds[Op.W]
+
+        def weights(*mbs: int) -> None:  # back-to-back W run as one call: each one's time
+            _to_deadline(w * len(mbs), weight)(*mbs)
+        runner.weight = weights  # type: ignore[method-assign]
 
 
 __all__ = ["slow_down"]
