@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 from torch import nn
 
 from pipesim.ir import Action, Op
 from pipesim.runtime.stage import StageRunner
 from pipesim.schedules import get_schedule
-from tests.runtime.test_equivalence import _config
 from tests.runtime.helpers import assert_step_matches, run_job
+from tests.runtime.test_equivalence import _config
 
 
 def _runner() -> StageRunner:
@@ -56,7 +58,7 @@ def test_a_run_of_weights_is_one_event_and_gradients_equal_one_process() -> None
     merged = 0
     for rank, row in enumerate(timeline.by_rank()):
         assert tuple(e.action for e in row) == sched.actions[rank]
-        for before, e in zip(row, row[1:]):
+        for before, e in pairwise(row):
             if e.action.op is Op.W and before.action.op is Op.W and \
                     before.action.stage == e.action.stage:
                 assert e.duration == 0.0 and e.start == before.end
