@@ -1,6 +1,6 @@
 """How well does the simulator predict a real run? Profile, predict, run, replay, compare.
 
-    .venv/bin/python benchmarks/bench_predict.py                 # MLP and GPT, 4 schedules
+    .venv/bin/python benchmarks/bench_predict.py      # MLP and GPT, 5 schedules, 2 and 4 ranks
     .venv/bin/python benchmarks/bench_predict.py --models gpt --trials 5
 
 Per trial, for each model and schedule (the order turns each trial, so no configuration always
@@ -8,9 +8,9 @@ runs first): ``profile_model`` (``--repeats`` whole passes in ``--processes`` fr
 once, as many as the run's ranks; median per layer and op, the optimizer update included), the
 reference kernel right after it, and ``measure_comm`` (2-rank gloo ping-pong of the largest
 activation and the sender's time per message, medians of 100); then the reference kernel, a
-real 2-rank run of ``--steps`` steps (one thread per rank, Adam), the reference kernel again,
-and three figures against the measured step (one step's end to the next's, the optimizer
-included, median of steps 1 onwards):
+real run of ``--steps`` steps on 2 or 4 ranks (``--ranks``; one thread per rank, Adam), the
+reference kernel again, and three figures against the measured step (one step's end to the
+next's, the optimizer included, median of steps 1 onwards):
 
 - predicted: the simulator's steady step from the profile, the engine's own time per action
   and between steps from the cached calibration (``pipesim profile --engine``) included;
@@ -49,20 +49,27 @@ MODELS = {  # model -> RunConfig fields (batch_size = samples or sequences per m
 }
 
 
-def _config(model: str, schedule: str, microbatches: int, steps: int) -> RunConfig:
-    return ProfileConfig(schedule=get_schedule(schedule, 2, microbatches), model=model,
-                         steps=steps, optimizer="adam", lr=1e-3, **MODELS[model])  # type: ignore[arg-type]
+def _config(model: str, schedule: str, microbatches: int, steps: int, ranks: int = 2
+            ) -> RunConfig:
+    """``ranks`` x ``microbatches`` (at least 2 per rank); the model gets at least one layer
+    per stage (GPT on a 4-rank V schedule: 8 layers, not 6)."""
+    sched = get_schedule(schedule, ranks, max(microbatches, 2 * ranks))
+    fields: dict[str, Any] = dict(MODELS[model])
+    fields["layers"] = max(fields["layers"], sched.stages)
+    return ProfileConfig(schedule=sched, model=model, steps=steps, optimizer="adam", lr=1e-3,
+                         **fields)
 
 
-def bench_one(model: str, name: str, args: argparse.Namespace, engine: Any) -> dict[str, Any]:
+def bench_one(model: str, name: str, ranks: int, args: argparse.Namespace, engine: Any
+              ) -> dict[str, Any]:
     """Profile and ping-pong right before the run, so the machine is as alike as it gets."""
-    cfg = _config(model, name, args.microbatches, args.steps)
+    cfg = _config(model, name, args.microbatches, args.steps, ranks)
     costs = profile_model(cfg, repeats=args.repeats, processes=args.processes)
     costs = with_engine(dataclasses.replace(costs, reference_time=reference_time()), engine)
     largest = int(max(c.activation_bytes for c in costs.layers[:-1]))
     comm = measure_comm(largest, repeats=100)
     before = reference_time()
-    result = launch(TrainJob(cfg), 2)
+    result = launch(TrainJob(cfg), ranks)
     after = reference_time()
     measured = [Timeline.from_dict(t) for t in result.timelines]
     predicted = predict(cfg, costs, *comm)
@@ -71,7 +78,8 @@ def bench_one(model: str, name: str, args: argparse.Namespace, engine: Any) -> d
     report = prediction_report(predicted, measured, replayed, drift)
     compute = statistics.mean(r["measured_busy"] / r["predicted_busy"] - 1
                               for r in report["per_rank"])
-    return {"model": model, "schedule": name, "load": os.getloadavg()[0],
+    return {"model": model, "schedule": name, "ranks": ranks,
+            "microbatches": cfg.schedule.microbatches, "load": os.getloadavg()[0],
             "measured_ms": report["measured_step_seconds"] * 1e3,
             "predicted_ms": report["predicted_step_seconds"] * 1e3,
             "error": report["prediction_error"],
@@ -97,8 +105,11 @@ def _summary(rows: list[dict[str, Any]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--schedules", nargs="+", default=["gpipe", "1f1b", "zb-h1", "zbv"])
-    parser.add_argument("-m", "--microbatches", type=int, default=4)
+    parser.add_argument("--schedules", nargs="+",
+                        default=["gpipe", "1f1b", "zb-h1", "zbv", "dualpipev"])
+    parser.add_argument("--ranks", nargs="+", type=int, default=[2, 4], choices=[2, 4])
+    parser.add_argument("-m", "--microbatches", type=int, default=4,
+                        help="per step; at least 2 per rank (4 ranks: 8)")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=30, help="profile passes per trial")
     parser.add_argument("--processes", type=int, default=2,
@@ -108,23 +119,25 @@ def main() -> None:
     torch.set_num_threads(1)  # the parent forks the ranks: keep its thread pool unstarted
     engine = load_engine_costs() or calibrate_engine()
     print(f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.machine()}, {os.cpu_count()} CPUs, "
-          f"load {os.getloadavg()[0]:.1f}, torch {torch.__version__}, 2 ranks x 1 thread, "
-          f"m={args.microbatches}, {args.steps} steps, profile {args.repeats} passes in "
+          f"load {os.getloadavg()[0]:.1f}, torch {torch.__version__}, {args.ranks} ranks x 1 "
+          f"thread, m={args.microbatches} (at least 2 per rank), {args.steps} steps, "
+          f"profile {args.repeats} passes in "
           f"{args.processes} process(es), {args.trials} trials; engine calibration "
           f"({engine.measured}): {engine.action_overhead * 1e6:.0f} us per action, "
           f"{engine.step_overhead * 1e6:.0f} us per rank between steps")
-    configs = [(m, s) for m in args.models for s in args.schedules]
+    configs = [(m, s, p) for p in args.ranks for m in args.models for s in args.schedules]
     rows: list[dict[str, Any]] = []
-    print("| trial | model | schedule | measured step (ms) | predicted (ms) | error | replay (ms) |"
-          " replay error | speed drift | compute drift | load |")
-    print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| trial | ranks | m | model | schedule | measured step (ms) | predicted (ms) | error |"
+          " replay (ms) | replay error | speed drift | compute drift | load |")
+    print("|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for trial in range(args.trials):
         turn = trial % len(configs)
-        for model, name in configs[turn:] + configs[:turn]:
-            r = bench_one(model, name, args, engine) | {"trial": trial}
+        for model, name, ranks in configs[turn:] + configs[:turn]:
+            r = bench_one(model, name, ranks, args, engine) | {"trial": trial}
             rows.append(r)
             drift = "n/a" if r["speed_drift"] is None else f"{r['speed_drift']:+.0%}"
-            print(f"| {trial} | {model} | {name} | {r['measured_ms']:.1f} | "
+            print(f"| {trial} | {ranks} | {r['microbatches']} | {model} | {name} | "
+                  f"{r['measured_ms']:.1f} | "
                   f"{r['predicted_ms']:.1f} | {r['error']:+.1%} | {r['replay_ms']:.1f} | "
                   f"{r['replay_error']:+.1%} | {drift} | {r['compute_drift']:+.0%} | "
                   f"{r['load']:.1f} |", flush=True)
