@@ -19,6 +19,8 @@ microbatch of ``microbatch_size`` samples::
                                              #   beyond the optimizer (data, zero_grad; 0)
       "reference_time": 3e-4,                # optional, one call of the reference kernel
                                              #   (pipesim.predict) when profiled: drift
+      "data_time": 6e-4,                     # optional, making one step's batch, on each rank
+                                             #   holding the first or last stage (0)
       "notes": "how the figures were made",  # optional free text
       "profiled": {"model": "gpt",          # optional; written by `pipesim profile`: the built-in
                    "hidden_size": 128,       #   model measured, in `pipesim run`'s terms, so the
@@ -67,7 +69,9 @@ KIND = "per-layer"  # the ``kind`` field; the per-stage file's is costs.KIND
 UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}  # seconds per unit
 _TOP_FIELDS = {"kind", "format", "version", "model", "microbatch_size", "unit", "comm_latency",
                "comm_bandwidth", "comm_send_overhead", "engine_action_overhead",
-               "engine_step_overhead", "reference_time", "notes", "profiled", "layers"}
+               "engine_step_overhead", "reference_time", "data_time", "notes", "profiled",
+               "layers"}
+_TIMES = ("engine_action_overhead", "engine_step_overhead", "reference_time", "data_time")
 _LAYER_FIELDS = {"name", "F", "I", "W", "B", "activation_bytes", "stash_bytes", "param_bytes",
                  "optimizer"}
 
@@ -122,6 +126,7 @@ class LayerCosts:
     engine_action_overhead: float = 0.0  # seconds the engine spends before each action
     engine_step_overhead: float = 0.0  # seconds each rank spends between steps (no optimizer)
     reference_time: float = 0.0  # seconds per reference-kernel call when profiled (0: unknown)
+    data_time: float = 0.0  # seconds to make a step's batch (ranks with the first/last stage)
 
     def __post_init__(self) -> None:
         if not self.layers:
@@ -160,7 +165,7 @@ class LayerCosts:
                 "comm_latency": self.comm_latency,
                 "comm_bandwidth": None if math.isinf(self.comm_bandwidth) else
                 self.comm_bandwidth, "comm_send_overhead": self.comm_send_overhead}
-        for key in ("engine_action_overhead", "engine_step_overhead", "reference_time"):
+        for key in _TIMES:
             if getattr(self, key):
                 out[key] = getattr(self, key)
         if self.notes:
@@ -246,7 +251,7 @@ def _from_dict(data: Any) -> LayerCosts:
                                    data.get("comm_send_overhead", 0.0)) * scale,
         profiled=_profiled(data["profiled"]) if "profiled" in data else None,
         **{key: _number(key, data.get(key, 0.0)) * scale
-           for key in ("engine_action_overhead", "engine_step_overhead", "reference_time")},
+           for key in _TIMES},
     )
 
 

@@ -55,7 +55,8 @@ def predict(cfg: Any, layer_costs: LayerCosts, comm_latency: float | None = None
 
     Its ``meta["step_seconds"]`` is the step time (``steady_step``). Between steps each rank
     spends ``meta["between_seconds"]``: its optimizer time (``meta["optimizer_seconds"]``;
-    none in a forward-only schedule) plus the engine's ``engine_step_overhead``.
+    none in a forward-only schedule) plus the engine's ``engine_step_overhead``, plus
+    ``data_time`` on the ranks holding the first or last stage (they make the batch).
     ``meta["costs"]`` is the CostModel simulated (``to_dict``), which ``replay`` reuses.
     ``comm_latency``/``comm_bandwidth``/``send_overhead`` override the cost file's messages.
     """
@@ -73,6 +74,8 @@ def predict(cfg: Any, layer_costs: LayerCosts, comm_latency: float | None = None
         for stage, seconds in enumerate(stage_optimizer(layer_costs, balance)):
             optimizer[sched.stage_to_rank[stage]] += seconds
     between = [o + layer_costs.engine_step_overhead for o in optimizer]
+    for stage in {0, sched.stages - 1}:  # these ranks make the step's batch
+        between[sched.stage_to_rank[stage]] += layer_costs.data_time
     steady = steady_step(sched, costs, between)
     return dataclasses.replace(steady.timeline, meta={
         **steady.timeline.meta, "predicted": True, "step_seconds": steady.step,
@@ -238,15 +241,16 @@ def _gaps(schedule: Schedule, measured: Sequence[Timeline]
 def engine_gaps(schedule: Schedule, measured: Sequence[Timeline]) -> tuple[float, float]:
     """(action overhead, step overhead) in seconds: the engine's own time, read off a run.
 
-    Action overhead: the median gap inside a step with no send and no wait in it (``_gaps``).
-    Step overhead: the median gap between steps of every rank whose first action waits for no
-    message, less the action overhead (the simulator charges that before the action). 0 where
-    nothing can be read (e.g. every action waits for a message).
+    Action overhead: the mean gap inside a step with no send and no wait in it (``_gaps``).
+    Step overhead: the mean gap between steps of every rank whose first action waits for no
+    message, less the action overhead (the simulator charges that before the action). Means,
+    as ``replay`` takes them: a step pays every gap, the slow ones too. 0 where nothing can
+    be read (e.g. every action waits for a message).
     """
     inner, between = _gaps(schedule, measured)
     gaps = [g for rank in between.values() for g in rank]
-    action = max(0.0, statistics.median(inner)) if inner else 0.0
-    step = max(0.0, statistics.median(gaps) - action) if gaps else 0.0
+    action = max(0.0, statistics.fmean(inner)) if inner else 0.0
+    step = max(0.0, statistics.fmean(gaps) - action) if gaps else 0.0
     return action, step
 
 

@@ -144,6 +144,21 @@ def test_predict_puts_each_ranks_optimizer_between_steps() -> None:
     assert predict(_Cfg(forward, (2, 1), 2), LayerCosts(layers, 2)).meta["step_seconds"] == 2
 
 
+def test_predict_charges_the_data_time_to_the_ranks_that_make_the_batch() -> None:
+    """The first and the last stage's ranks make the step's batch between steps; a middle
+    rank does not. The cost file keeps the figure."""
+    sched = get_schedule("gpipe", 3, 2)
+    base = _costs(3)
+    with_data = dataclasses.replace(base, data_time=0.25)
+    plain = predict(_Cfg(sched, (1, 1, 1), 2), base).meta["between_seconds"]
+    timed = predict(_Cfg(sched, (1, 1, 1), 2), with_data).meta["between_seconds"]
+    assert [b - a for a, b in zip(plain, timed, strict=True)] == [0.25, 0.0, 0.25]
+    one = get_schedule("gpipe", 1, 2)  # one rank holds both ends: charged once
+    assert predict(_Cfg(one, (3,), 2), with_data).meta["between_seconds"] == [0.25]
+    from pipesim.layercosts import parse_layer_costs
+    assert parse_layer_costs(with_data.to_json()).data_time == 0.25
+
+
 # ----------------------------------------------------------------------------- replay and drift
 
 

@@ -41,6 +41,7 @@ def test_mlp_profile_has_exact_bytes_and_round_trips() -> None:
         assert c.param_bytes == (8 * 8 + 8) * 4
     # F keeps Linear's input and ReLU's output; the last layer also the loss's output & target
     assert [c.stash_bytes for c in costs.layers] == [256, 256, 384]
+    assert costs.data_time > 0  # making a step's batch is timed too
     assert parse_layer_costs(costs.to_json()) == costs
     per_stage = stage_costs(costs, [2, 1])
     again = CostModel.from_dict(json.loads(json.dumps(per_stage.to_dict())))

@@ -295,7 +295,21 @@ def _profile_here(cfg: RunConfig, repeats: int, warmup: int, statistic: str) -> 
     costs = profile_layers(layers, inputs[0], targets[0], loss_function(cfg), repeats, warmup,
                            model=cfg.model, notes=notes, statistic=statistic,
                            optimizer=make if training else None)
-    return dataclasses.replace(costs, profiled=profiled_model(cfg, len(layers)))
+    return dataclasses.replace(costs, profiled=profiled_model(cfg, len(layers)),
+                               data_time=_data_time(cfg, repeats))
+
+
+def _data_time(cfg: RunConfig, repeats: int) -> float:
+    """The median time to make one step's batch as ``pipesim run`` does on the ranks holding
+    the first or last stage (the whole batch, concatenated): data is part of every step."""
+    times = []
+    with one_thread():
+        for step in range(repeats + 1):
+            t0 = time.perf_counter()
+            xs, ys = make_batch(cfg, step)
+            torch.cat(xs), torch.cat(ys)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
 
 
 def profiled_model(cfg: RunConfig, layers: int) -> ProfiledModel:
