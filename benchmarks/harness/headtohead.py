@@ -46,6 +46,7 @@ class Case:
     seed: int = 0
     torch_side: bool = True  # False: pipesim alone (a schedule torch lacks)
     torch_examples: str = "inferred"  # "static-no-grad": the pitfall, for the check's test
+    timed: str = ""  # "pipesim" or "torch": time that side alone (both still built, checked)
     rtol: float = RTOL  # the gradient check's tolerance
 
     @property
@@ -78,7 +79,8 @@ class _Worker:
         check = check_gradients(self.case, sides, probe, rank, sched.stages)
         mine: dict[str, Any] = {"check": check}
         if check["grad_ok"]:
-            mine.update(_alternate(self.case, sides, probe))
+            timed = [s for s in sides if s.name == self.case.timed] if self.case.timed else sides
+            mine.update(_alternate(self.case, timed, probe))
         out: list[dict[str, Any]] | None = [{} for _ in range(world)] if rank == 0 else None
         dist.gather_object(mine, out, dst=0)
         return out
@@ -200,11 +202,13 @@ def summarize(case: Case, per_rank: list[dict[str, Any]]) -> dict[str, Any]:
     loss: dict[str, list[float]] = {
         side: next((r["losses"][side] for r in per_rank if r["losses"][side]), [])
         for side in step}
-    row["pipesim_loss"] = loss["pipesim"]
-    if loss.get("torch"):
+    row["pipesim_loss"] = loss.get("pipesim", [])
+    if loss.get("torch") and loss.get("pipesim"):
         row["torch_loss"] = loss["torch"]
         row["max_loss_diff"] = max(abs(a - b) for a, b in
                                    zip(loss["pipesim"], loss["torch"], strict=True))
+    if "pipesim" not in step:  # torch timed alone
+        return row
     row.update(ideal_step(case, per_rank))
     row["ideal_ratio"] = step["pipesim"] / row["ideal_step_s"]
     row["profile"] = _profile(case, per_rank)

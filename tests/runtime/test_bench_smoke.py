@@ -37,6 +37,18 @@ def test_head_to_head_tiny_case_gives_both_sides_and_the_same_loss(tmp_path: Pat
     assert "1f1b" in format_table([row], [("schedule", "schedule", "")])
 
 
+@pytest.mark.parametrize("side", ["pipesim", "torch"])
+def test_a_standalone_run_times_one_side_after_the_same_gradient_check(side: str) -> None:
+    """bench_standalone.py's runs: both sides built and checked, only ``side`` timed."""
+    case = Case("zb-h1", 2, microbatches=2, batch=4, hidden=8, layers=2, steps=2, warmup=0,
+                timed=side)
+    row = run_case(case)
+    other = "torch" if side == "pipesim" else "pipesim"
+    assert row[f"{side}_step_s"] > 0 and f"{other}_step_s" not in row and "ratio" not in row
+    assert row["max_grad_error"] <= row["grad_rtol"]
+    assert ("ideal_step_s" in row) == (side == "pipesim")
+
+
 @pytest.mark.parametrize("name", sorted(TORCH_EQUIVALENT))
 def test_torch_places_stages_as_pipesim_does(name: str) -> None:
     sched = get_schedule(name, 4, 8)
