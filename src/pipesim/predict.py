@@ -19,7 +19,9 @@ ranks that wait on it wait. The prediction is the simulator's (``steady.steady_s
 action takes its profiled time and the engine's own ``engine_action_overhead`` before it, a
 message costs ``comm_latency + bytes / comm_bandwidth`` and its sender ``comm_send_overhead``,
 and rank r spends its stages' profiled ``optimizer`` time plus ``engine_step_overhead`` between
-steps. It knows nothing of two ranks sharing CPU cores; see benchmarks/RESULTS_predict.md.
+steps. Ranks that share fewer CPU cores than there are ranks: ``cores`` (``pipesim.shared``,
+each computing rank at min(1, cores / computing ranks) of its speed); see
+benchmarks/RESULTS_predict.md. ``replay`` never shares: the run's measured times include it.
 
 Pure: no torch, no views (``cfg`` is read by attribute), so everything here works on saved
 timelines anywhere. Profiling, the reference kernel and the calibration runs are in
@@ -49,8 +51,8 @@ __all__ = ["action_drift", "action_means", "engine_gaps", "median_step",
 
 
 def predict(cfg: Any, layer_costs: LayerCosts, comm_latency: float | None = None,
-            comm_bandwidth: float | None = None, send_overhead: float | None = None
-            ) -> Timeline:
+            comm_bandwidth: float | None = None, send_overhead: float | None = None, *,
+            cores: int | None = None) -> Timeline:
     """The simulated Timeline (seconds) of one steady step of ``cfg`` (a RunConfig).
 
     Its ``meta["step_seconds"]`` is the step time (``steady_step``). Between steps each rank
@@ -58,6 +60,8 @@ def predict(cfg: Any, layer_costs: LayerCosts, comm_latency: float | None = None
     none in a forward-only schedule) plus the engine's ``engine_step_overhead``.
     ``meta["costs"]`` is the CostModel simulated (``to_dict``), which ``replay`` reuses.
     ``comm_latency``/``comm_bandwidth``/``send_overhead`` override the cost file's messages.
+    ``cores``: the ranks share that many CPU cores (``steady_step``'s; None: a core each),
+    recorded as ``meta["cores"]``. Not part of ``meta["costs"]``, so ``replay`` ignores it.
     """
     balance = cfg.stage_balance()
     if len(layer_costs) != sum(balance):
@@ -73,10 +77,11 @@ def predict(cfg: Any, layer_costs: LayerCosts, comm_latency: float | None = None
         for stage, seconds in enumerate(stage_optimizer(layer_costs, balance)):
             optimizer[sched.stage_to_rank[stage]] += seconds
     between = [o + layer_costs.engine_step_overhead for o in optimizer]
-    steady = steady_step(sched, costs, between)
+    steady = steady_step(sched, costs, between, cores=cores)
     return dataclasses.replace(steady.timeline, meta={
         **steady.timeline.meta, "predicted": True, "step_seconds": steady.step,
-        "optimizer_seconds": optimizer, "between_seconds": between, "costs": costs.to_dict()})
+        "optimizer_seconds": optimizer, "between_seconds": between, "costs": costs.to_dict(),
+        "cores": cores})
 
 
 # ----------------------------------------------------------------------------- replay
