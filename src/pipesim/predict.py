@@ -19,7 +19,9 @@ ranks that wait on it wait. The prediction is the simulator's (``steady.steady_s
 action takes its profiled time and the engine's own ``engine_action_overhead`` before it, a
 message costs ``comm_latency + bytes / comm_bandwidth`` and its sender ``comm_send_overhead``,
 and rank r spends its stages' profiled ``optimizer`` time plus ``engine_step_overhead`` between
-steps. It knows nothing of two ranks sharing CPU cores; see benchmarks/RESULTS_predict.md.
+steps. Ranks that share fewer CPU cores than there are ranks: ``cores`` (``pipesim.shared``,
+each computing rank at min(1, cores / computing ranks) of its speed); see
+benchmarks/RESULTS_predict.md. ``replay`` never shares: the run's measured times include it.
 
 Pure: no torch, no views (``cfg`` is read by attribute), so everything here works on saved
 timelines anywhere. Profiling, the reference kernel and the calibration runs are in
@@ -49,8 +51,8 @@ __all__ = ["action_drift", "action_means", "engine_gaps", "median_step",
 
 
 def predict(cfg: Any, layer_costs: LayerCosts, comm_latency: float | None = None,
-            comm_bandwidth: float | None = None, send_overhead: float | None = None
-            ) -> Timeline:
+            comm_bandwidth: float | None = None, send_overhead: float | None = None, *,
+            cores: int | None = None) -> Timeline:
     """The simulated Timeline (seconds) of one steady step of ``cfg`` (a RunConfig).
 
     Its ``meta["step_seconds"]`` is the step time (``steady_step``). Between steps each rank
@@ -59,6 +61,8 @@ def predict(cfg: Any, layer_costs: LayerCosts, comm_latency: float | None = None
     ``data_time`` on the ranks holding the first or last stage (they make the batch).
     ``meta["costs"]`` is the CostModel simulated (``to_dict``), which ``replay`` reuses.
     ``comm_latency``/``comm_bandwidth``/``send_overhead`` override the cost file's messages.
+    ``cores``: the ranks share that many CPU cores (``steady_step``'s; None: a core each),
+    recorded as ``meta["cores"]``. Not part of ``meta["costs"]``, so ``replay`` ignores it.
     """
     balance = cfg.stage_balance()
     if len(layer_costs) != sum(balance):
@@ -76,10 +80,11 @@ def predict(cfg: Any, layer_costs: LayerCosts, comm_latency: float | None = None
     between = [o + layer_costs.engine_step_overhead for o in optimizer]
     for stage in {0, sched.stages - 1}:  # these ranks make the step's batch
         between[sched.stage_to_rank[stage]] += layer_costs.data_time
-    steady = steady_step(sched, costs, between)
+    steady = steady_step(sched, costs, between, cores=cores)
     return dataclasses.replace(steady.timeline, meta={
         **steady.timeline.meta, "predicted": True, "step_seconds": steady.step,
-        "optimizer_seconds": optimizer, "between_seconds": between, "costs": costs.to_dict()})
+        "optimizer_seconds": optimizer, "between_seconds": between, "costs": costs.to_dict(),
+        "cores": cores})
 
 
 # ----------------------------------------------------------------------------- replay

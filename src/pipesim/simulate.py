@@ -6,7 +6,8 @@ has arrived. A send costs the sender ``costs.send_overhead`` (added to the produ
 and never waits for the receiver. The engine's own time per action (``costs.action_overhead``)
 keeps a rank busy before each action: it starts no earlier than that after its previous end.
 Work is linear in the number of actions: a rank that meets an unfinished dependency parks on
-it and is woken when that action ends.
+it and is woken when that action ends. Each rank has a processor of its own: for ranks that
+share fewer CPU cores than there are ranks, ``pipesim.shared.simulate_shared`` (``cores``).
 
 The loop is the hot path of ``pipesim plan`` and of big schedules (64 ranks x 1024 microbatches
 x 2 stages per rank is 262,144 actions), so it is written for CPython's speed:
@@ -93,6 +94,33 @@ def simulate(schedule: Schedule, costs: CostModel | None = None,
                     stash_bytes=costs.stash_bytes)
 
 
+def work_tables(schedule: Schedule, costs: CostModel
+                ) -> tuple[dict[Op, list[float]], dict[Op, list[float]], list[float]]:
+    """(raw, dur, hop): per op and stage the action's time without and with its send overhead,
+    and per stage boundary b the message time between stages b and b+1 (either direction).
+
+    Plain floats, so every finish time is one (the hot loop's type check needs them). A send
+    keeps the sender busy: F of stage s pays ``send_overhead`` when stage s+1 is on another
+    rank, I and B of stage s when stage s-1 is. Shared with ``pipesim.shared``.
+    """
+    stages = schedule.stages
+    dur = {op: [float(x) for x in table] for op, table in (
+        (_F, costs.forward), (_I, costs.backward_input), (_W, costs.backward_weight),
+        (_B, costs.backward))}
+    raw = {op: list(times) for op, times in dur.items()}  # without send overhead
+    if costs.send_overhead:
+        place, last = schedule.stage_to_rank, stages - 1
+        for s in range(stages):
+            if s < last and place[s + 1] != place[s]:
+                dur[_F][s] += costs.send_overhead
+            if s and place[s - 1] != place[s]:
+                dur[_I][s] += costs.send_overhead
+                dur[_B][s] += costs.send_overhead
+    hop = [float(costs.message_time(Action(b, _F, 0), Action(b + 1, _F, 0)))
+           for b in range(stages)]
+    return raw, dur, hop
+
+
 def _out_of_range(schedule: Schedule) -> str:
     for rank, row in enumerate(schedule.actions):
         for a in row:
@@ -153,24 +181,8 @@ class _Run:
         for s, mb in schedule.split_backward:
             if 0 <= s < stages and 0 <= mb < mbs:
                 self.split[s][mb] = True
-        # plain floats, so every finish time is one (the TypeError trick needs numbers)
-        self.dur = {op: [float(x) for x in table] for op, table in (
-            (_F, costs.forward), (_I, costs.backward_input), (_W, costs.backward_weight),
-            (_B, costs.backward))}
-        self.raw = {op: list(times) for op, times in self.dur.items()}  # without send overhead
+        self.raw, self.dur, self.hop = work_tables(schedule, costs)
         self.overlap = costs.overlap
-        # handing an output to another rank keeps the sender busy: its action lasts longer
-        if costs.send_overhead:
-            place, last = schedule.stage_to_rank, stages - 1
-            for s in range(stages):
-                if s < last and place[s + 1] != place[s]:
-                    self.dur[_F][s] += costs.send_overhead
-                if s and place[s - 1] != place[s]:
-                    self.dur[_I][s] += costs.send_overhead
-                    self.dur[_B][s] += costs.send_overhead
-        # message time across the boundary between stage b and b+1, either direction
-        self.hop = [float(costs.message_time(Action(b, _F, 0), Action(b + 1, _F, 0)))
-                    for b in range(stages)]
         self.begin = [float(x) for x in start] if start is not None else [0.0] * schedule.ranks
         self.gap = float(costs.action_overhead)
         self.next_index = [0] * schedule.ranks

@@ -1,4 +1,5 @@
-"""Steady-state training steps: simulate step after step until the step repeats."""
+"""Steady-state training steps: simulate step after step until the step repeats (on shared CPU
+cores with ``cores``: ``pipesim.shared``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import NamedTuple
 
 from pipesim.costs import CostModel
 from pipesim.ir import Schedule
+from pipesim.shared import simulate_shared
 from pipesim.simulate import simulate
 from pipesim.timeline import Timeline
 
@@ -20,7 +22,8 @@ class SteadyStep(NamedTuple):
 
 
 def steady_step(schedule: Schedule, costs: CostModel | None = None,
-                between: Sequence[float] = (), max_steps: int = 64) -> SteadyStep:
+                between: Sequence[float] = (), max_steps: int = 64, *,
+                cores: int | None = None) -> SteadyStep:
     """Simulate training step after step until the step repeats; its time and timeline.
 
     Rank r begins step k+1 ``between[r]`` after its own last action of step k (the optimizer
@@ -29,9 +32,18 @@ def steady_step(schedule: Schedule, costs: CostModel | None = None,
     every rank at 0. Simulation is translation-invariant, so once every rank's start moves by
     the same amount the step repeats exactly; that amount is the step time. A step that never
     settles (a periodic pattern longer than one step) gets the mean of its last half.
+
+    ``cores``: the ranks share that many CPU cores (``shared.simulate_shared``; None or at
+    least one per rank: each rank its own, ``simulate``). ``between[r]`` stays a plain delay
+    there: the optimizer's time is CPU work in a real run, but here it takes no core from the
+    ranks still in their step.
     """
     if max_steps < 2:
         raise ValueError(f"max_steps must be >= 2, got {max_steps}")
+    if cores is not None and (isinstance(cores, bool) or not isinstance(cores, int)
+                              or cores < 1):
+        raise ValueError(f"cores must be an integer >= 1, got {cores!r}")
+    shared = cores if cores is not None and cores < schedule.ranks else None
     between = list(between) or [0.0] * schedule.ranks
     if len(between) != schedule.ranks:
         raise ValueError(f"between has {len(between)} times; the schedule has "
@@ -40,7 +52,8 @@ def steady_step(schedule: Schedule, costs: CostModel | None = None,
     periods: list[float] = []
     previous_end = shift = 0.0  # the previous step's end, in the previous step's frame
     for k in range(1, max_steps + 1):
-        timeline = simulate(schedule, costs, begin)
+        timeline = (simulate(schedule, costs, begin) if shared is None
+                    else simulate_shared(schedule, costs, shared, begin))
         ends = [row[-1].end if row else begin[r] for r, row in enumerate(timeline.by_rank())]
         if k > 1:  # this step's frame starts ``shift`` after the previous one's
             periods.append(max(ends) + shift - previous_end)

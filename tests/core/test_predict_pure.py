@@ -332,3 +332,27 @@ def test_with_engine_fills_only_a_cost_file_without_its_own() -> None:
     assert (filled.engine_action_overhead, filled.engine_step_overhead) == (1e-5, 4e-4)
     own = replace(_costs(2), engine_action_overhead=2e-5)
     assert with_engine(own, engine) is own and with_engine(_costs(2), None) == _costs(2)
+
+
+# ----------------------------------------------------------------------------- shared cores
+
+
+def test_predict_on_shared_cores_records_them_and_replay_does_not_share() -> None:
+    """gpipe p=2 m=2, F=1 B=2 per stage: a core each, the step is the makespan 9; on one core
+    it is the core's 12 of work (tests/core/test_shared.py works it out by hand). A replay
+    takes the run's own action times, which already include the sharing: it never shares."""
+    from pipesim.predict import replay
+    from pipesim.steady import steady_step
+    sched = get_schedule("gpipe", 2, 2)
+    own = predict(_Cfg(sched, (1, 1), 2), _costs(2))
+    one = predict(_Cfg(sched, (1, 1), 2), _costs(2), cores=1)
+    assert (own.meta["cores"], own.meta["step_seconds"]) == (None, 9)
+    assert (one.meta["cores"], one.meta["step_seconds"]) == (1, 12)
+    assert predict(_Cfg(sched, (1, 1), 2), _costs(2), cores=2).meta["step_seconds"] == 9
+    assert "cores" not in one.meta["costs"]
+    truth = CostModel.uniform(2, F=1.5, B=3.0, comm_latency=0.25, unit="s")
+    measured = _run_like(sched, truth, [0.0, 0.0], 4)
+    again = replay(sched, one, measured)
+    assert again.meta["step_seconds"] == replay(sched, own, measured).meta["step_seconds"]
+    assert again.meta["step_seconds"] == pytest.approx(steady_step(sched, truth).step)
+    assert "cores" not in again.meta
