@@ -38,7 +38,7 @@ from pipesim.predict import predict, prediction_report, replay, speed_drift
 from pipesim.processes.launch import launch
 from pipesim.profiling.comm import measure_comm
 from pipesim.profiling.profiler import ProfileConfig, profile_model
-from pipesim.runtime.predict import calibrate_engine, reference_time
+from pipesim.runtime.predict import calibrate_engine, reference_time, shared_cores
 from pipesim.runtime.train import TrainJob
 from pipesim.schedules import get_schedule
 from pipesim.timeline import Timeline
@@ -72,7 +72,7 @@ def bench_one(model: str, name: str, ranks: int, args: argparse.Namespace, engin
     result = launch(TrainJob(cfg), ranks)
     after = reference_time()
     measured = [Timeline.from_dict(t) for t in result.timelines]
-    predicted = predict(cfg, costs, *comm)
+    predicted = predict(cfg, costs, *comm, cores=shared_cores(cfg))
     drift = speed_drift(costs.reference_time, [before, after])
     replayed = replay(cfg.schedule, predicted, measured)
     report = prediction_report(predicted, measured, replayed, drift)

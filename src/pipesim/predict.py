@@ -18,10 +18,11 @@ A step's time is what a training loop pays per step: from one step's end to the 
 ranks that wait on it wait. The prediction is the simulator's (``steady.steady_step``): every
 action takes its profiled time and the engine's own ``engine_action_overhead`` before it, a
 message costs ``comm_latency + bytes / comm_bandwidth`` and its sender ``comm_send_overhead``,
-and rank r spends its stages' profiled ``optimizer`` time plus ``engine_step_overhead`` between
-steps. Ranks that share fewer CPU cores than there are ranks: ``cores`` (``pipesim.shared``,
-each computing rank at min(1, cores / computing ranks) of its speed); see
-benchmarks/RESULTS_predict.md. ``replay`` never shares: the run's measured times include it.
+and rank r spends its stages' profiled ``optimizer`` time plus ``engine_step_overhead`` (and
+``data_time`` on the ranks that make the batch) between steps. Ranks that outnumber the CPU
+cores share them: ``cores`` (``pipesim.shared``, each computing rank at min(1, cores /
+computing ranks) of its speed); see benchmarks/RESULTS_predict.md. ``replay`` never shares:
+the run's measured times include it.
 
 Pure: no torch, no views (``cfg`` is read by attribute), so everything here works on saved
 timelines anywhere. Profiling, the reference kernel and the calibration runs are in

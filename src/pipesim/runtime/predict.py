@@ -29,7 +29,8 @@ from pipesim.runtime.train import RunConfig
 from pipesim.schedules import get_schedule
 from pipesim.timeline import Timeline
 
-__all__ = ["CALIBRATION_SCHEDULES", "calibrate_engine", "predict_run", "reference_time"]
+__all__ = ["CALIBRATION_SCHEDULES", "calibrate_engine", "predict_run", "reference_time",
+           "shared_cores"]
 
 REFERENCE = (64, 512, 512)  # the reference kernel: [64, 512] @ [512, 512], float32, 1 thread
 CALIBRATION_SCHEDULES = ("gpipe", "1f1b", "zb-h1")
@@ -62,7 +63,8 @@ def predict_run(cfg: RunConfig, costs_path: str | None = None,
     as in the run), median of 20 passes (a machine whose speed changes from one half second to
     the next needs the profile to last about as long as the run it predicts), ``measure_comm``
     measures messages between 2 ranks, and the reference kernel is timed right after. The
-    engine's own time comes from the file or else ``engine`` (``pipesim.calibration``).
+    engine's own time comes from the file or else ``engine`` (``pipesim.calibration``). Ranks
+    that outnumber this machine's cores share them in the simulation (``shared_cores``).
     ``meta["reference_time"]`` is the profile's reference-kernel time (0: unknown). Raises
     ValueError (CostFileError) for an unusable file.
     """
@@ -77,9 +79,20 @@ def predict_run(cfg: RunConfig, costs_path: str | None = None,
         if cfg.schedule.ranks > 1 and len(layer_costs) > 1:
             comm = measure_comm(int(max(c.activation_bytes for c in layer_costs.layers[:-1])))
     layer_costs = with_engine(layer_costs, engine)
-    predicted = predict(cfg, layer_costs, *comm)
+    predicted = predict(cfg, layer_costs, *comm, cores=shared_cores(cfg))
     return dataclasses.replace(predicted, meta={**predicted.meta,
                                                 "reference_time": layer_costs.reference_time})
+
+
+def shared_cores(cfg: RunConfig) -> int | None:
+    """The CPU cores this machine gives a gloo run whose ranks outnumber them (forked here,
+    not under torchrun, where a node's share is unknown); None when every rank has one."""
+    from pipesim.processes.launch import under_torchrun
+    if cfg.backend != "gloo" or under_torchrun():
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else (os.cpu_count() or 1)
+    return cores if cfg.grid.world > cores else None
 
 
 def _calibration_config(name: str, microbatches: int, steps: int) -> RunConfig:
