@@ -42,6 +42,7 @@ from pipesim.runtime.stage import LossFn
 
 MakeOptimizer = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 _STATISTICS: dict[str, Callable[[list[float]], float]] = {"median": statistics.median,
+                                                          "mean": statistics.fmean,
                                                           "min": min}
 STATISTICS = tuple(_STATISTICS)
 
