@@ -197,7 +197,7 @@ def summarize(case: Case, per_rank: list[dict[str, Any]]) -> dict[str, Any]:
         step[side] = median(slowest)
         row[f"{side}_step_s"] = step[side]
         row[f"{side}_samples_per_s"] = case.samples / step[side]
-    if "torch" in step:
+    if "torch" in step and "pipesim" in step:
         row["ratio"] = step["torch"] / step["pipesim"]
     loss: dict[str, list[float]] = {
         side: next((r["losses"][side] for r in per_rank if r["losses"][side]), [])
