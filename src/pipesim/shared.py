@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from pipesim.costs import CostModel
 from pipesim.ir import Action, ActionKey, Schedule, dep_keys, deps
 from pipesim.overlap import pair_positions
-from pipesim.simulate import _deadlock, _out_of_range, work_tables
+from pipesim.simulate import _deadlock, _out_of_range, checked_costs, work_tables
 from pipesim.timeline import Event, MessageEvent, Timeline
 
 __all__ = ["simulate_shared"]
@@ -56,12 +56,7 @@ def simulate_shared(schedule: Schedule, costs: CostModel | None, cores: int,
     """
     if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
         raise ValueError(f"cores must be an integer >= 1, got {cores!r}")
-    costs = costs or CostModel.uniform(schedule.stages)
-    if costs.stages != schedule.stages:
-        raise ValueError(f"the cost model has {costs.stages} stages; the schedule has "
-                         f"{schedule.stages}")
-    if start is not None and len(start) != schedule.ranks:
-        raise ValueError(f"start has {len(start)} times; the schedule has {schedule.ranks} ranks")
+    costs = checked_costs(schedule, costs, start)
     for row in schedule.actions:
         for a in row:
             if not (0 <= a.stage < schedule.stages and 0 <= a.microbatch < schedule.microbatches):

@@ -66,12 +66,7 @@ def simulate(schedule: Schedule, costs: CostModel | None = None,
     model's stage count differs from the schedule's or an action is out of range or repeated
     (``validate`` reports those better; indices must not be negative).
     """
-    costs = costs or CostModel.uniform(schedule.stages)
-    if costs.stages != schedule.stages:
-        raise ValueError(f"the cost model has {costs.stages} stages; the schedule has "
-                         f"{schedule.stages}")
-    if start is not None and len(start) != schedule.ranks:
-        raise ValueError(f"start has {len(start)} times; the schedule has {schedule.ranks} ranks")
+    costs = checked_costs(schedule, costs, start)
     sim = _Run(schedule, costs, start)
     was_enabled = gc.isenabled()
     gc.disable()
@@ -119,6 +114,18 @@ def work_tables(schedule: Schedule, costs: CostModel
     hop = [float(costs.message_time(Action(b, _F, 0), Action(b + 1, _F, 0)))
            for b in range(stages)]
     return raw, dur, hop
+
+
+def checked_costs(schedule: Schedule, costs: CostModel | None,
+                  start: Sequence[float] | None) -> CostModel:
+    """``costs`` (uniform when None) after checking it and ``start`` fit ``schedule``."""
+    costs = costs or CostModel.uniform(schedule.stages)
+    if costs.stages != schedule.stages:
+        raise ValueError(f"the cost model has {costs.stages} stages; the schedule has "
+                         f"{schedule.stages}")
+    if start is not None and len(start) != schedule.ranks:
+        raise ValueError(f"start has {len(start)} times; the schedule has {schedule.ranks} ranks")
+    return costs
 
 
 def _out_of_range(schedule: Schedule) -> str:

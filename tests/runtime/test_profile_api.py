@@ -87,7 +87,7 @@ class _Listy(nn.Module):
     (([nn.Linear(2, 2), "relu"], torch.randn(2, 2)), {}, TypeError, "list of nn.Module"),
     (([nn.Linear(2, 2)], torch.randn(2, 2), nn.functional.mse_loss), {}, ValueError,
      "target="),
-    (([nn.Linear(2, 2)], torch.randn(2, 2)), {"statistic": "mean"}, ValueError, "median"),
+    (([nn.Linear(2, 2)], torch.randn(2, 2)), {"statistic": "mode"}, ValueError, "median"),
     (([nn.Linear(2, 2)], torch.randn(2, 2)), {"repeats": 0}, ValueError, "repeats"),
     (([nn.Linear(2, 2), _Listy()], torch.randn(2, 2)), {"comm": False}, TypeError,
      r"layer 1 \(_Listy\) gave list; between layers pass a tensor or a tuple of tensors"),
