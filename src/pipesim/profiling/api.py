@@ -40,8 +40,8 @@ def profile(layers: nn.Sequential | nn.ModuleList | Sequence[nn.Module], example
     ``optimizer(params)`` (e.g. ``torch.optim.AdamW``) builds the optimizer whose update of each
     layer is timed (none: 0). ``processes``: profile in as many processes at once as the run
     will have ranks on this machine, so the cores are as busy (times are their mean).
-    ``statistic``: "median" of ``repeats`` after ``warmup``, "mean", or "min". ``model_name`` labels the
-    plan. The caller's layers are not changed. ValueError/TypeError say what was wrong.
+    ``statistic``: "median" of ``repeats`` after ``warmup``, "mean", or "min". ``model_name``
+    labels the plan. The caller's layers are not changed. ValueError/TypeError say what was wrong.
     """
     from torch import nn
 
