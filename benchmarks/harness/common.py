@@ -78,16 +78,21 @@ class ResultLog:
         return full
 
 
+_KEEP_FREED_MEMORY = [True]  # the allocator setting of every rank launched from now on
+
+
 def glibc_default_allocator() -> None:
-    """Ranks launched from now on keep glibc's allocator defaults (mmap and trim thresholds).
+    """Ranks launched from now on keep glibc's allocator defaults (mmap and trim thresholds),
+    as a torch user without tunables runs, instead of pipesim's launcher default of keeping
+    freed memory (``LaunchOptions.keep_freed_memory``)."""
+    _KEEP_FREED_MEMORY[0] = False
 
-    pipesim's launcher calls ``keep_freed_memory()`` in every rank and offers no switch, so this
-    replaces the launcher module's reference to it with a no-op: the one patch the harness still
-    needs (to compare both allocator settings, as a torch user without tunables runs).
-    """
-    import pipesim.processes.launch as launcher
 
-    launcher.keep_freed_memory = lambda: False  # type: ignore[attr-defined]
+def launch_options(threads: int = 1) -> Any:
+    """The LaunchOptions of every benchmark's ranks: one torch thread, the allocator chosen."""
+    from pipesim.processes.launch import LaunchOptions
+
+    return LaunchOptions(threads=threads, keep_freed_memory=_KEEP_FREED_MEMORY[0])
 
 
 def median(values: Iterable[float]) -> float:

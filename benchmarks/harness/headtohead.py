@@ -22,7 +22,7 @@ from typing import Any
 from pipesim.costs import CostModel
 from pipesim.simulate import simulate
 
-from .common import median
+from .common import launch_options, median
 from .gradcheck import RTOL, grads_of, merge, refuse_unless_equal, verdict
 from .probe import BUCKETS, Probe
 from .sides import Side
@@ -59,10 +59,10 @@ def run_case(case: Case, tamper: Tamper | None = None) -> dict[str, Any]:
 
     Raises GradientMismatch when the sides disagree (``tamper`` wraps pipesim's side: tests).
     """
-    from pipesim.processes.launch import LaunchOptions, launch
+    from pipesim.processes.launch import launch
 
     gathered: list[dict[str, Any]] = launch(_Worker(case, tamper), case.ranks,
-                                            LaunchOptions(threads=1))
+                                            launch_options(1))
     refuse_unless_equal(f"{case.schedule} on {case.ranks} ranks", gathered[0]["check"])
     return summarize(case, gathered)
 

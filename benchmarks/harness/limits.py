@@ -23,7 +23,7 @@ from pipesim.ir import Op
 from pipesim.schedules import get_schedule
 from pipesim.simulate import simulate
 
-from .common import median
+from .common import launch_options, median
 
 SYNTHETIC_MS = {"F": 20.0, "B": 40.0, "I": 20.0, "W": 20.0}  # --synthetic F=20,B=40
 
@@ -48,10 +48,10 @@ def synthetic_ideal(case: SyntheticCase) -> float:
 
 
 def run_synthetic(case: SyntheticCase) -> dict[str, Any]:
-    from pipesim.processes.launch import LaunchOptions, launch
+    from pipesim.processes.launch import launch
 
     seconds: dict[str, list[float]] = launch(_SyntheticWorker(case), case.ranks,
-                                             LaunchOptions(threads=1))
+                                             launch_options(1))
     ideal = synthetic_ideal(case)
     row: dict[str, Any] = {**asdict(case), "ideal_step_s": ideal}
     for way, values in seconds.items():
@@ -114,9 +114,9 @@ class SingleCase:
 
 def run_single(case: SingleCase) -> dict[str, Any]:
     """Samples/s of one process, microbatched and whole-batch, in a forked child."""
-    from pipesim.processes.launch import LaunchOptions, launch
+    from pipesim.processes.launch import launch
 
-    rates: dict[str, float] = launch(_SingleWorker(case), 1, LaunchOptions(threads=case.threads))
+    rates: dict[str, float] = launch(_SingleWorker(case), 1, launch_options(case.threads))
     return {**asdict(case), **rates}
 
 

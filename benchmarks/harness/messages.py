@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .common import median
+from .common import launch_options, median
 
 WAYS = ("raw", "raw-new", "pipesim")
 
@@ -29,9 +29,9 @@ class MessageCase:
 
 def run_messages(case: MessageCase) -> dict[str, Any]:
     """Two forked ranks; returns MiB/s per way and pipesim's fraction of raw."""
-    from pipesim.processes.launch import LaunchOptions, launch
+    from pipesim.processes.launch import launch
 
-    seconds: dict[str, list[float]] = launch(_Worker(case), 2, LaunchOptions(threads=1))
+    seconds: dict[str, list[float]] = launch(_Worker(case), 2, launch_options(1))
     nbytes = case.mib * 2**20 * case.count
     row: dict[str, Any] = {"mib": case.mib, "count": case.count, "reps": case.reps}
     for way in WAYS:

@@ -65,3 +65,22 @@ def test_mlp_batches_come_from_one_dataset_and_differ_by_step() -> None:
     assert len(rows) <= MLP_DATASET
     classes = make_batch(_cfg(loss="cross-entropy"), 0)[1][0]
     assert classes.dtype == torch.int64 and int(classes.max()) < 16
+
+
+def _which_allocator(rank: int, world: int) -> bool:
+    import pipesim.processes.launch as launcher
+    return bool(launcher.KEPT)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_launch_options_choose_the_ranks_allocator(keep: bool,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ranks keep freed memory unless LaunchOptions says not to (the benchmarks compare both);
+    the forked ranks inherit the recording stand-in set here."""
+    import pipesim.processes.launch as launcher
+    from pipesim.processes.launch import LaunchOptions, launch_all
+
+    monkeypatch.setattr(launcher, "KEPT", [], raising=False)
+    monkeypatch.setattr(launcher, "keep_freed_memory", lambda: launcher.KEPT.append(1) or True)
+    got = launch_all(_which_allocator, 2, LaunchOptions(keep_freed_memory=keep))
+    assert got == [keep, keep]

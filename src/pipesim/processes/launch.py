@@ -63,6 +63,7 @@ class LaunchOptions:
     threads: int = 1  # torch threads per rank
     timeout: float = 600.0  # collective timeout (seconds)
     stall_timeout: float = 60.0  # no action completed this long on a busy rank: stop the job
+    keep_freed_memory: bool = True  # False: glibc's allocator defaults (benchmarks compare both)
 
 
 class _Watched(Observer):
@@ -189,7 +190,8 @@ def _child(rank: int, world: int, worker: Worker, opts: LaunchOptions, port: Any
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to handle
     torch.set_num_threads(opts.threads)
-    keep_freed_memory()
+    if opts.keep_freed_memory:
+        keep_freed_memory()
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo listens on loopback only
     code = 0
     try:
@@ -356,7 +358,8 @@ def init_torchrun(opts: LaunchOptions | None = None) -> tuple[int, int]:
                            "and MASTER_PORT are not set); to start ranks on this machine use "
                            "pipesim.launch(fn, world_size)")
     torch.set_num_threads(opts.threads)
-    keep_freed_memory()
+    if opts.keep_freed_memory:
+        keep_freed_memory()
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     dist.init_process_group(opts.backend, init_method="env://", rank=rank, world_size=world,
                             timeout=timedelta(seconds=opts.timeout))
