@@ -17,38 +17,54 @@ from pipesim.profiling.profiler import _STATISTICS
 class CommCosts(NamedTuple):
     """What ``measure_comm`` measured (seconds, bytes per second)."""
 
-    latency: float  # one-way time of a 4-byte message
+    latency: float  # one-way time of a 4-byte message to a rank waiting for it
     bandwidth: float  # bytes per second beyond the latency; inf if not measurable
     send_overhead: float  # the sender's own time to post a message, as the engine sends
 
 
 @dataclass(frozen=True)
 class PingPong:
-    """Picklable 2-rank worker: one-way times of messages of ``sizes`` bytes (median or min),
-    then the time rank 0 spends in ``isend`` of the last size while rank 1 is busy computing
-    with its receive already posted, as a pipeline's ranks are."""
+    """Picklable 2-rank worker: the one-way time of a message of each of ``sizes`` bytes as a
+    pipeline's ranks see it (median or min), then the time rank 0 spends in ``isend`` of the
+    last size while rank 1 is busy computing with its receive already posted.
+
+    One-way, as in a pipeline: rank 1 has posted its receive and waits, blocked, while rank 0
+    computes for ``busy`` seconds and then sends; the time from the send to rank 1 holding the
+    message (both read the same monotonic clock: one machine). A ping-pong of two ranks that do
+    nothing else is 2-4x faster here: a blocked rank wakes slower than a spinning one.
+    """
 
     sizes: tuple[int, ...]
     repeats: int = 30
     statistic: str = "median"
+    busy: float = 0.002  # seconds rank 0 computes before each message (an action's length)
 
     def __call__(self, rank: int, world: int, monitor: Any = None) -> list[float] | None:
         out = []
+        a, w = torch.randn(64, 256), torch.randn(256, 256)
+        stamp = torch.zeros(1, dtype=torch.float64)
         for size in self.sizes:
             buf = torch.zeros(max(1, size // 4), dtype=torch.float32)
             times = []
             for _ in range(self.repeats + 3):
-                t0 = time.perf_counter()
+                dist.barrier()
                 if rank == 0:
+                    stop = time.perf_counter() + self.busy
+                    while time.perf_counter() < stop:
+                        a @ w
+                    stamp[0] = time.perf_counter()
                     dist.send(buf, 1)
-                    dist.recv(buf, 1)
+                    dist.send(stamp, 1)
                 else:
-                    dist.recv(buf, 0)
-                    dist.send(buf, 0)
-                times.append((time.perf_counter() - t0) / 2)
-            out.append(_STATISTICS[self.statistic](times[3:]))
+                    work = dist.irecv(buf, 0)
+                    assert work is not None  # None only for a rank outside the group
+                    work.wait()
+                    arrived = time.perf_counter()
+                    dist.recv(stamp, 0)
+                    times.append(arrived - float(stamp[0]))
+            out.append(_STATISTICS[self.statistic](times[3:]) if rank == 1 else 0.0)
         out.append(self._send_overhead(rank, max(1, self.sizes[-1] // 4)))
-        return out if rank == 0 else None
+        return _from_both(out)
 
     def _send_overhead(self, rank: int, numel: int) -> float:
         buf, ack = torch.zeros(numel), torch.zeros(1)
@@ -72,12 +88,20 @@ class PingPong:
         return _STATISTICS[self.statistic](times[3:]) if rank == 0 else 0.0
 
 
+def _from_both(values: list[float]) -> list[float] | None:
+    """On rank 0: each figure from the rank that measured it (the other gave 0)."""
+    mine = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(mine)
+    return mine.tolist() if dist.get_rank() == 0 else None
+
+
 def measure_comm(message_bytes: int, repeats: int = 30, statistic: str = "median"
                  ) -> CommCosts:
     """Gloo between two forked ranks on this machine: latency, bandwidth and send overhead.
 
-    Latency is the one-way time of a 4-byte message; bandwidth fits the extra time of a
-    ``message_bytes`` message (the model's largest activation), infinite if not measurable;
+    Latency is the one-way time of a 4-byte message to a rank blocked waiting for it while the
+    sender computed (``PingPong``); bandwidth fits the extra time of a ``message_bytes``
+    message (the model's largest activation), infinite if not measurable;
     the send overhead is the sender's time in ``isend`` of such a message to a busy rank that
     posted its receive ahead (as the engine does; over loopback TCP it is 0.1-0.4 ms here).
     """
