@@ -131,9 +131,10 @@ class Comm:
     def _post_rest(self) -> None:
         """Post every receive of the step not yet posted, on every channel.
 
-        Done only when the rank is about to wait anyway, so it costs no time: on gloo a sender
-        whose receive is not posted yet pays for it (its message waits in gloo, the hand-over
-        happens later on its side), which the posting ``lookahead`` alone left to chance.
+        Done only when the rank is about to wait anyway, so it costs no time. gloo moves a
+        message's data only after the receiver has announced its receive; a send before that
+        only announces itself, and the data leaves later from gloo's event-loop thread, while
+        the receiver waits for it. The engine's posting ``lookahead`` alone left that to chance.
         Receive buffers are per message and kept across steps, so this takes no memory.
         Not on nccl, where a receive posted early can hold up a send queued behind it.
         """
