@@ -7,7 +7,7 @@ from itertools import pairwise
 import torch
 from torch import nn
 
-from pipesim.ir import Action, Op
+from pipesim.ir import Op
 from pipesim.runtime.stage import StageRunner
 from pipesim.schedules import get_schedule
 from tests.runtime.helpers import assert_step_matches, run_job
@@ -64,4 +64,3 @@ def test_a_run_of_weights_is_one_event_and_gradients_equal_one_process() -> None
                 assert e.duration == 0.0 and e.start == before.end
                 merged += 1
     assert merged == 6  # runs of 2, 3 and 4 W: 1 + 2 + 3 merged into the run's first
-    assert Action(0, Op.W, 7) in {e.action for e in timeline.events}
