@@ -262,7 +262,7 @@ def _profiled(data: Any) -> ProfiledModel:
             raise CostFileError(f"profiled: missing field {key!r}")
     for key, value in data.items():
         if key in _PROFILED_INTS:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_positive_int(value):
                 raise CostFileError(f"profiled.{key}: {value!r} is not an integer >= 1")
         elif not isinstance(value, str) or not value:
             raise CostFileError(f"profiled.{key}: {value!r} is not a non-empty string")

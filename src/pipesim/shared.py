@@ -31,6 +31,7 @@ import math
 from bisect import bisect_right
 from collections.abc import Sequence
 
+from pipesim.checks import is_positive_int
 from pipesim.costs import CostModel
 from pipesim.ir import Action, ActionKey, Schedule, dep_keys, deps
 from pipesim.overlap import pair_positions
@@ -54,7 +55,7 @@ def simulate_shared(schedule: Schedule, costs: CostModel | None, cores: int,
     ``simulate`` refuses; DeadlockError (``pipesim.simulate``) when the ranks' orders can never
     complete, with ``simulate``'s ``stuck``.
     """
-    if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
+    if not is_positive_int(cores):
         raise ValueError(f"cores must be an integer >= 1, got {cores!r}")
     costs = checked_costs(schedule, costs, start)
     for row in schedule.actions:

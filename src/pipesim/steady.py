@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from pipesim.checks import is_positive_int
 from pipesim.costs import CostModel
 from pipesim.ir import Schedule
 from pipesim.shared import simulate_shared
@@ -40,8 +41,7 @@ def steady_step(schedule: Schedule, costs: CostModel | None = None,
     """
     if max_steps < 2:
         raise ValueError(f"max_steps must be >= 2, got {max_steps}")
-    if cores is not None and (isinstance(cores, bool) or not isinstance(cores, int)
-                              or cores < 1):
+    if cores is not None and not is_positive_int(cores):
         raise ValueError(f"cores must be an integer >= 1, got {cores!r}")
     shared = cores if cores is not None and cores < schedule.ranks else None
     between = list(between) or [0.0] * schedule.ranks

@@ -21,7 +21,7 @@ from pipesim.costs import CostModel
 from pipesim.ir import Schedule
 from pipesim.planner.synthesize import OBJECTIVES, PLACEMENTS, Synthesis, SynthesisError, synthesis
 from pipesim.schedule_io import format_csv, format_text
-from pipesim.schedules import SCHEDULES, ConfigError
+from pipesim.schedules import same_placement
 from pipesim.schedules._common import v_placement
 from pipesim.simulate import simulate
 from pipesim.steady import steady_step
@@ -104,18 +104,10 @@ Row = tuple[str, Schedule, float, float, int]  # name, schedule, steady step, ma
 
 def registered(sched: Schedule, costs: CostModel) -> list[Row]:
     """The registered training schedules of the same placement, measured on the same costs."""
-    rows: list[Row] = []
-    for name, spec in SCHEDULES.items():
-        if not spec.training or spec.virtual not in (None, 2):
-            continue
-        try:
-            other = spec.build(sched.ranks, sched.microbatches)
-        except ConfigError:
-            continue
-        if other.stage_to_rank == sched.stage_to_rank:
-            rows.append((name, other, steady_step(other, costs).step,
-                         simulate(other, costs).makespan, max(peak_activations(other))))
-    return rows
+    return [(name, other, steady_step(other, costs).step, simulate(other, costs).makespan,
+             max(peak_activations(other)))
+            for name, other in same_placement(sched.ranks, sched.microbatches,
+                                              sched.stage_to_rank)]
 
 
 def summary(found: Synthesis, costs: CostModel, others: list[Row], output: str | None) -> str:

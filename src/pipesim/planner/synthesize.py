@@ -29,10 +29,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from pipesim.checks import is_positive_int
 from pipesim.costs import CostModel
 from pipesim.ir import Op, Schedule
 from pipesim.planner.listsched import Knobs, Problem, list_schedule, make_problem
-from pipesim.schedules import SCHEDULES, ConfigError, _check_size
+from pipesim.schedules import ConfigError, _check_size, same_placement
 from pipesim.schedules._common import v_placement
 from pipesim.simulate import DeadlockError, simulate
 from pipesim.steady import steady_step
@@ -143,7 +144,7 @@ def synthesis(ranks: int, microbatches: int, costs: CostModel | None = None, *,
 def _problem(ranks: int, microbatches: int, costs: CostModel | None, max_stashed: int | None,
              memory_limit: float | None, objective: str, placement: str) -> Problem:
     for label, value in (("ranks", ranks), ("microbatches", microbatches)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_positive_int(value):
             raise SynthesisError(f"{label} must be an integer >= 1, got {value!r}")
     if objective not in OBJECTIVES:
         raise SynthesisError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
@@ -207,14 +208,8 @@ class _Search:
     def seed_registered(self) -> None:
         """Registered schedules with this placement that fit the memory cap."""
         pb = self.pb
-        for name, spec in SCHEDULES.items():
-            if not spec.training or spec.virtual not in (None, 2):
-                continue
-            try:
-                sched = spec.build(pb.ranks, pb.microbatches)
-            except ConfigError:
-                continue
-            if sched.stage_to_rank == pb.stage_to_rank and _fits(sched, pb):
+        for name, sched in same_placement(pb.ranks, pb.microbatches, pb.stage_to_rank):
+            if _fits(sched, pb):
                 self.measure(sched, name)
 
     def evaluate(self, knobs: Knobs) -> tuple[float, ...]:

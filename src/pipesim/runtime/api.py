@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from pipesim.checks import is_positive_int
 from pipesim.processes.launch import (
     LaunchOptions,
     RankFailedError,
@@ -56,7 +57,7 @@ def launch(fn: Callable[..., Any], world_size: int, *args: Any, backend: str | N
     return value in rank order; raises PipelineError (a mistake every rank agreed on) or
     RankFailedError naming the first rank that failed and its error.
     """
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+    if not is_positive_int(world_size):
         raise ValueError(f"world_size must be an integer >= 1, got {world_size!r}")
     if under_torchrun():
         raise RuntimeError("pipesim.launch forks ranks on this machine; under torchrun call "

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from pipesim.ir import Schedule
@@ -16,7 +16,8 @@ from pipesim.schedules.interleaved import interleaved_1f1b, looped_bfs
 from pipesim.schedules.simple import forward, gpipe, one_f_one_b
 from pipesim.schedules.zero_bubble import zb_h1, zbv
 
-__all__ = ["SCHEDULES", "ConfigError", "ScheduleSpec", "UnknownScheduleError", "get_schedule"]
+__all__ = ["SCHEDULES", "ConfigError", "ScheduleSpec", "UnknownScheduleError", "get_schedule",
+           "same_placement"]
 
 
 class UnknownScheduleError(ValueError):
@@ -97,3 +98,19 @@ def get_schedule(name: str, ranks: int, microbatches: int,
     if spec.virtual == "any":
         return spec.build(ranks, microbatches, v)
     return spec.build(ranks, microbatches)
+
+
+def same_placement(ranks: int, microbatches: int, stage_to_rank: Sequence[int]
+                   ) -> Iterator[tuple[str, Schedule]]:
+    """(name, schedule) of each registered training schedule (one or two stages per rank) that
+    builds for ``ranks`` x ``microbatches`` and places stages as ``stage_to_rank``: what a
+    synthesized schedule competes with."""
+    for name, spec in SCHEDULES.items():
+        if not spec.training or spec.virtual not in (None, 2):
+            continue
+        try:
+            sched = spec.build(ranks, microbatches)
+        except ConfigError:
+            continue
+        if sched.stage_to_rank == tuple(stage_to_rank):
+            yield name, sched
