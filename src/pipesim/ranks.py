@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 ORDERS = ("pipeline-first", "replica-first")
@@ -48,4 +49,11 @@ class RankGrid:
         return [self.rank(d, pipe_rank) for d in range(self.dp)]
 
 
-__all__ = ["ORDERS", "RankGrid"]
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity), which forked ranks share."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+__all__ = ["ORDERS", "RankGrid", "available_cores"]

@@ -23,9 +23,10 @@ import pytest
 
 from pipesim import CostModel, get_schedule, simulate
 from pipesim.ir import Action, Op
-from pipesim.timeline import Event, MessageEvent, Span, Timeline
+from pipesim.timeline import Event, Timeline
 from pipesim.views.grid import step_grid
 from pipesim.views.html import HtmlSection, render_html, render_timeline_html
+from tests.core.test_html import measured_timeline  # the same hand-written 2-rank run
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
@@ -107,15 +108,6 @@ def compare_sections(ranks: int = 4, microbatches: int = 8) -> list[HtmlSection]
         tl = simulate(schedule, CostModel.uniform(schedule.stages, F=1.0 / v))
         sections.append(HtmlSection(name, tl))
     return sections
-
-
-def measured_timeline() -> Timeline:
-    a, b, c, d = Action(0, Op.F, 0), Action(1, Op.F, 0), Action(1, Op.B, 0), Action(0, Op.B, 0)
-    events = (Event(0, a, 10.0, 10.25), Event(1, b, 10.5, 10.75),
-              Event(1, c, 10.75, 11.25), Event(0, d, 11.5, 12.0))
-    messages = (MessageEvent(0, 1, a, b, 10.25, 10.5), MessageEvent(1, 0, c, d, 11.25, 11.5))
-    spans = (Span(0, "all-reduce", 12.0, 12.5), Span(1, "all-reduce", 11.25, 12.5))
-    return Timeline(2, events, messages, "s", "measured", (0, 1), 1, spans)
 
 
 @pytest.fixture(scope="module")

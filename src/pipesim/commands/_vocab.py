@@ -16,8 +16,9 @@ checks that they agree.
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any, NamedTuple
+
+from pipesim.ranks import available_cores
 
 __all__ = [
     "DEFAULT_MICROBATCHES",
@@ -189,8 +190,7 @@ def resolve_sizes(ranks: int | None, dp: int | None, world: int | None,
 
 def warn_oversubscribed(processes: int, cpus: int | None = None) -> str | None:
     """One line when more processes than CPUs will share them, else None."""
-    cpus = cpus if cpus is not None else len(os.sched_getaffinity(0)) \
-        if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = cpus if cpus is not None else available_cores()
     if processes <= cpus:
         return None
     return (f"pipesim: warning: {processes} processes on {cpus} CPU cores: ranks take turns on "

@@ -25,6 +25,7 @@ from pipesim.layercosts import load_layer_costs
 from pipesim.predict import engine_gaps, predict
 from pipesim.profiling.comm import measure_comm
 from pipesim.profiling.profiler import one_thread, profile_model
+from pipesim.ranks import available_cores
 from pipesim.runtime.train import RunConfig
 from pipesim.schedules import get_schedule
 from pipesim.timeline import Timeline
@@ -72,7 +73,7 @@ def predict_run(cfg: RunConfig, costs_path: str | None = None,
         layer_costs = load_layer_costs(costs_path)
         comm: Sequence[float] = ()
     else:
-        processes = max(1, min(cfg.grid.world, os.cpu_count() or 1))
+        processes = min(cfg.grid.world, available_cores())
         layer_costs = profile_model(cfg, repeats=20, warmup=2, processes=processes)
         layer_costs = dataclasses.replace(layer_costs, reference_time=reference_time())
         comm = ()
@@ -90,8 +91,7 @@ def shared_cores(cfg: RunConfig) -> int | None:
     from pipesim.processes.launch import under_torchrun
     if cfg.backend != "gloo" or under_torchrun():
         return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-        else (os.cpu_count() or 1)
+    cores = available_cores()
     return cores if cfg.grid.world > cores else None
 
 
