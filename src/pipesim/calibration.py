@@ -11,10 +11,12 @@ set-up and end) so that a replay of those runs equals them. The result is cached
      "action_overhead": 1.1e-04, "step_overhead": 3.0e-04,   # seconds
      "measured": "2026-12-01 20:40", "notes": "...", "fits": {"1f1b": [o, g], ...}}
 
-``<key>`` hashes the machine and the torch version, so another machine or torch finds no file
-and calibrates anew. ``pipesim run --predict`` reads it (and calibrates once when there is
-none); ``pipesim profile`` writes it into the cost files it makes (``engine_action_overhead``,
-``engine_step_overhead``), which ``pipesim plan`` and ``pipesim simulate --costs`` use.
+``<key>`` hashes the machine, the torch version, the transport between ranks of one machine
+(``pipesim.transport``) and the engine's revision, so another machine, torch, transport or
+engine finds no file and calibrates anew. ``pipesim run --predict`` reads it (and calibrates
+once when there is none); ``pipesim profile`` writes it into the cost files it makes
+(``engine_action_overhead``, ``engine_step_overhead``), which ``pipesim plan`` and
+``pipesim simulate --costs`` use.
 Pure: no torch (its version is read from the installed package's metadata).
 """
 
@@ -31,10 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from pipesim.layercosts import LayerCosts
+from pipesim.transport import local_transport
 
 __all__ = ["ENV", "EngineCosts", "cache_path", "load_engine_costs", "machine_id",
            "torch_version", "with_engine"]
 
+ENGINE_REVISION = 2  # raised when the engine's own costs change (2: shared-memory messages)
 ENV = "PIPESIM_CACHE_DIR"  # where the cache lives (tests point it at a temporary folder)
 FORMAT = "pipesim-engine-costs"
 
@@ -97,10 +101,13 @@ def cache_dir() -> Path:
     return Path(base) / "pipesim"
 
 
-def cache_path(machine: str | None = None, torch: str | None = None) -> Path:
-    """The cache file for ``machine`` and ``torch`` (default: this machine, installed torch)."""
+def cache_path(machine: str | None = None, torch: str | None = None,
+               transport: str | None = None) -> Path:
+    """The cache file for ``machine``, ``torch`` and the same-machine ``transport`` (default:
+    this machine, the installed torch, ``transport.local_transport()``)."""
     key = f"{machine if machine is not None else machine_id()}|" \
-          f"{torch if torch is not None else torch_version()}"
+          f"{torch if torch is not None else torch_version()}|" \
+          f"{transport if transport is not None else local_transport()}|{ENGINE_REVISION}"
     return cache_dir() / f"engine-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 

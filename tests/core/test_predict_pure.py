@@ -314,6 +314,7 @@ def test_the_calibration_cache_is_keyed_by_machine_and_torch_version(
     cache_path().write_text(here.to_json(), encoding="utf-8")
     assert load_engine_costs() == here
     assert cache_path("other machine") != cache_path() != cache_path(torch="1.0")
+    assert cache_path(transport="shm") != cache_path(transport="gloo")
     assert cache_path(torch=torch_version()) == cache_path()
     assert load_engine_costs(cache_path(torch="1.0")) is None  # another torch: measure again
     cache_path().write_text("{not json", encoding="utf-8")

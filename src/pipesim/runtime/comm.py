@@ -6,6 +6,8 @@ floating members), one tensor each under its own tag. On each channel (src -> ds
 posted in the order the sender sends, so the schedule runs the same on gloo (which matches by
 tag) and nccl (which matches by posting order). Shapes and dtypes are learned by
 ``exchange_shapes`` (again whenever the batch's shapes change); after that only tensors travel.
+Between ranks of one machine, on CPU, ``connect_local`` moves messages to shared memory
+(``runtime/shm.py``); gloo carries the rest.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import torch
 import torch.distributed as dist
 
 from pipesim.ir import Action, Op, Schedule
+from pipesim.runtime import shm
+from pipesim.runtime.agree import all_ints
 from pipesim.runtime.stage import Payload, StageRunner
 from pipesim.validate import Message, messages
 
@@ -55,10 +59,11 @@ class Comm:
     """Sends and receives of one rank for one schedule, on ``group`` (global ranks in ``peers``)."""
 
     def __init__(self, schedule: Schedule, rank: int, device: torch.device,
-                 peers: Sequence[int] | None = None, group: dist.ProcessGroup | None = None
-                 ) -> None:
+                 peers: Sequence[int] | None = None, group: dist.ProcessGroup | None = None,
+                 timeout: float = 600.0) -> None:
         self.rank = rank
         self.device = device
+        self.timeout = timeout
         self.group = group
         self.peers = list(peers) if peers is not None else list(range(schedule.ranks))
         self.boundaries: dict[int, Boundary] = {}
@@ -68,18 +73,25 @@ class Comm:
         self.incoming: dict[Action, list[Message]] = {}
         self.outgoing: dict[Action, list[Message]] = {}
         channels: dict[int, list[Message]] = {}
+        out_channels: dict[int, list[Message]] = {}
         for m in all_msgs:
             if m.dst == rank:
                 self.incoming.setdefault(m.consumer, []).append(m)
                 channels.setdefault(m.src, []).append(m)
             if m.src == rank:
                 self.outgoing.setdefault(m.producer, []).append(m)
-        # per source rank, messages in the order that rank sends them
-        self.channel = {src: sorted(ms, key=lambda m: position[m.producer])
-                        for src, ms in channels.items()}
-        self.channel_index = {src: {m: i for i, m in enumerate(ms)}
-                              for src, ms in self.channel.items()}
-        self.next_post = dict.fromkeys(self.channel, 0)
+                out_channels.setdefault(m.dst, []).append(m)
+        # per peer rank, messages in the order the sender sends them (in and out)
+        self.in_order = {src: sorted(ms, key=lambda m: position[m.producer])
+                         for src, ms in channels.items()}
+        self.out_order = {dst: sorted(ms, key=lambda m: position[m.producer])
+                          for dst, ms in out_channels.items()}
+        self.shm_in: dict[Message, shm.Slot] = {}  # messages through shared memory
+        self.shm_out: dict[Message, shm.Slot] = {}
+        self._got: list[shm.Slot] = []  # received this step, released when it ends
+        self.seq = 1  # this step's number, for shared-memory messages
+        self.shm_token = 0  # names this rank's channel files (0: none)
+        self._gloo_channels()
         self.posted: dict[Message, _Posted] = {}
         self._buffers: dict[Message, Payload] = {}
         self.sends: deque[tuple[dist.Work, torch.Tensor]] = deque()
@@ -101,6 +113,67 @@ class Comm:
         """Forget shapes and buffers (the batch's shapes changed); exchange_shapes again."""
         self.boundaries.clear()
         self._buffers.clear()
+        self.shm_in.clear()
+        self.shm_out.clear()
+        self._gloo_channels()
+
+    def _gloo_channels(self) -> None:
+        """The receives gloo carries, per source rank in the sender's order."""
+        self.channel = {src: [m for m in ms if m not in self.shm_in]
+                        for src, ms in self.in_order.items()}
+        self.channel_index = {src: {m: i for i, m in enumerate(ms)}
+                              for src, ms in self.channel.items()}
+        self.next_post = dict.fromkeys(self.channel, 0)
+
+    def _shapes(self, ms: Sequence[Message]) -> list[list[tuple[tuple[int, ...], torch.dtype]]]:
+        return [[(x.shape, x.dtype) for x in self.members(m)] for m in ms]
+
+    def connect_local(self) -> int:
+        """Collective (every rank of the world, after ``exchange_shapes``): carry the messages
+        between ranks of this machine through shared memory; how many of this rank's go so.
+
+        Each receiver creates one file per incoming channel; tokens are all-gathered; each
+        sender attaches the files it can see (same machine); a second all-gather tells the
+        receivers which channels were attached; then the files' names are removed."""
+        if self.device.type != "cpu":  # nccl: every rank's device is a GPU
+            return 0
+        self.shm_in.clear()
+        self.shm_out.clear()
+        me = self.peers[self.rank]
+        self.shm_token = token = shm.new_token() if shm.supported() else 0
+        made = {}
+        for src, ms in self.in_order.items() if token else ():
+            channel = shm.create(token, self.peers[src], self._shapes(ms), self._names(ms))
+            if channel is not None:
+                made[src] = channel
+        tokens = all_ints([token], self.device)
+        attached = [0] * len(self.peers)
+        for dst, ms in self.out_order.items():
+            theirs = tokens[self.peers[dst]][0]
+            channel = shm.attach(theirs, me, self._shapes(ms), self._names(ms)) \
+                if theirs and token else None
+            if channel is not None:
+                attached[dst] = 1
+                self.shm_out.update(zip(ms, channel.slots, strict=True))
+        everyone = all_ints(attached, self.device)
+        for src, channel in made.items():
+            shm.remove(token, self.peers[src])
+            if everyone[self.peers[src]][self.rank]:
+                self.shm_in.update(zip(self.in_order[src], channel.slots, strict=True))
+        self.seq = 1
+        self._gloo_channels()
+        return len(self.shm_in) + len(self.shm_out)
+
+    def transports(self) -> dict[str, int]:
+        """This rank's messages of one step (sent and received) by what carries them."""
+        total = sum(map(len, self.in_order.values())) + sum(map(len, self.out_order.values()))
+        local = len(self.shm_in) + len(self.shm_out)
+        return {"shared memory": local, "gloo" if self.device.type == "cpu" else "nccl":
+                total - local}
+
+    def _names(self, ms: Sequence[Message]) -> list[str]:
+        return [f"rank {self.peers[m.src]} -> rank {self.peers[m.dst]}, "
+                f"{m.producer} -> {m.consumer}" for m in ms]
 
     # ------------------------------------------------------------------ receiving
     def _buffer(self, m: Message) -> Payload:
@@ -145,11 +218,18 @@ class Comm:
     def prefetch(self, consumer: Action) -> None:
         """Post (without waiting) every receive ``consumer`` will need."""
         for m in self.incoming.get(consumer, ()):
-            self._post_until(m)
+            if m not in self.shm_in:
+                self._post_until(m)
 
     def recv(self, consumer: Action, producer: Action) -> Payload:
         """The payload ``producer`` sent for ``consumer``; blocks until it has arrived."""
         m = next(x for x in self.incoming[consumer] if x.producer == producer)
+        slot = self.shm_in.get(m)
+        if slot is not None:
+            if self.post_when_idle and not shm.arrived(slot, self.seq):
+                self._post_rest()
+            self._got.append(slot)
+            return shm.get(slot, self.seq, self.timeout)
         self._post_until(m)
         posted = self.posted.pop(m)
         if self.post_when_idle and not all(w.is_completed() for w in posted.works):
@@ -163,6 +243,10 @@ class Comm:
         """Start sending ``producer``'s output to every rank that consumes it; never blocks."""
         out = tuple(t.detach().contiguous() for t in payload)
         for m in self.outgoing.get(producer, ()):
+            slot = self.shm_out.get(m)
+            if slot is not None:
+                shm.put(slot, out, self.seq, self.timeout)
+                continue
             for j, t in enumerate(out):
                 work = dist.isend(t, dst=self.peers[m.dst], group=self.group, tag=self._tag(m, j))
                 self.sends.append((_work(work), t))
@@ -174,6 +258,10 @@ class Comm:
         for work, _ in self.sends:
             work.wait()
         self.sends.clear()
+        for slot in self._got:
+            shm.release(slot, self.seq)
+        self._got.clear()
+        self.seq += 1
         if self.posted:
             left = ", ".join(f"{m.producer}->{m.consumer}" for m in self.posted)
             raise RuntimeError(f"receives posted but never used: {left}")

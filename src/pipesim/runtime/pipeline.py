@@ -198,6 +198,7 @@ class Pipeline:
                 if self.holds_first else None
             raise_if_any(exchange_shapes(engine.comm, engine.schedule, self.runners,
                                          xs[0] if xs else None), self.device)
+            engine.comm.connect_local()
             self._engines[training] = (engine, signature)
         xs = split_microbatches(inputs, check.total, self.replica, self.microbatches) \
             if self.holds_first else []
@@ -205,6 +206,14 @@ class Pipeline:
                                 keep_single=True) if self.holds_last and training else []
         self.last_record = engine.step(xs, ys)
         return self.last_record
+
+    def transports(self) -> dict[str, int]:
+        """How this rank's messages of one step travel, once a step (else a forward) has run:
+        between ranks of one machine on CPU through shared memory, else on the backend."""
+        if not self._engines:
+            raise PipelineError("no step has run yet: call pipe.step(...) first")
+        engine, _ = self._engines.get(True) or next(iter(self._engines.values()))
+        return engine.comm.transports()
 
     # ------------------------------------------------------------------ seeing
     def timeline(self) -> Timeline | None:

@@ -1,0 +1,192 @@
+"""Messages between ranks of one machine through shared memory, instead of gloo's sockets.
+
+On one machine a gloo message is a socket write by the sender, then a wake-up of the receiver's
+event-loop thread, then one of the waiting rank; on a virtual machine waking an idle CPU costs
+tens of microseconds each time (``benchmarks/RESULTS.md``). Here each receiving rank owns one
+shared file per channel (src -> dst) holding every message of that channel at a layout both
+sides compute from the boundary shapes. The sender copies its tensors in and then raises the
+message's sequence number; the receiver polls that number and uses the tensors in place (they
+are its receive buffers, reused every step like gloo's); at the end of its step it raises the
+message's acknowledgement, which the sender waits for before it writes the message again.
+
+A poll yields the CPU (``sched_yield``): with a core per rank it returns at once, so a waiting
+rank sees its message within microseconds; when ranks share cores it lets a computing rank run.
+Only on x86-64, whose stores become visible in program order (a lock operation between the data
+and the sequence number keeps non-temporal copies in order too); elsewhere, and across
+machines, gloo carries every message. ``PIPESIM_SHM=0`` turns it off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from pipesim import transport
+
+_LINE = 64  # bytes: control words sit on their own cache lines
+_SENT, _ACKED = 0, _LINE // 8  # int64 indices of a message's two control words
+_CONTROL = 2 * _LINE
+_fence = threading.Lock()
+
+
+def supported() -> bool:
+    """Whether this process may use shared-memory messages at all."""
+    return transport.local_transport() == "shm"
+
+
+def _align(n: int) -> int:
+    return -(-n // _LINE) * _LINE
+
+
+Shapes = Sequence[tuple[tuple[int, ...], torch.dtype]]  # one message's members
+
+
+def layout(messages: Sequence[Shapes]) -> tuple[list[tuple[int, list[int]]], int]:
+    """Per message, its control block's byte offset and each member's; the file's size.
+
+    The first line holds the owner's token, which an attaching sender checks."""
+    at, out = _LINE, []
+    for members in messages:
+        control, at = at, at + _CONTROL
+        offsets = []
+        for shape, dtype in members:
+            offsets.append(at)
+            at = _align(at + _numel(shape) * dtype.itemsize)
+        out.append((control, offsets))
+    return out, max(at, _LINE)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+@dataclass
+class Slot:
+    """One message's place in a channel file: control words and the member tensors."""
+
+    control: memoryview  # int64 words, this message's control block
+    tensors: tuple[torch.Tensor, ...]
+    what: str  # for errors: "rank 1 -> rank 2, 0F3 -> 1F3"
+
+
+class Channel:
+    """One mapped channel file and its slots, in the order of ``messages``."""
+
+    def __init__(self, buf: mmap.mmap, messages: Sequence[Shapes], names: Sequence[str]) -> None:
+        self.buf = buf
+        places, _ = layout(messages)
+        words = memoryview(buf).cast("q")
+        self.slots = [
+            Slot(words[control // 8:(control + _CONTROL) // 8],
+                 tuple(torch.frombuffer(buf, dtype=dtype, count=_numel(shape), offset=off)
+                       .view(shape) for (shape, dtype), off in zip(members, offsets, strict=True)),
+                 name)
+            for members, (control, offsets), name in zip(messages, places, names, strict=True)]
+        self.token = words[0]
+
+
+def path(token: int, src: int) -> str:
+    return os.path.join(transport.SHM_DIR, f"pipesim-{token:016x}-{src}")
+
+
+def create(token: int, src: int, messages: Sequence[Shapes], names: Sequence[str]
+           ) -> Channel | None:
+    """The receiver's side: a new channel file from ``src``, its space reserved (None if the
+    shared-memory file system cannot hold it, or refuses)."""
+    _, size = layout(messages)
+    name = path(token, src)
+    try:
+        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError:
+        return None
+    try:
+        os.posix_fallocate(fd, 0, size)  # ENOSPC here, not SIGBUS at the first write
+        buf = mmap.mmap(fd, size)
+    except OSError:
+        os.unlink(name)
+        return None
+    finally:
+        os.close(fd)
+    memoryview(buf).cast("q")[0] = token
+    return Channel(buf, messages, names)
+
+
+def attach(token: int, src: int, messages: Sequence[Shapes], names: Sequence[str]
+           ) -> Channel | None:
+    """The sender's side: the receiver's channel file, if this machine has it (same size and
+    token); None means another machine, or no file: use gloo."""
+    _, size = layout(messages)
+    try:
+        fd = os.open(path(token, src), os.O_RDWR)
+    except OSError:
+        return None
+    try:
+        if os.fstat(fd).st_size != size:
+            return None
+        buf = mmap.mmap(fd, size)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    channel = Channel(buf, messages, names)
+    return channel if channel.token == token else None
+
+
+def remove(token: int, src: int) -> None:
+    """Drop a channel file's name (both sides keep their mapping)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path(token, src))
+
+
+def new_token() -> int:
+    """A random positive int64 naming this rank's channel files."""
+    return int.from_bytes(os.urandom(8), "little") >> 1 or 1
+
+
+def put(slot: Slot, payload: Sequence[torch.Tensor], seq: int, timeout: float) -> None:
+    """Write step ``seq``'s message: once the receiver is done with step seq-1's."""
+    _wait(slot, _ACKED, seq - 1, timeout, "to release")
+    for dst, t in zip(slot.tensors, payload, strict=True):
+        dst.copy_(t)
+    with _fence:  # the data before the sequence number, also after non-temporal stores
+        slot.control[_SENT] = seq
+
+
+def get(slot: Slot, seq: int, timeout: float) -> tuple[torch.Tensor, ...]:
+    """Step ``seq``'s message, in place; call ``release`` when the step is done with it."""
+    _wait(slot, _SENT, seq, timeout, "to arrive")
+    return slot.tensors
+
+
+def arrived(slot: Slot, seq: int) -> bool:
+    return bool(slot.control[_SENT] >= seq)
+
+
+def release(slot: Slot, seq: int) -> None:
+    slot.control[_ACKED] = seq
+
+
+def _wait(slot: Slot, word: int, value: int, timeout: float, why: str) -> None:
+    control = slot.control
+    if control[word] >= value:
+        return
+    start, polls = time.monotonic(), 0
+    while control[word] < value:
+        os.sched_yield()
+        polls += 1
+        if polls % 1024 == 0 and time.monotonic() - start > timeout:
+            raise TimeoutError(f"waited {timeout:g} s for message {slot.what} {why}")
+
+
+__all__ = ["Channel", "Slot", "arrived", "attach", "create", "get", "layout", "new_token", "put",
+           "release", "remove", "supported"]
