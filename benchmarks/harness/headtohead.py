@@ -91,6 +91,7 @@ def build_sides(case: Case, rank: int, world: int, tamper: Tamper | None
     """pipesim's side (and torch's unless ``torch_side`` is False), the probe, the schedule."""
     import torch.distributed as dist
 
+    from pipesim.ranks import available_cores
     from pipesim.schedules import get_schedule
 
     from .sides import make_batches, pipesim_side, stage_modules, torch_side
@@ -98,7 +99,7 @@ def build_sides(case: Case, rank: int, world: int, tamper: Tamper | None
     sched = get_schedule(case.schedule, world, case.microbatches)
     batches = make_batches(case.microbatches, case.batch, case.hidden, case.seed,
                            case.warmup + case.steps)
-    probe = Probe()
+    probe = Probe(cpu_time=case.ranks > available_cores())  # for the ideal on shared cores
 
     def modules() -> list[Any]:
         return stage_modules(case.hidden, case.layers, case.seed, sched.stages)
@@ -180,8 +181,9 @@ def _alternate(case: Case, sides: list[Side], probe: Probe) -> dict[str, Any]:
             if got:
                 losses[side.name].append(sum(got) / len(got))
     durations = {f"{s}{op}": median(v) for (s, op), v in probe.durations.items()}
+    cpu = {f"{s}{op}": median(v) for (s, op), v in probe.cpu.items()}
     return {"times": times, "losses": losses, "profile": profile, "durations": durations,
-            "actions": actions}
+            "cpu": cpu, "actions": actions}
 
 
 def summarize(case: Case, per_rank: list[dict[str, Any]]) -> dict[str, Any]:
@@ -211,34 +213,52 @@ def summarize(case: Case, per_rank: list[dict[str, Any]]) -> dict[str, Any]:
         return row
     row.update(ideal_step(case, per_rank))
     row["ideal_ratio"] = step["pipesim"] / row["ideal_step_s"]
+    if "ideal_shared_s" in row:
+        row["shared_ratio"] = step["pipesim"] / row["ideal_shared_s"]
     row["profile"] = _profile(case, per_rank)
     return row
 
 
 def ideal_step(case: Case, per_rank: list[dict[str, Any]]) -> dict[str, Any]:
-    """The step time this schedule would take with zero overhead, from measured compute."""
+    """The step time this schedule would take with zero overhead, from measured compute: each
+    rank on its own processor (``ideal_step_s``, from the computations' wall times), and, when
+    ranks outnumber this machine's cores, the ranks on those cores (``ideal_shared_s``, from
+    their CPU times, processor sharing: ``pipesim.shared``)."""
+    from pipesim.ranks import available_cores
     from pipesim.schedules import get_schedule
+    from pipesim.shared import simulate_shared
 
     sched = get_schedule(case.schedule, case.ranks, case.microbatches)
+    wall = _stage_costs(sched.stages, per_rank, "durations")
+    f, b = wall.forward, wall.backward
+    out: dict[str, Any] = {"stage_F_ms": [x * 1e3 for x in f],
+                           "stage_B_ms": [x * 1e3 for x in b],
+                           "ideal_step_s": simulate(sched, wall).makespan}
+    if case.schedule in ("gpipe", "1f1b"):  # the closed form: (m + p - 1) x (F + B) slowest
+        out["ideal_formula_s"] = (case.microbatches + case.ranks - 1) * max(
+            x + y for x, y in zip(f, b, strict=True))
+    cores = available_cores()
+    if case.ranks > cores and all(r.get("cpu") for r in per_rank):
+        cpu = _stage_costs(sched.stages, per_rank, "cpu")
+        out["ideal_shared_s"] = simulate_shared(sched, cpu, cores).makespan
+        out["cores"] = cores
+    return out
+
+
+def _stage_costs(stages: int, per_rank: list[dict[str, Any]], field: str) -> CostModel:
+    """Per stage and op, the median ``field`` ("durations": wall, "cpu") of every rank."""
     dur: dict[str, float] = {}
     for r in per_rank:
-        dur.update(r["durations"])
+        dur.update(r[field])
 
     def per_stage(op: str, fallback: Callable[[int], float]) -> list[float]:
-        return [dur.get(f"{s}{op}", fallback(s)) for s in range(sched.stages)]
+        return [dur.get(f"{s}{op}", fallback(s)) for s in range(stages)]
 
     f = per_stage("F", lambda s: 0.0)
     b = per_stage("B", lambda s: dur.get(f"{s}I", 0.0) + dur.get(f"{s}W", 0.0))
     i = per_stage("I", lambda s: b[s] / 2)
     w = per_stage("W", lambda s: b[s] / 2)
-    costs = CostModel.from_lists(sched.stages, f, i, w, b, unit="s")
-    out: dict[str, Any] = {"stage_F_ms": [x * 1e3 for x in f],
-                           "stage_B_ms": [x * 1e3 for x in b],
-                           "ideal_step_s": simulate(sched, costs).makespan}
-    if case.schedule in ("gpipe", "1f1b"):  # the closed form: (m + p - 1) x (F + B) slowest
-        out["ideal_formula_s"] = (case.microbatches + case.ranks - 1) * max(
-            x + y for x, y in zip(f, b, strict=True))
-    return out
+    return CostModel.from_lists(stages, f, i, w, b, unit="s")
 
 
 def _profile(case: Case, per_rank: list[dict[str, Any]]) -> list[dict[str, float]]:

@@ -30,10 +30,12 @@ class Probe(Observer):
     step's record to ``account``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, cpu_time: bool = False) -> None:
+        self.wants_cpu_time = cpu_time  # the engine adds each computation's CPU seconds
         self.seconds = dict.fromkeys(BUCKETS, 0.0)
         self.actions = 0
         self.durations: dict[tuple[int, str], list[float]] = {}
+        self.cpu: dict[tuple[int, str], list[float]] = {}  # CPU seconds, as ``durations``
         self.recording = True  # per-call durations kept only while True
         self.torch: Any = None  # the TorchPipeline beside it, if any (its compute is timed)
         self._before: list[float] = []
@@ -49,6 +51,9 @@ class Probe(Observer):
 
     def done(self, rank: int, action: Any, detail: dict[str, Any]) -> None:
         self._after.append(self.clock())
+        if self.recording:  # a merged W's work is in the first W's CPU time
+            self.cpu.setdefault((action.stage, action.op.value), []).append(
+                detail.get("cpu", 0.0))
 
     def account(self, record: Any) -> None:
         """Add one step (an engine StepRecord: ``events``, ``start``, ``end``) to the buckets."""

@@ -40,6 +40,7 @@ H2H_COLUMNS = [("schedule", "schedule", ""), ("ranks", "ranks", ""),
                ("ratio", "pipesim/torch", ".2f"), ("max_grad_error", "grad err", ".1e"),
                ("max_loss_diff", "|loss diff|", ".1e"),
                ("ideal_ms", "ideal ms", ".1f"), ("ideal_ratio", "pipesim/ideal", ".2f"),
+               ("shared_ms", "on cores ms", ".1f"), ("shared_ratio", "pipesim/cores", ".2f"),
                ("load1", "load", ".1f")]
 PROFILE_COLUMNS = [("schedule", "schedule", ""), ("ranks", "ranks", ""), ("rank", "rank", ""),
                    ("step", "step ms", ".1f"), ("compute", "compute", ".1f"),
@@ -70,6 +71,8 @@ def bench_torch(log: ResultLog, opts: Options, say: Say) -> list[Row]:
             continue
         row = log.add("torch", got)
         row["ideal_ms"], row["load1"] = row["ideal_step_s"] * 1e3, row["load"][0]
+        if "ideal_shared_s" in row:  # more ranks than cores: the ideal on the cores there are
+            row["shared_ms"] = row["ideal_shared_s"] * 1e3
         rows.append(row)
         profiles += [{"schedule": case.schedule, "ranks": case.ranks, "rank": r, **p}
                      for r, p in enumerate(row["profile"])]

@@ -71,3 +71,26 @@ def test_the_tutorial_comparison_needs_its_script(tmp_path: Path,
     assert tutorial_path(None) == script
     with pytest.raises(FileNotFoundError):
         tutorial_path(str(tmp_path / "missing.py"))
+
+
+def test_the_ideal_on_shared_cores_comes_from_cpu_time_when_ranks_outnumber_cores(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks.harness.headtohead import ideal_step
+
+    import pipesim.ranks
+    from pipesim.costs import CostModel
+    from pipesim.shared import simulate_shared
+
+    case = Case("1f1b", 4, microbatches=8)
+    wall = {f"{s}{op}": t for s in range(4) for op, t in (("F", 2.0), ("B", 4.0))}
+    cpu = {k: v / 2 for k, v in wall.items()}  # sharing doubled each computation's wall time
+    per_rank = [{"durations": wall, "cpu": cpu}]
+    monkeypatch.setattr(pipesim.ranks, "available_cores", lambda: 2)
+    got = ideal_step(case, per_rank)
+    sched = get_schedule("1f1b", 4, 8)
+    want = simulate_shared(sched, CostModel.from_lists(4, [1.0] * 4, [1.0] * 4, [1.0] * 4,
+                                                       [2.0] * 4, unit="s"), 2).makespan
+    assert got["ideal_shared_s"] == pytest.approx(want) and got["cores"] == 2
+    assert got["ideal_step_s"] == pytest.approx((8 + 3) * 6.0)  # 4 processors, wall times
+    monkeypatch.setattr(pipesim.ranks, "available_cores", lambda: 4)
+    assert "ideal_shared_s" not in ideal_step(case, per_rank)  # a core per rank: no sharing

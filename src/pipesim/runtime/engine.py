@@ -36,9 +36,12 @@ class Observer:
 
     ``detail`` says where data came from ("from": "recv"/"local") and went ("to": "send"/
     "local"), "created" (the shape of a batch input), "merged" (a W computed in the GEMM of
-    the W before it), "loss" (a 0-d tensor, last stage) and "output" (inference output
-    payload, last stage). Reading a tensor in it costs a sync on CUDA.
+    the W before it), "loss" (a 0-d tensor, last stage), "output" (inference output payload,
+    last stage) and, for an observer with ``wants_cpu_time``, "cpu" (the CPU seconds of the
+    action's computation, ``time.thread_time``). Reading a tensor in it costs a sync on CUDA.
     """
+
+    wants_cpu_time = False  # True: the engine times each computation's CPU use too
 
     def started(self, rank: int, action: Action) -> None:
         """``action`` begins (before it waits for its inputs)."""
@@ -102,6 +105,10 @@ class Engine:
         self._targets: Sequence[Any] = ()
         self._record = StepRecord()
         self._held: list[tuple[Action, Payload]] | None = None  # a pair's sends, until it ends
+        # each computation's CPU time in detail["cpu"], if an observer asks: what ranks that
+        # share cores each used of them (the benchmarks' shared-core ideal)
+        self.cpu_clock: Clock | None = time.thread_time \
+            if any(o.wants_cpu_time for o in self.observers) else None
 
     def step(self, inputs: Sequence[Payload], targets: Sequence[Any]) -> StepRecord:
         """Run every action of this rank once; inputs/targets per microbatch (where needed)."""
@@ -151,16 +158,16 @@ class Engine:
         work; the others are recorded as done at its end, with no time of their own."""
         for o in self.observers:
             o.started(self.rank, group[0])
-        ready = self.clock()
+        ready, cpu = self.clock(), self._cpu()
         self.runners[group[0].stage].weight(*(a.microbatch for a in group))
-        made = self.clock()
+        made, first = self.clock(), self._cpu_since(cpu, {})
         for k, a in enumerate(group):
             if k:
                 for o in self.observers:
                     o.started(self.rank, a)
             self._record.events.append((a, ready if k == 0 else made, made))
             for o in self.observers:
-                o.done(self.rank, a, {"merged": True} if k else {})
+                o.done(self.rank, a, {"merged": True} if k else first)
 
     def _run(self, action: Action) -> _Done:
         """The action's handler; a part of an overlapped pair holds its outgoing messages until
@@ -217,10 +224,11 @@ class Engine:
             detail["created"] = tuple(x[0].shape)
         else:
             x = self._take(a, producer, detail)
-        ready = self.clock()
+        ready, cpu = self.clock(), self._cpu()
         target = self._targets[mb] if runner.is_last and self.training else None
         y = runner.forward(mb, x, target, training=self.training)
         made = self.clock()
+        self._cpu_since(cpu, detail)
         if runner.is_last:
             if self.training:
                 detail["loss"] = runner.losses[mb]
@@ -235,9 +243,10 @@ class Engine:
         detail: dict[str, Any] = {}
         producer = self._producer(a)
         grads = None if producer is None else self._take(a, producer, detail)
-        ready = self.clock()
+        ready, cpu = self.clock(), self._cpu()
         grad_in = self.runners[s].backward(mb, grads, a.op is Op.I)
         made = self.clock()
+        self._cpu_since(cpu, detail)
         if s > 0:
             if grad_in is None:
                 raise RuntimeError(f"{a}: the stage input received no gradient")
@@ -246,9 +255,18 @@ class Engine:
         return _Done(ready, made, detail)
 
     def _weight(self, a: Action) -> _Done:
-        ready = self.clock()
+        ready, cpu = self.clock(), self._cpu()
         self.runners[a.stage].weight(a.microbatch)
-        return _Done(ready, self.clock(), {})
+        made = self.clock()
+        return _Done(ready, made, self._cpu_since(cpu, {}))
+
+    def _cpu(self) -> float:
+        return self.cpu_clock() if self.cpu_clock is not None else 0.0
+
+    def _cpu_since(self, start: float, detail: dict[str, Any]) -> dict[str, Any]:
+        if self.cpu_clock is not None:
+            detail["cpu"] = self.cpu_clock() - start
+        return detail
 
 
 def perf_clock(origin: float) -> Clock:
