@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 from typing import Any
 
 import pytest
@@ -120,3 +121,25 @@ def test_messages_take_shared_memory_only_where_both_ranks_can(
     assert set(grads) == set(want_grads)
     for name, want in want_grads.items():
         torch.testing.assert_close(grads[name], want, rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_a_sleeping_receiver_is_woken_by_the_sender(token: int,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    mine = shm.create(token, 3, SHAPES, NAMES)
+    theirs = shm.attach(token, 3, SHAPES, NAMES)
+    assert mine is not None and theirs is not None
+    monkeypatch.setattr(shm, "_NAP", shm._Timespec(60, 0))  # a lost wake-up would hang 60 s
+    got: list[torch.Tensor] = []
+    receiver = threading.Thread(target=lambda: got.extend(shm.get(mine.slots[1], 1, 120,
+                                                                  sleep=True)))
+    receiver.start()
+    while not mine.slots[1].control[1]:  # until it says it sleeps (state, not time)
+        os.sched_yield()
+    x = torch.full((2, 3), 7.0, dtype=torch.float64)
+    shm.put(theirs.slots[1], (x,), 1, timeout=5)
+    receiver.join(timeout=30)
+    assert not receiver.is_alive() and torch.equal(got[0], x)
+    assert mine.slots[1].control[1] == 0  # awake again
+    shm.release(mine.slots[1], 1)
+    shm.put(theirs.slots[1], (x + 1,), 2, timeout=5)  # already there: no sleep at all
+    assert torch.equal(shm.get(mine.slots[1], 2, 5, sleep=True)[0], x + 1)

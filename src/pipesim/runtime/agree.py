@@ -73,7 +73,7 @@ def shared_origin(device: torch.device) -> float:
     """Time zero of every rank's clock: rank 0's, when all ranks share one machine's monotonic
     clock (perf_counter); else each rank's own, taken right after a barrier."""
     dist.barrier()
-    mine = torch.tensor([time.perf_counter(), float(_boot_id())], dtype=torch.float64,
+    mine = torch.tensor([time.perf_counter(), float(boot_id())], dtype=torch.float64,
                         device=device)
     everyone = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(everyone, mine)
@@ -83,7 +83,7 @@ def shared_origin(device: torch.device) -> float:
     return float(mine[0])
 
 
-def _boot_id() -> int:
+def boot_id() -> int:
     """This machine's boot id as an integer: equal ids share one monotonic clock."""
     try:
         with open("/proc/sys/kernel/random/boot_id") as fh:
@@ -92,4 +92,5 @@ def _boot_id() -> int:
         return -1
 
 
-__all__ = ["PipelineError", "all_ints", "crc", "raise_if_any", "shared_origin", "structure"]
+__all__ = ["PipelineError", "all_ints", "boot_id", "crc", "raise_if_any", "shared_origin",
+           "structure"]

@@ -20,8 +20,9 @@ import torch
 import torch.distributed as dist
 
 from pipesim.ir import Action, Op, Schedule
+from pipesim.ranks import available_cores
 from pipesim.runtime import shm
-from pipesim.runtime.agree import all_ints
+from pipesim.runtime.agree import all_ints, boot_id
 from pipesim.runtime.stage import Payload, StageRunner
 from pipesim.validate import Message, messages
 
@@ -91,6 +92,7 @@ class Comm:
         self._got: list[shm.Slot] = []  # received this step, released when it ends
         self.seq = 1  # this step's number, for shared-memory messages
         self.shm_token = 0  # names this rank's channel files (0: none)
+        self.shm_sleep = False  # ranks outnumber this machine's cores: a waiting rank sleeps
         self._gloo_channels()
         self.posted: dict[Message, _Posted] = {}
         self._buffers: dict[Message, Payload] = {}
@@ -134,7 +136,9 @@ class Comm:
 
         Each receiver creates one file per incoming channel; tokens are all-gathered; each
         sender attaches the files it can see (same machine); a second all-gather tells the
-        receivers which channels were attached; then the files' names are removed."""
+        receivers which channels were attached; then the files' names are removed. A rank
+        waiting for a message sleeps (``shm.get``) when this machine's ranks (same boot id),
+        times their torch threads, outnumber its cores."""
         if self.device.type != "cpu":  # nccl: every rank's device is a GPU
             return 0
         self.shm_in.clear()
@@ -146,7 +150,9 @@ class Comm:
             channel = shm.create(token, self.peers[src], self._shapes(ms), self._names(ms))
             if channel is not None:
                 made[src] = channel
-        tokens = all_ints([token], self.device)
+        tokens = all_ints([token, boot_id()], self.device)
+        here = sum(1 for _, machine in tokens if machine == boot_id() != -1)
+        self.shm_sleep = here * torch.get_num_threads() > available_cores()
         attached = [0] * len(self.peers)
         for dst, ms in self.out_order.items():
             theirs = tokens[self.peers[dst]][0]
@@ -229,7 +235,7 @@ class Comm:
             if self.post_when_idle and not shm.arrived(slot, self.seq):
                 self._post_rest()
             self._got.append(slot)
-            return shm.get(slot, self.seq, self.timeout)
+            return shm.get(slot, self.seq, self.timeout, self.shm_sleep)
         self._post_until(m)
         posted = self.posted.pop(m)
         if self.post_when_idle and not all(w.is_completed() for w in posted.works):

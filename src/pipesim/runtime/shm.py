@@ -9,8 +9,12 @@ message's sequence number; the receiver polls that number and uses the tensors i
 are its receive buffers, reused every step like gloo's); at the end of its step it raises the
 message's acknowledgement, which the sender waits for before it writes the message again.
 
-A poll yields the CPU (``sched_yield``): with a core per rank it returns at once, so a waiting
-rank sees its message within microseconds; when ranks share cores it lets a computing rank run.
+How a receiver waits depends on the machine. With a core per rank it polls, yielding the CPU
+between reads (``sched_yield`` returns at once when nothing else wants the core), and sees its
+message within microseconds. When ranks outnumber the cores (``sleep``) it polls briefly, then
+sleeps on the sequence number (a futex; the sender wakes it only if it says it sleeps): a
+polling rank would look busy to the kernel, which would then leave two computing ranks on one
+core while the waiting ones hold the other.
 Only on x86-64, whose stores become visible in program order (a lock operation between the data
 and the sequence number keeps non-temporal copies in order too); elsewhere, and across
 machines, gloo carries every message. ``PIPESIM_SHM=0`` turns it off.
@@ -19,6 +23,7 @@ machines, gloo carries every message. ``PIPESIM_SHM=0`` turns it off.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import mmap
 import os
 import threading
@@ -31,9 +36,21 @@ import torch
 from pipesim import transport
 
 _LINE = 64  # bytes: control words sit on their own cache lines
-_SENT, _ACKED = 0, _LINE // 8  # int64 indices of a message's two control words
+# int64 indices of a message's control words: the sender's sequence number and whether the
+# receiver sleeps on it (one line), the receiver's acknowledgement (the next line)
+_SENT, _SLEEPING, _ACKED = 0, 1, _LINE // 8
 _CONTROL = 2 * _LINE
 _fence = threading.Lock()
+_SYS_FUTEX, _FUTEX_WAIT, _FUTEX_WAKE = 202, 0, 1  # x86-64; shared (not private) futexes
+_POLLS = 32  # a sleeping-mode receiver polls this often before it sleeps
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+_NAP = _Timespec(0, 20_000_000)  # a sleeping receiver looks again at least every 20 ms
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def supported() -> bool:
@@ -77,6 +94,7 @@ class Slot:
     control: memoryview  # int64 words, this message's control block
     tensors: tuple[torch.Tensor, ...]
     what: str  # for errors: "rank 1 -> rank 2, 0F3 -> 1F3"
+    address: int  # of the sequence number's low 32 bits (the futex word)
 
 
 class Channel:
@@ -86,11 +104,12 @@ class Channel:
         self.buf = buf
         places, _ = layout(messages)
         words = memoryview(buf).cast("q")
+        base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
         self.slots = [
             Slot(words[control // 8:(control + _CONTROL) // 8],
                  tuple(torch.frombuffer(buf, dtype=dtype, count=_numel(shape), offset=off)
                        .view(shape) for (shape, dtype), off in zip(members, offsets, strict=True)),
-                 name)
+                 name, base + control)
             for members, (control, offsets), name in zip(messages, places, names, strict=True)]
         self.token = words[0]
 
@@ -160,11 +179,18 @@ def put(slot: Slot, payload: Sequence[torch.Tensor], seq: int, timeout: float) -
         dst.copy_(t)
     with _fence:  # the data before the sequence number, also after non-temporal stores
         slot.control[_SENT] = seq
+    # the lock's release is a full barrier: the number is visible before this read
+    if slot.control[_SLEEPING]:
+        _libc.syscall(_SYS_FUTEX, ctypes.c_void_p(slot.address), _FUTEX_WAKE, 1, None, None, 0)
 
 
-def get(slot: Slot, seq: int, timeout: float) -> tuple[torch.Tensor, ...]:
-    """Step ``seq``'s message, in place; call ``release`` when the step is done with it."""
-    _wait(slot, _SENT, seq, timeout, "to arrive")
+def get(slot: Slot, seq: int, timeout: float, sleep: bool = False) -> tuple[torch.Tensor, ...]:
+    """Step ``seq``'s message, in place; call ``release`` when the step is done with it.
+    ``sleep``: ranks share cores; poll a little, then sleep until the sender wakes us."""
+    if sleep:
+        _sleep_until(slot, seq, timeout)
+    else:
+        _wait(slot, _SENT, seq, timeout, "to arrive")
     return slot.tensors
 
 
@@ -186,6 +212,28 @@ def _wait(slot: Slot, word: int, value: int, timeout: float, why: str) -> None:
         polls += 1
         if polls % 1024 == 0 and time.monotonic() - start > timeout:
             raise TimeoutError(f"waited {timeout:g} s for message {slot.what} {why}")
+
+
+def _sleep_until(slot: Slot, seq: int, timeout: float) -> None:
+    control = slot.control
+    for _ in range(_POLLS):
+        if control[_SENT] >= seq:
+            return
+        os.sched_yield()
+    start = time.monotonic()
+    while True:
+        control[_SLEEPING] = 1
+        with _fence:  # a full barrier: the flag is visible before the number is read again
+            seen = control[_SENT]
+        if seen >= seq:
+            break
+        # sleeps only while the word still holds ``seen`` (else returns at once)
+        _libc.syscall(_SYS_FUTEX, ctypes.c_void_p(slot.address), _FUTEX_WAIT,
+                      ctypes.c_uint32(seen & 0xFFFFFFFF), ctypes.byref(_NAP), None, 0)
+        if time.monotonic() - start > timeout:
+            control[_SLEEPING] = 0
+            raise TimeoutError(f"waited {timeout:g} s for message {slot.what} to arrive")
+    control[_SLEEPING] = 0
 
 
 __all__ = ["Channel", "Slot", "arrived", "attach", "create", "get", "layout", "new_token", "put",
