@@ -12,13 +12,16 @@ Text form of an action is the one torch.distributed.pipelining prints: ``2F0`` i
 microbatch 0. A schedule as text has one rank per line, its actions separated by spaces.
 
 Overlapped pairs (DualPipe's F&B). ``Schedule.pairs`` names pairs ``(first, second)`` of actions
-that sit next to each other in one rank's row and run as one unit: a forward, then a backward
+that sit next to each other in one rank's row and end together: a forward, then a backward
 (B or I) of another stage or microbatch. Rows stay flat lists of plain Actions, so whatever walks
 a row (stash accounting, channel order, views) keeps working and sees the pair as its two parts,
-F before B. What changes is when the parts may start and when their outputs leave, torch 2.13's
-``OVERLAP_F_B`` semantics: the pair starts once the inputs of *both* parts are in hand
-(``start_deps``: the union of the two parts' ``deps``), runs F then B (or both overlapped in
-``overlap x (F + B)`` in the simulator), and both outputs leave when the pair ends. A part may not
+F before B. What changes is when the parts may run and when their outputs leave: both outputs
+leave when the pair ends (torch 2.13's ``OVERLAP_F_B`` sends after both parts). On a CPU the
+parts run one after the other, each once its own input is in (torch's runtime waits for each
+part's receive at that part; so does pipesim's engine); overlapped (the simulator's ``overlap``
+< 1, DeepSeek's DualPipe on a GPU) the pair is one unit that starts once the inputs of *both*
+parts are in (``start_deps``, the union of the two parts' ``deps``). Whether a schedule can
+deadlock is the same either way: the pair ends once both parts' inputs are in. A part may not
 need the other's output. In text and CSV a pair is one token, torch's ``(2F3;5B1)OVERLAP_F_B``.
 """
 
@@ -112,7 +115,7 @@ class Schedule:
     stage_to_rank: tuple[int, ...]
     actions: tuple[tuple[Action, ...], ...]
     name: str = field(default="", compare=False)
-    # overlapped pairs (first, second): adjacent on one rank, run as one unit (module docstring)
+    # overlapped pairs (first, second): adjacent on one rank, ending together (module docstring)
     pairs: frozenset[tuple[Action, Action]] = frozenset()
 
     def __post_init__(self) -> None:
@@ -196,7 +199,8 @@ def deps(action: Action, schedule: Schedule) -> tuple[Action, ...]:
 
 def start_deps(action: Action, schedule: Schedule) -> tuple[Action, ...]:
     """What must finish before ``action`` may start: its ``deps``, and for a part of an
-    overlapped pair the union of both parts' deps (the pair starts as one unit). The pair's own
+    overlapped pair the union of both parts' deps (the pair as one unit, which is also what
+    it needs to end). The pair's own
     parts are left out (a part that needs the other is an invalid pair; ``validate`` says so)."""
     other = schedule.partner.get(action) if schedule.pairs else None
     if other is None:

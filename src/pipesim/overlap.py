@@ -1,8 +1,11 @@
 """The simulator's overlapped pairs (``Schedule.pairs``): where each sits and how one is timed.
 
-A pair runs as one unit: it starts once the dependencies of both parts (``ir.dep_keys``) are
-met, lasts ``overlap x (F + B)`` plus each part's send overhead, and both outputs leave when it
-ends. ``park`` is the simulator's record of a rank waiting on an unfinished action.
+Both outputs of a pair leave when it ends, with each part's send overhead paid there. With an
+``overlap`` gain (< 1) the pair is one unit: it starts once the dependencies of both parts
+(``ir.dep_keys``) are met and lasts ``overlap x (F + B)``. Without one (1, a CPU) its parts run
+one after the other, as the engine runs them: the F once its own input is in, the B (after the
+engine's own time) once the F is done and its input is in. ``park`` is the simulator's record
+of a rank waiting on an unfinished action.
 """
 
 from __future__ import annotations
@@ -35,10 +38,11 @@ def pair_positions(schedule: Schedule) -> list[list[int]]:
 
 def run_pair(sim: _Run, rank: int, row: tuple[Action, ...], i: int, t: float,
              todo: list[int]) -> float | None:
-    """Time the overlapped pair row[i], row[i+1] as one unit; its end, or None if it parked."""
+    """Time the overlapped pair row[i], row[i+1]; its end, or None if it parked."""
     first, second = row[i], row[i + 1]
     fin, place, hop = sim.fin, sim.schedule.stage_to_rank, sim.hop
-    for part in (first, second):
+    ready = [t, t]  # when each part's inputs are in (and the rank is free)
+    for k, part in enumerate((first, second)):
         for s, op, mb in dep_keys(part[0], part[1], part[2], sim.schedule):
             d = fin[op][s][mb]
             if d.__class__ is not float:
@@ -46,15 +50,22 @@ def run_pair(sim: _Run, rank: int, row: tuple[Action, ...], i: int, t: float,
                 return None
             if place[s] != rank:
                 d += hop[min(s, part[0])]
-            if d > t:
-                t = d
+            if d > ready[k]:
+                ready[k] = d
     raw, dur, overlap = sim.raw, sim.dur, sim.overlap
     s1, op1, s2, op2 = first[0], first[1], second[0], second[1]
-    mid = t + overlap * raw[op1][s1]
-    end = (t + overlap * (raw[op1][s1] + raw[op2][s2])
-           + (dur[op1][s1] - raw[op1][s1]) + (dur[op2][s2] - raw[op2][s2]))
+    sends = (dur[op1][s1] - raw[op1][s1]) + (dur[op2][s2] - raw[op2][s2])
+    if overlap == 1.0:  # one after the other, as the engine runs a pair on a CPU
+        t = ready[0]
+        mid = t + raw[op1][s1]
+        b_start = max(mid + sim.gap, ready[1])
+        end = b_start + raw[op2][s2] + sends
+    else:  # overlapped: one unit once both inputs are in
+        t = max(ready)
+        b_start = mid = t + overlap * raw[op1][s1]
+        end = t + overlap * (raw[op1][s1] + raw[op2][s2]) + sends
     sim.starts[rank][i], sim.ends[rank][i] = t, mid
-    sim.starts[rank][i + 1], sim.ends[rank][i + 1] = mid, end
+    sim.starts[rank][i + 1], sim.ends[rank][i + 1] = b_start, end
     for a in (first, second):  # both outputs leave when the pair ends
         s, op, mb = a
         waiting = fin[op][s][mb]

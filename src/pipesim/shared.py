@@ -4,9 +4,10 @@
 dependency rule ``ir.dep_keys``; a message crossing ranks arrives ``costs.message_time`` after
 its producer ends; the sender's ``send_overhead`` is part of the producing action's work, as
 ``simulate.work_tables`` says; the engine's ``action_overhead`` before each action; ``start[r]``
-when rank r becomes free; an overlapped pair is one unit of ``overlap x (F + B)`` plus each
-part's send overhead, started once both parts' dependencies are met, both outputs leaving at its
-end), except that CPU work is shared, the "fluid" model of processor sharing:
+when rank r becomes free; an overlapped pair as ``overlap.run_pair`` times it: with an overlap
+gain one unit of ``overlap x (F + B)`` plus each part's send overhead, started once both parts'
+dependencies are met; without, its F then its B, each once its own input is in; both outputs
+leaving at its end), except that CPU work is shared, the "fluid" model of processor sharing:
 
     at any instant n ranks do CPU work (run an action or spend the engine's time before one);
     each progresses at rate min(1, cores / n).
@@ -78,7 +79,13 @@ class _Shared:
         self.gap = float(costs.action_overhead)
         ranks = schedule.ranks
         self.begin = [float(x) for x in start] if start is not None else [0.0] * ranks
-        self.pair_at = [set(at) for at in pair_positions(schedule)]
+        positions = pair_positions(schedule)
+        # with an overlap gain a pair is one unit; without, two actions whose F's output (and
+        # send overhead) is held until the B ends (``overlap.run_pair``)
+        unit = costs.overlap != 1.0
+        self.pair_at = [set(at) if unit else set() for at in positions]
+        self.held = {} if unit else {second: first for first, second in schedule.pairs}
+        self.holding = set(self.held.values())
         self.starts = [[0.0] * len(row) for row in schedule.actions]
         self.ends = [[0.0] * len(row) for row in schedule.actions]
         self.index = [0] * ranks  # the rank's next (or current) unit in its row
@@ -182,6 +189,12 @@ class _Shared:
             (s1, op1, _), (s2, op2, _) = parts
             tag = (v + self.costs.overlap * (raw[op1][s1] + raw[op2][s2])
                    + (dur[op1][s1] - raw[op1][s1]) + (dur[op2][s2] - raw[op2][s2]))
+        elif parts[0] in self.holding:  # a pair's F: its send is paid at the pair's end
+            tag = v + raw[parts[0][1]][parts[0][0]]
+        elif parts[0] in self.held:  # a pair's B: both sends
+            first = self.held[parts[0]]
+            tag = (v + dur[parts[0][1]][parts[0][0]]
+                   + dur[first[1]][first[0]] - raw[first[1]][first[0]])
         else:
             tag = v + dur[parts[0][1]][parts[0][0]]
         self.phase[rank], self.began[rank] = _RUN, (t, v)
@@ -203,7 +216,12 @@ class _Shared:
             s1, op1 = parts[0][0], parts[0][1]
             mid = self.t_at(v + self.costs.overlap * self.raw[op1][s1])
             self.ends[rank][i] = self.starts[rank][i + 1] = min(max(mid, t), end)
-        for a in parts:
+        done: tuple[Action, ...] = parts  # what this unit's end releases
+        if parts[0] in self.holding:  # a pair's F: its output leaves with the B
+            done = ()
+        elif parts[0] in self.held:
+            done = (self.held[parts[0]], parts[0])
+        for a in done:
             key = (a[0], a[1], a[2])
             if key in self.fin:
                 raise ValueError(f"{a} appears more than once on rank {rank}; "
@@ -211,7 +229,7 @@ class _Shared:
             self.fin[key] = end
         self.index[rank] = i + len(parts)
         self.become_free(rank, end, tag)
-        for a in parts:
+        for a in done:
             for other in self.waiters.pop((a[0], a[1], a[2]), ()):
                 self.try_start(other)
 
@@ -223,6 +241,7 @@ class _Shared:
         for rank, row in enumerate(sched.actions):
             if self.phase[rank] != _DONE:
                 action = row[self.index[rank]]
+                action = self.held.get(action, action)  # a pair is reported at its start
                 other = sched.partner.get(action) if sched.pairs else None
                 wanted = (*deps(action, sched), *(deps(other, sched) if other else ()))
                 stuck[rank] = (action, next(d for d in wanted if d not in self.fin))

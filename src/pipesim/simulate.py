@@ -20,10 +20,12 @@ x 2 stages per rank is 262,144 actions), so it is written for CPython's speed:
   uses ``ir.deps`` itself;
 - the cyclic GC is paused while it runs (the loop allocates a few tuples per action).
 
-An overlapped pair (``Schedule.pairs``, torch's ``OVERLAP_F_B``) runs as one unit: it starts once
-the dependencies of both parts are met, lasts ``costs.overlap x (F + B)`` (plus the send overhead
-of each part's outgoing message), and both outputs leave when it ends. Its two events lie side by
-side: the F for ``overlap x F``, then the B to the pair's end. The hot loop only compares an
+An overlapped pair (``Schedule.pairs``, torch's ``OVERLAP_F_B``) sends both outputs when it ends
+(with the send overhead of each part's outgoing message). With an overlap gain
+(``costs.overlap`` < 1) it runs as one unit: it starts once the dependencies of both parts are
+met and lasts ``overlap x (F + B)``; its two events lie side by side, the F for ``overlap x F``,
+then the B to the pair's end. Without one, its F and B run one after the other as the engine
+runs them, each once its own input is in. The hot loop only compares an
 index per action; the pair itself is timed by ``overlap.run_pair``, which reads ``ir.dep_keys``.
 """
 

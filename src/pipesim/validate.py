@@ -2,7 +2,8 @@
 
 A schedule that passes ``validate`` can run on the runtime without deadlock: every action's
 dependencies (``ir.deps``) can finish before it, given each rank's order. A part of an overlapped
-pair waits for the dependencies of both parts (``ir.start_deps``): the pair starts as one unit.
+pair waits for the dependencies of both parts (``ir.start_deps``): the pair ends only once both
+parts' inputs are in, whether its parts run one after the other or as one unit.
 """
 
 from __future__ import annotations

@@ -72,14 +72,17 @@ def test_a_core_per_rank_is_simulate(schedule: Schedule) -> None:
             assert got.meta["cores"] == cores
 
 
-def test_a_core_per_rank_is_simulate_for_dualpipev_with_every_cost() -> None:
-    sched = get_schedule("dualpipev", 4, 8)
-    assert sched.pairs
-    costs = CostModel.from_lists(8, [1.0 + 0.1 * s for s in range(8)], 1.25, 0.5, None,
-                                 activation_bytes=300.0, comm_latency=0.05,
-                                 comm_bandwidth=1000.0, send_overhead=0.03, overlap=0.7,
-                                 action_overhead=0.02)
-    _assert_close(simulate_shared(sched, costs, 4), simulate(sched, costs))
+@pytest.mark.parametrize("overlap", [0.7, 1.0])  # pairs as one unit, and one part after the other
+def test_a_core_per_rank_is_simulate_for_dualpipev_with_every_cost(overlap: float) -> None:
+    for p, m, latency in ((4, 8, 0.05), (2, 4, 1.0), (3, 7, 0.5)):
+        sched = get_schedule("dualpipev", p, m)
+        assert sched.pairs
+        costs = CostModel.from_lists(2 * p, [1.0 + 0.1 * s for s in range(2 * p)],
+                                     [1.25 - 0.1 * s for s in range(2 * p)], 0.5, None,
+                                     activation_bytes=300.0, comm_latency=latency,
+                                     comm_bandwidth=1000.0, send_overhead=0.03, overlap=overlap,
+                                     action_overhead=0.02)
+        _assert_close(simulate_shared(sched, costs, p), simulate(sched, costs))
 
 
 # ----------------------------------------------------------------------------- sharing

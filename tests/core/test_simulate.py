@@ -387,6 +387,36 @@ def test_a_pair_starts_when_both_inputs_are_in_and_sends_both_at_its_end() -> No
     assert sent["0F1"] == sent["3B0"] == 5.5
 
 
+def test_without_overlap_a_pair_runs_its_parts_one_after_the_other() -> None:
+    # overlap 1 (a CPU): the F starts once its own input is in, the B once the F is done (and
+    # the engine's time) and its own input is in; both outputs leave at the pair's end
+    early = 0
+    for p, m in ((2, 4), (3, 6), (4, 8)):
+        sched = get_schedule("dualpipev", p, m)
+        costs = CostModel.from_lists(2 * p, [1.0 + 0.3 * s for s in range(2 * p)],
+                                     [2.0 - 0.2 * s for s in range(2 * p)], 0.5, None,
+                                     comm_latency=0.7, action_overhead=0.1)
+        tl = simulate(sched, costs)
+        at = {e.action: e for e in tl.events}
+        arrive = {m.consumer: m.arrive for m in tl.messages}
+        sent = {m.producer: m.send for m in tl.messages}
+        row_of = {a: (r, i) for r, row in enumerate(sched.actions) for i, a in enumerate(row)}
+        for first, second in sched.pairs:
+            r, i = row_of[first]
+            before = at[sched.actions[r][i - 1]].end + 0.1 if i else 0.1
+            ready = {a: max([before if a is first else at[first].end + 0.1]
+                            + ([arrive[a]] if a in arrive else [])
+                            + [at[d].end for d in deps(a, sched) if row_of[d][0] == r])
+                     for a in (first, second)}
+            assert at[first].start == pytest.approx(ready[first])
+            assert at[second].start == pytest.approx(ready[second])
+            for a in (first, second):
+                if a in sent:
+                    assert sent[a] == pytest.approx(at[second].end)
+            early += arrive.get(second, 0.0) > at[first].start + 1e-9
+    assert early  # some F ran before its partner's input arrived: as one unit it would wait
+
+
 def test_a_pair_pays_both_sends_at_its_end() -> None:
     sched = get_schedule("dualpipev", 2, 4)
     base = simulate(sched, CostModel.uniform(4, F=1, B=2))
