@@ -6,11 +6,11 @@
 Per trial, for each model and schedule (the order turns each trial, so no configuration always
 runs first): ``profile_model`` (``--repeats`` whole passes in ``--processes`` fresh processes at
 once, as many as the run's ranks; median per layer and op, the optimizer update included), the
-reference kernel right after it, and ``measure_comm`` (2-rank gloo ping-pong of the largest
-activation and the sender's time per message, medians of 100); then the reference kernel, a
-real run of ``--steps`` steps on 2 or 4 ranks (``--ranks``; one thread per rank, Adam), the
-reference kernel again, and three figures against the measured step (one step's end to the
-next's, the optimizer included, median of steps 1 onwards):
+reference kernel right after it, and ``measure_comm`` (2 ranks, the engine's transport: the
+one-way time of the largest activation and the sender's time per message, medians of 100);
+then the reference kernel, a real run of ``--steps`` steps on 2 or 4 ranks (``--ranks``; one
+thread per rank, Adam), the reference kernel again, and three figures against the measured
+step (one step's end to the next's, the optimizer included, median of steps 1 onwards):
 
 - predicted: the simulator's steady step from the profile, the engine's own time per action
   and between steps from the cached calibration (``pipesim profile --engine``) included;
