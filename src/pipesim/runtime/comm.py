@@ -150,8 +150,9 @@ class Comm:
             channel = shm.create(token, self.peers[src], self._shapes(ms), self._names(ms))
             if channel is not None:
                 made[src] = channel
-        tokens = all_ints([token, boot_id()], self.device)
-        here = sum(1 for _, machine in tokens if machine == boot_id() != -1)
+        machine = boot_id()
+        tokens = all_ints([token, machine], self.device)
+        here = sum(1 for _, theirs in tokens if theirs == machine != -1)
         self.shm_sleep = here * torch.get_num_threads() > available_cores()
         attached = [0] * len(self.peers)
         for dst, ms in self.out_order.items():
