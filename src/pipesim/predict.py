@@ -125,16 +125,17 @@ def run_messages(schedule: Schedule, measured: Sequence[Timeline], action_overhe
 
     send: the sender's own time per message, the mean gap after an action whose output
     went to another rank when the next action waits for no message, less ``action_overhead``.
-    hop: from a producer's end to the start of its consumer on another rank that had nothing
-    else to do (its previous action ended before the producer did), mean, less ``send``:
-    the simulator's message time (the sender's time is in the producer's action).
+    hop: from the time a producer's output left (its end; an overlapped pair's end) to the
+    start of its consumer on another rank that had nothing else to do (its previous action
+    ended before that), mean, less ``send``: the simulator's message time (the sender's time
+    is in the producer's action).
     """
     receive, sent = _crossing(schedule)
     place = schedule.stage_to_rank
     sends, hops = [], []
     for s in used_steps(measured):
         step = measured[s]
-        ended = {e.action: e.end for e in step.events}
+        ended = _left(schedule, step)
         for row in step.by_rank():
             sends += [b.start - a.end - action_overhead for a, b in pairwise(row)
                       if a.action in sent and b.action not in receive]
@@ -204,7 +205,11 @@ def speed_drift(profiled: float, now: Sequence[float]) -> float | None:
 
 
 def _crossing(schedule: Schedule) -> tuple[set[Action], set[Action]]:
-    """(actions that wait for a message, actions whose output is sent to another rank)."""
+    """(actions that wait for a message, actions right after which a message is sent).
+
+    A message leaves when its producer ends, but an overlapped pair's messages both leave
+    when the pair ends: the pair's second part counts as sending if either part's output goes
+    to another rank, its first part never."""
     place = schedule.stage_to_rank
     receive, send = set(), set()
     for row in schedule.actions:
@@ -213,7 +218,21 @@ def _crossing(schedule: Schedule) -> tuple[set[Action], set[Action]]:
                 if place[d.stage] != place[a.stage]:
                     receive.add(a)
                     send.add(d)
+    for first, second in schedule.pairs:
+        if first in send:
+            send.discard(first)
+            send.add(second)
     return receive, send
+
+
+def _left(schedule: Schedule, step: Timeline) -> dict[Action, float]:
+    """When each action's output left its rank in ``step``: its end, or for a part of an
+    overlapped pair the pair's end."""
+    ended = {e.action: e.end for e in step.events}
+    for first, second in schedule.pairs:
+        if first in ended and second in ended:
+            ended[first] = ended[second]
+    return ended
 
 
 def _gaps(schedule: Schedule, measured: Sequence[Timeline]

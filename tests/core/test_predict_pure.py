@@ -237,6 +237,27 @@ def test_run_messages_reads_the_hop_and_the_senders_time_off_a_run() -> None:
     assert run_messages(one, _run_like(one, CostModel.uniform(1), [0.0], 3)) == (None, None)
 
 
+def test_a_pairs_messages_leave_at_its_end_and_the_replay_reads_the_true_hop() -> None:
+    """A pair's F output leaves only when the pair's B ends. Here rank 1 idles until 0F1's
+    output comes (1F1 right after 2F0), so reading the hop from 0F1's own end would add the
+    pair's B (3B0, 2 s) to it: a measured DualPipeV run said 4.3 ms where the hop was 56 us."""
+    from pipesim.predict import replay, run_messages
+    from pipesim.schedule_io import parse_text
+    from pipesim.steady import steady_step
+    sched = parse_text("# pipesim schedule t: ranks=2 stages=4 microbatches=2 "
+                       "stage_to_rank=0,1,1,0\n"
+                       "0F0 3F0 (0F1;3B0)OVERLAP_F_B 3F1 3B1 0B0 0B1\n"
+                       "1F0 2F0 1F1 2B0 1B0 2F1 2B1 1B1\n")
+    truth = CostModel.from_lists(4, [1.0, 1.25, 1.5, 0.5], [1.0] * 4, [1.0] * 4, None,
+                                 comm_latency=0.125, action_overhead=0.03125, unit="s")
+    measured = _run_like(sched, truth, [0.5, 0.5], 4)
+    assert run_messages(sched, measured, 0.03125) == pytest.approx((0.125, 0.0))
+    predicted = Timeline(2, (), unit="s", meta={
+        "costs": CostModel.uniform(4, unit="s").to_dict(), "between_seconds": [0.5, 0.5]})
+    got = replay(sched, predicted, measured).meta["step_seconds"]
+    assert got == pytest.approx(steady_step(sched, truth, [0.5, 0.5]).step)
+
+
 def test_speed_drift_is_the_reference_kernels_slowdown() -> None:
     from pipesim.predict import speed_drift
     assert speed_drift(2.0, [2.2, 2.6]) == pytest.approx(0.2)
