@@ -130,9 +130,9 @@ class Comm:
     def _shapes(self, ms: Sequence[Message]) -> list[list[tuple[tuple[int, ...], torch.dtype]]]:
         return [[(x.shape, x.dtype) for x in self.members(m)] for m in ms]
 
-    def connect_local(self) -> int:
+    def connect_local(self) -> None:
         """Collective (every rank of the world, after ``exchange_shapes``): carry the messages
-        between ranks of this machine through shared memory; how many of this rank's go so.
+        between ranks of this machine through shared memory (``transports`` counts them).
 
         Each receiver creates one file per incoming channel; tokens are all-gathered; each
         sender attaches the files it can see (same machine); a second all-gather tells the
@@ -140,7 +140,7 @@ class Comm:
         waiting for a message sleeps (``shm.get``) when this machine's ranks (same boot id),
         times their torch threads, outnumber its cores."""
         if self.device.type != "cpu":  # nccl: every rank's device is a GPU
-            return 0
+            return
         self.shm_in.clear()
         self.shm_out.clear()
         me = self.peers[self.rank]
@@ -169,7 +169,6 @@ class Comm:
                 self.shm_in.update(zip(self.in_order[src], channel.slots, strict=True))
         self.seq = 1
         self._gloo_channels()
-        return len(self.shm_in) + len(self.shm_out)
 
     def transports(self) -> dict[str, int]:
         """This rank's messages of one step (sent and received) by what carries them."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import mmap
 import os
 import threading
@@ -75,16 +76,9 @@ def layout(messages: Sequence[Shapes]) -> tuple[list[tuple[int, list[int]]], int
         offsets = []
         for shape, dtype in members:
             offsets.append(at)
-            at = _align(at + _numel(shape) * dtype.itemsize)
+            at = _align(at + math.prod(shape) * dtype.itemsize)
         out.append((control, offsets))
     return out, max(at, _LINE)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 @dataclass
@@ -107,7 +101,7 @@ class Channel:
         base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
         self.slots = [
             Slot(words[control // 8:(control + _CONTROL) // 8],
-                 tuple(torch.frombuffer(buf, dtype=dtype, count=_numel(shape), offset=off)
+                 tuple(torch.frombuffer(buf, dtype=dtype, count=math.prod(shape), offset=off)
                        .view(shape) for (shape, dtype), off in zip(members, offsets, strict=True)),
                  name, base + control)
             for members, (control, offsets), name in zip(messages, places, names, strict=True)]
