@@ -9,7 +9,7 @@ hits both alike. Per step, a side's time is the slowest rank's (barrier -> zero_
 step, optimizer step done). Rank 0 gathers:
 
     step seconds of each side (warm-up steps dropped), the loss of each side per step,
-    pipesim's per-stage compute (F, B, I, W medians) and where its step time went (``Probe``).
+    pipesim's per-stage compute (F, B, I, W means) and where its step time went (``Probe``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from statistics import fmean
 from typing import Any
 
 from pipesim.costs import CostModel
@@ -149,7 +150,8 @@ def _alternate(case: Case, sides: list[Side], probe: Probe) -> dict[str, Any]:
 
     times: dict[str, list[float]] = {s.name: [] for s in sides}
     losses: dict[str, list[float]] = {s.name: [] for s in sides}
-    profile = dict.fromkeys(("step", "optimizer", "torch_step", "torch_compute"), 0.0)
+    profile = dict.fromkeys(("step", "optimizer", "optimizer_cpu", "torch_step",
+                             "torch_compute"), 0.0)
     actions = 0
     for i in range(case.warmup + case.steps):
         timed = i >= case.warmup
@@ -161,17 +163,20 @@ def _alternate(case: Case, sides: list[Side], probe: Probe) -> dict[str, Any]:
                 probe.reset()
             elif probe.torch is not None:
                 probe.torch.compute = 0.0
+            c0 = time.thread_time()
             side.zero_grad()
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.thread_time()
             got = side.step(i)
-            t2 = time.perf_counter()
+            t2, c2 = time.perf_counter(), time.thread_time()
             side.opt_step()
             dt = time.perf_counter() - t0
+            optimizer_cpu = time.thread_time() - c2 + c1 - c0
             if timed:
                 times[side.name].append(dt)
                 if side.name == "pipesim":
                     profile["step"] += dt
                     profile["optimizer"] += dt - (t2 - t1)
+                    profile["optimizer_cpu"] += optimizer_cpu
                     for k, v in probe.seconds.items():
                         profile[k] = profile.get(k, 0.0) + v
                     actions = probe.actions
@@ -180,8 +185,10 @@ def _alternate(case: Case, sides: list[Side], probe: Probe) -> dict[str, Any]:
                     profile["torch_compute"] += probe.torch.compute
             if got:
                 losses[side.name].append(sum(got) / len(got))
-    durations = {f"{s}{op}": median(v) for (s, op), v in probe.durations.items()}
-    cpu = {f"{s}{op}": median(v) for (s, op), v in probe.cpu.items()}
+    # means, not medians: a step pays every action's time, so its ideal does too (a merged W's
+    # share, 0, included); medians put the ideal below a rank's own compute
+    durations = {f"{s}{op}": fmean(v) for (s, op), v in probe.durations.items()}
+    cpu = {f"{s}{op}": fmean(v) for (s, op), v in probe.cpu.items()}
     return {"times": times, "losses": losses, "profile": profile, "durations": durations,
             "cpu": cpu, "actions": actions}
 
@@ -220,10 +227,13 @@ def summarize(case: Case, per_rank: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def ideal_step(case: Case, per_rank: list[dict[str, Any]]) -> dict[str, Any]:
-    """The step time this schedule would take with zero overhead, from measured compute: each
-    rank on its own processor (``ideal_step_s``, from the computations' wall times), and, when
-    ranks outnumber this machine's cores, the ranks on those cores (``ideal_shared_s``, from
-    their CPU times, processor sharing: ``pipesim.shared``)."""
+    """The step time this schedule would take with zero overhead, from measured compute, as the
+    A/B times a step (from a barrier to the last rank's optimizer update done): each rank on its
+    own processor (``ideal_step_s``: the computations' mean wall times, then each rank's own
+    optimizer time after its last action), and, when ranks outnumber this machine's cores, the
+    ranks on those cores (``ideal_shared_s``: their mean CPU times and the optimizer's CPU time,
+    processor sharing: ``pipesim.shared``). A rank without a measured optimizer time (a
+    ``per_rank`` entry without "profile") has none."""
     from pipesim.ranks import available_cores
     from pipesim.schedules import get_schedule
     from pipesim.shared import simulate_shared
@@ -231,22 +241,35 @@ def ideal_step(case: Case, per_rank: list[dict[str, Any]]) -> dict[str, Any]:
     sched = get_schedule(case.schedule, case.ranks, case.microbatches)
     wall = _stage_costs(sched.stages, per_rank, "durations")
     f, b = wall.forward, wall.backward
+    optimizer = _per_rank(case, per_rank, "optimizer")
+    alone = simulate(sched, wall)
+    ends = [max((e.end for e in row), default=0.0) for row in alone.by_rank()]
     out: dict[str, Any] = {"stage_F_ms": [x * 1e3 for x in f],
                            "stage_B_ms": [x * 1e3 for x in b],
-                           "ideal_step_s": simulate(sched, wall).makespan}
+                           "optimizer_ms": [x * 1e3 for x in optimizer],
+                           "ideal_step_s": max(e + o for e, o in zip(ends, optimizer,
+                                                                      strict=True))}
     if case.schedule in ("gpipe", "1f1b"):  # the closed form: (m + p - 1) x (F + B) slowest
         out["ideal_formula_s"] = (case.microbatches + case.ranks - 1) * max(
             x + y for x, y in zip(f, b, strict=True))
     cores = available_cores()
     if case.ranks > cores and all(r.get("cpu") for r in per_rank):
         cpu = _stage_costs(sched.stages, per_rank, "cpu")
-        out["ideal_shared_s"] = simulate_shared(sched, cpu, cores).makespan
+        shared = simulate_shared(sched, cpu, cores,
+                                 after=_per_rank(case, per_rank, "optimizer_cpu"))
+        out["ideal_shared_s"] = max(shared.meta["finished"])
         out["cores"] = cores
     return out
 
 
+def _per_rank(case: Case, per_rank: list[dict[str, Any]], bucket: str) -> list[float]:
+    """Each rank's mean seconds per step in its profile's ``bucket`` (0 where not measured)."""
+    got = [r.get("profile", {}).get(bucket, 0.0) / case.steps for r in per_rank]
+    return (got + [0.0] * case.ranks)[:case.ranks]
+
+
 def _stage_costs(stages: int, per_rank: list[dict[str, Any]], field: str) -> CostModel:
-    """Per stage and op, the median ``field`` ("durations": wall, "cpu") of every rank."""
+    """Per stage and op, the mean ``field`` ("durations": wall, "cpu") of every rank."""
     dur: dict[str, float] = {}
     for r in per_rank:
         dur.update(r[field])

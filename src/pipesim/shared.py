@@ -1,13 +1,16 @@
 """Processor sharing: the simulator for ranks that share fewer CPU cores than there are ranks.
 
-``simulate_shared(schedule, costs, cores, start)`` has ``simulate``'s semantics (the one
-dependency rule ``ir.dep_keys``; a message crossing ranks arrives ``costs.message_time`` after
-its producer ends; the sender's ``send_overhead`` is part of the producing action's work, as
-``simulate.work_tables`` says; the engine's ``action_overhead`` before each action; ``start[r]``
-when rank r becomes free; an overlapped pair as ``overlap.run_pair`` times it: with an overlap
-gain one unit of ``overlap x (F + B)`` plus each part's send overhead, started once both parts'
-dependencies are met; without, its F then its B, each once its own input is in; both outputs
-leaving at its end), except that CPU work is shared, the "fluid" model of processor sharing:
+``simulate_shared(schedule, costs, cores, start, before, after)`` has ``simulate``'s semantics
+(the one dependency rule ``ir.dep_keys``; a message crossing ranks arrives
+``costs.message_time`` after its producer ends; the sender's ``send_overhead`` is part of the
+producing action's work, as ``simulate.work_tables`` says; the engine's ``action_overhead``
+before each action; ``start[r]`` when rank r becomes free; an overlapped pair as
+``overlap.run_pair`` times it: with an overlap gain one unit of ``overlap x (F + B)`` plus each
+part's send overhead, started once both parts' dependencies are met; without, its F then its B,
+each once its own input is in; both outputs leaving at its end), except that CPU work is
+shared, the "fluid" model of processor sharing (``before[r]``/``after[r]``: CPU work rank r
+does before its first action and after its last, e.g. the optimizer update between two steps,
+shared like the rest):
 
     at any instant n ranks do CPU work (run an action or spend the engine's time before one);
     each progresses at rate min(1, cores / n).
@@ -42,28 +45,38 @@ from pipesim.timeline import Event, MessageEvent, Timeline
 __all__ = ["simulate_shared"]
 
 # what a rank is doing
-_SLEEP, _GAP, _WAIT, _RUN, _DONE = range(5)  # before start[r]; engine's time; blocked; action
+_SLEEP, _GAP, _WAIT, _RUN, _TAIL, _DONE = range(6)  # before start[r]; engine's time (and
+# ``before`` work); blocked; action; ``after`` work; done
 _EPS = 1e-12  # remaining work at most this x the scale counts as done
 
 
 def simulate_shared(schedule: Schedule, costs: CostModel | None, cores: int,
-                    start: Sequence[float] | None = None) -> Timeline:
+                    start: Sequence[float] | None = None, before: Sequence[float] = (),
+                    after: Sequence[float] = ()) -> Timeline:
     """Time every action of ``schedule`` under ``costs`` on ``cores`` CPU cores shared by the
-    ranks (module docstring); ``simulate`` when ``cores >= schedule.ranks``.
+    ranks (module docstring); ``simulate`` when ``cores >= schedule.ranks`` and nothing is
+    done before or after.
 
-    ``costs`` None: uniform (F=1, I=W=1, B=2); ``start``: each rank's free time (all 0). The
-    timeline's ``meta["cores"]`` is ``cores``. Raises ValueError for ``cores < 1`` and what
-    ``simulate`` refuses; DeadlockError (``pipesim.simulate``) when the ranks' orders can never
-    complete, with ``simulate``'s ``stuck``.
+    ``costs`` None: uniform (F=1, I=W=1, B=2); ``start``: each rank's free time (all 0);
+    ``before``/``after``: per rank, CPU work before its first action (from ``start``) and after
+    its last (none by default). The timeline's ``meta["cores"]`` is ``cores`` and
+    ``meta["finished"]`` each rank's end, its ``after`` work included. Raises ValueError for
+    ``cores < 1``, for ``before``/``after`` without one time >= 0 per rank and for what
+    ``simulate`` refuses; DeadlockError (``pipesim.simulate``) when the ranks' orders can
+    never complete, with ``simulate``'s ``stuck``.
     """
     if not is_positive_int(cores):
         raise ValueError(f"cores must be an integer >= 1, got {cores!r}")
     costs = checked_costs(schedule, costs, start)
+    for name, extra in (("before", before), ("after", after)):
+        if extra and (len(extra) != schedule.ranks or not all(x >= 0 for x in extra)):
+            raise ValueError(f"{name} needs one time >= 0 per rank ({schedule.ranks}); got "
+                             f"{list(extra)}")
     for row in schedule.actions:
         for a in row:
             if not (0 <= a.stage < schedule.stages and 0 <= a.microbatch < schedule.microbatches):
                 raise ValueError(_out_of_range(schedule))
-    run = _Shared(schedule, costs, cores, start)
+    run = _Shared(schedule, costs, cores, start, before, after)
     run.run()
     run.raise_if_stuck()
     return run.timeline()
@@ -73,11 +86,15 @@ class _Shared:
     """One shared-core simulation: per-rank state, the virtual clock, finish times."""
 
     def __init__(self, schedule: Schedule, costs: CostModel, cores: int,
-                 start: Sequence[float] | None) -> None:
+                 start: Sequence[float] | None, before: Sequence[float] = (),
+                 after: Sequence[float] = ()) -> None:
         self.schedule, self.costs, self.cores = schedule, costs, cores
         self.raw, self.dur, self.hop = work_tables(schedule, costs)
         self.gap = float(costs.action_overhead)
         ranks = schedule.ranks
+        self.before = [float(x) for x in before] if before else [0.0] * ranks
+        self.after = [float(x) for x in after] if after else [0.0] * ranks
+        self.finished = [0.0] * ranks  # each rank's end, its after-work included
         self.begin = [float(x) for x in start] if start is not None else [0.0] * ranks
         positions = pair_positions(schedule)
         # with an overlap gain a pair is one unit; without, two actions whose F's output (and
@@ -102,7 +119,8 @@ class _Shared:
         self.anchor_t, self.anchor_v, self.anchor_rate = [0.0], [0.0], [1.0]
         self.now = min(self.begin, default=0.0)
         # the largest unit of work: with the clock's magnitude, what "nothing left" is near
-        self.scale = max(2 * max(x for table in self.dur.values() for x in table), self.gap)
+        self.scale = max(2 * max(x for table in self.dur.values() for x in table), self.gap,
+                         *self.before, *self.after)
 
     # ------------------------------------------------------------------ the virtual clock
 
@@ -151,12 +169,20 @@ class _Shared:
         return row[i:i + 2] if i in self.pair_at[rank] else row[i:i + 1]
 
     def become_free(self, rank: int, t: float, v: float) -> None:
-        """``rank`` is free at time t (V = v): its engine's time, then its next unit."""
-        if self.index[rank] >= len(self.schedule.actions[rank]):
-            self.phase[rank] = _DONE
-        elif self.gap > 0:
+        """``rank`` is free at time t (V = v): its engine's time (and before its first action
+        its ``before`` work), then its next unit; after its last, its ``after`` work."""
+        i, n = self.index[rank], len(self.schedule.actions[rank])
+        if i >= n:
+            if self.phase[rank] != _TAIL and self.after[rank] > 0:
+                self.phase[rank] = _TAIL
+                self.computing[rank] = v + self.after[rank]
+            else:
+                self.phase[rank], self.finished[rank] = _DONE, t
+            return
+        gap = self.gap + (self.before[rank] if i == 0 else 0.0)
+        if gap > 0:
             self.phase[rank] = _GAP
-            self.computing[rank] = v + self.gap
+            self.computing[rank] = v + gap
         else:
             self.phase[rank], self.free[rank] = _WAIT, (t, v)
             self.try_start(rank)
@@ -204,6 +230,9 @@ class _Shared:
         """The rank's GAP or RUN has done its work: record it, wake whoever waits on it."""
         tag = self.computing.pop(rank)
         end = self.t_at(tag)
+        if self.phase[rank] == _TAIL:
+            self.become_free(rank, end, tag)
+            return
         if self.phase[rank] == _GAP:
             self.phase[rank], self.free[rank] = _WAIT, (end, tag)
             self.try_start(rank)
@@ -262,5 +291,6 @@ class _Shared:
                         messages.append(MessageEvent(place[s], rank, Action(s, op, mb), a, sent,
                                                      sent + hop[min(s, a[0])]))
         return Timeline(sched.ranks, events, tuple(messages), self.costs.unit, sched.name,
-                        sched.stage_to_rank, sched.microbatches, meta={"cores": self.cores},
+                        sched.stage_to_rank, sched.microbatches,
+                        meta={"cores": self.cores, "finished": list(self.finished)},
                         pairs=sched.pairs, stash_bytes=self.costs.stash_bytes)

@@ -128,6 +128,28 @@ def test_the_engines_time_and_a_send_share_the_core_too() -> None:
     assert simulate(sched, costs).end == 7.5
 
 
+def test_work_before_the_first_action_and_after_the_last_shares_the_core_by_hand() -> None:
+    """gpipe p=2 m=1, F=1 B=2; rank 1 does 1 of work before its step, rank 0 2 after it.
+
+    1 core: t=0 r0's 0F0 and r1's before-work share, both end at 2; r1 runs 1F0 2 -> 3 and
+    1B0 3 -> 5 alone (r0 waits for it); r0 runs 0B0 5 -> 7 and its after-work 7 -> 9. The core
+    never idles: 9 is all the work. 2 cores: r0 0F0 0 -> 1 while r1's before-work ends at 1;
+    1F0 1 -> 2, 1B0 2 -> 4, 0B0 4 -> 6, r0's after-work 6 -> 8.
+    """
+    sched, costs = get_schedule("gpipe", 2, 1), CostModel.uniform(2, F=1, B=2)
+    one = simulate_shared(sched, costs, 1, before=[0.0, 1.0], after=[2.0, 0.0])
+    assert _rows(one) == [(0, "0F0", 0, 2), (0, "0B0", 5, 7), (1, "1F0", 2, 3), (1, "1B0", 3, 5)]
+    assert one.meta["finished"] == [9, 5]
+    two = simulate_shared(sched, costs, 2, before=[0.0, 1.0], after=[2.0, 0.0])
+    assert _rows(two) == [(0, "0F0", 0, 1), (0, "0B0", 4, 6), (1, "1F0", 1, 2), (1, "1B0", 2, 4)]
+    assert two.meta["finished"] == [8, 4]
+    assert simulate_shared(sched, costs, 1).meta["finished"] == [6, 4]  # none: the last end
+    with pytest.raises(ValueError, match="after needs one time >= 0 per rank"):
+        simulate_shared(sched, costs, 1, after=[1.0])
+    with pytest.raises(ValueError, match="before needs one time >= 0 per rank"):
+        simulate_shared(sched, costs, 1, before=[1.0, -1.0])
+
+
 def test_an_overlapped_pair_shares_as_one_unit_by_hand() -> None:
     """r0 0F0 0F1 0F2 (0F3;0B0) 0B1..., r1 1F0 1B0 1F1 1B1..., F=1 B=2, overlap 0.5, 1 core.
 

@@ -94,3 +94,39 @@ def test_the_ideal_on_shared_cores_comes_from_cpu_time_when_ranks_outnumber_core
     assert got["ideal_step_s"] == pytest.approx((8 + 3) * 6.0)  # 4 processors, wall times
     monkeypatch.setattr(pipesim.ranks, "available_cores", lambda: 4)
     assert "ideal_shared_s" not in ideal_step(case, per_rank)  # a core per rank: no sharing
+
+
+def test_the_ideal_includes_each_ranks_optimizer_as_the_ab_times_a_step(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The A/B's step ends with the last rank's optimizer update, so the ideal's does: rank r
+    updates after its own last action (its wall time alone, its CPU time on shared cores)."""
+    from benchmarks.harness.headtohead import ideal_step
+
+    import pipesim.ranks
+    from pipesim.costs import CostModel
+    from pipesim.shared import simulate_shared
+    from pipesim.simulate import simulate
+
+    case = Case("1f1b", 4, microbatches=8, steps=10)
+    wall = {f"{s}{op}": t for s in range(4) for op, t in (("F", 2.0), ("B", 4.0))}
+    cpu = {k: v / 2 for k, v in wall.items()}
+    # per step: rank 0 (the last to end in 1F1B) 3 s of optimizer, the others 40 s: a later
+    # rank's update, not rank 0's last B, ends the step
+    profile = [{"optimizer": 10 * o, "optimizer_cpu": 10 * o / 2} for o in (3.0, 40, 40, 40)]
+    per_rank = [{"durations": wall, "cpu": cpu, "profile": p} for p in profile]
+    monkeypatch.setattr(pipesim.ranks, "available_cores", lambda: 2)
+    got = ideal_step(case, per_rank)
+    sched = get_schedule("1f1b", 4, 8)
+    ends = [row[-1].end for row in simulate(sched, CostModel.from_lists(
+        4, [2.0] * 4, [2.0] * 4, [2.0] * 4, [4.0] * 4, unit="s")).by_rank()]
+    assert ends[0] == (8 + 3) * 6.0  # without updates the step is rank 0's last B
+    want = max(e + o for e, o in zip(ends, (3.0, 40.0, 40.0, 40.0), strict=True))
+    assert want > ends[0] + 3.0 and got["ideal_step_s"] == pytest.approx(want)
+    assert got["optimizer_ms"] == pytest.approx([3e3, 4e4, 4e4, 4e4])
+    shared = simulate_shared(sched, CostModel.from_lists(4, [1.0] * 4, [1.0] * 4, [1.0] * 4,
+                                                         [2.0] * 4, unit="s"), 2,
+                             after=[1.5, 20.0, 20.0, 20.0])
+    alone = simulate_shared(sched, CostModel.from_lists(4, [1.0] * 4, [1.0] * 4, [1.0] * 4,
+                                                        [2.0] * 4, unit="s"), 2).makespan
+    assert got["ideal_shared_s"] == pytest.approx(max(shared.meta["finished"]))
+    assert got["ideal_shared_s"] > alone + 20.0  # the updates took CPU from the others
