@@ -4,13 +4,16 @@
     .venv/bin/python benchmarks/bench_predict.py --models gpt --trials 5
 
 Per trial, for each model and schedule (the order turns each trial, so no configuration always
-runs first): ``profile_model`` (``--repeats`` whole passes in ``--processes`` fresh processes at
-once, as many as the run's ranks; median per layer and op, the optimizer update included), the
-reference kernel right after it, and ``measure_comm`` (2 ranks, the engine's transport: the
-one-way time of the largest activation and the sender's time per message, medians of 100);
-then the reference kernel, a real run of ``--steps`` steps on 2 or 4 ranks (``--ranks``; one
-thread per rank, Adam), the reference kernel again, and three figures against the measured
-step (one step's end to the next's, the optimizer included, median of steps 1 onwards):
+runs first): ``profile_model`` (at least ``--repeats`` whole passes and ``--profile-seconds``
+of them, in ``--processes`` fresh processes at once; per layer and op the ``--statistic``, the
+mean by default, the optimizer update included), the reference kernel right after it, and
+``measure_comm`` (2 ranks, the engine's transport: the one-way time of the largest activation
+and the sender's time per message, medians of 100); then the prediction, the reference kernel,
+a real run on 2 or 4 ranks (``--ranks``; one thread per rank, Adam) of at least ``--steps``
+steps and as many as the predicted step needs to last ``--run-seconds``, the reference kernel
+again, and three figures against the measured step (one step's end to the next's, the
+optimizer included, median of steps 1 onwards). This machine's speed wanders within a second
+(RESULTS_predict.md), so profile and run each last seconds, not a fraction of one:
 
 - predicted: the simulator's steady step from the profile, the engine's own time per action
   and between steps from the cached calibration (``pipesim profile --engine``) included;
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import platform
 import statistics
@@ -37,7 +41,7 @@ from pipesim.config import RunConfig
 from pipesim.predict import predict, prediction_report, replay, speed_drift
 from pipesim.processes.launch import launch
 from pipesim.profiling.comm import measure_comm
-from pipesim.profiling.profiler import ProfileConfig, profile_model
+from pipesim.profiling.profiler import STATISTICS, ProfileConfig, profile_model
 from pipesim.runtime.predict import calibrate_engine, reference_time, shared_cores
 from pipesim.runtime.train import TrainJob
 from pipesim.schedules import get_schedule
@@ -64,21 +68,25 @@ def bench_one(model: str, name: str, ranks: int, args: argparse.Namespace, engin
               ) -> dict[str, Any]:
     """Profile and ping-pong right before the run, so the machine is as alike as it gets."""
     cfg = _config(model, name, args.microbatches, args.steps, ranks)
-    costs = profile_model(cfg, repeats=args.repeats, processes=args.processes)
+    costs = profile_model(cfg, repeats=args.repeats, processes=args.processes,
+                          statistic=args.statistic, seconds=args.profile_seconds)
     costs = with_engine(dataclasses.replace(costs, reference_time=reference_time()), engine)
     largest = int(max(c.activation_bytes for c in costs.layers[:-1]))
     comm = measure_comm(largest, repeats=100)
+    predicted = predict(cfg, costs, *comm, cores=shared_cores(cfg))
+    # as many steps as the predicted step needs to last --run-seconds (at least --steps)
+    steps = max(args.steps, math.ceil(args.run_seconds / predicted.meta["step_seconds"]) + 1)
+    cfg = dataclasses.replace(cfg, steps=steps)
     before = reference_time()
     result = launch(TrainJob(cfg), ranks)
     after = reference_time()
     measured = [Timeline.from_dict(t) for t in result.timelines]
-    predicted = predict(cfg, costs, *comm, cores=shared_cores(cfg))
     drift = speed_drift(costs.reference_time, [before, after])
     replayed = replay(cfg.schedule, predicted, measured)
     report = prediction_report(predicted, measured, replayed, drift)
     compute = statistics.mean(r["measured_busy"] / r["predicted_busy"] - 1
                               for r in report["per_rank"])
-    return {"model": model, "schedule": name, "ranks": ranks,
+    return {"model": model, "schedule": name, "ranks": ranks, "steps": steps,
             "microbatches": cfg.schedule.microbatches, "load": os.getloadavg()[0],
             "measured_ms": report["measured_step_seconds"] * 1e3,
             "predicted_ms": report["predicted_step_seconds"] * 1e3,
@@ -110,8 +118,15 @@ def main() -> None:
     parser.add_argument("--ranks", nargs="+", type=int, default=[2, 4], choices=[2, 4])
     parser.add_argument("-m", "--microbatches", type=int, default=4,
                         help="per step; at least 2 per rank (4 ranks: 8)")
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--repeats", type=int, default=30, help="profile passes per trial")
+    parser.add_argument("--steps", type=int, default=20, help="at least this many steps a run")
+    parser.add_argument("--run-seconds", type=float, default=2.0,
+                        help="and enough for the predicted steps to last this long")
+    parser.add_argument("--repeats", type=int, default=30,
+                        help="profile passes per trial, at least")
+    parser.add_argument("--profile-seconds", type=float, default=2.0,
+                        help="and more until the passes took this long, in each process")
+    parser.add_argument("--statistic", default="mean", choices=STATISTICS,
+                        help="per layer and op over the profile's passes")
     parser.add_argument("--processes", type=int, default=2,
                         help="profile in this many processes at once (2: as many as the ranks)")
     parser.add_argument("--trials", type=int, default=2)
@@ -120,16 +135,17 @@ def main() -> None:
     engine = load_engine_costs() or calibrate_engine()
     print(f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.machine()}, {os.cpu_count()} CPUs, "
           f"load {os.getloadavg()[0]:.1f}, torch {torch.__version__}, {args.ranks} ranks x 1 "
-          f"thread, m={args.microbatches} (at least 2 per rank), {args.steps} steps, "
-          f"profile {args.repeats} passes in "
+          f"thread, m={args.microbatches} (at least 2 per rank), at least {args.steps} steps "
+          f"and {args.run_seconds:g} s a run, profile: {args.statistic} of at least "
+          f"{args.repeats} passes and {args.profile_seconds:g} s in "
           f"{args.processes} process(es), {args.trials} trials; engine calibration "
           f"({engine.measured}): {engine.action_overhead * 1e6:.0f} us per action, "
           f"{engine.step_overhead * 1e6:.0f} us per rank between steps")
     configs = [(m, s, p) for p in args.ranks for m in args.models for s in args.schedules]
     rows: list[dict[str, Any]] = []
-    print("| trial | ranks | m | model | schedule | measured step (ms) | predicted (ms) | error |"
-          " replay (ms) | replay error | speed drift | compute drift | load |")
-    print("|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| trial | ranks | m | model | schedule | steps | measured step (ms) | predicted (ms) |"
+          " error | replay (ms) | replay error | speed drift | compute drift | load |")
+    print("|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for trial in range(args.trials):
         turn = trial % len(configs)
         for model, name, ranks in configs[turn:] + configs[:turn]:
@@ -137,7 +153,7 @@ def main() -> None:
             rows.append(r)
             drift = "n/a" if r["speed_drift"] is None else f"{r['speed_drift']:+.0%}"
             print(f"| {trial} | {ranks} | {r['microbatches']} | {model} | {name} | "
-                  f"{r['measured_ms']:.1f} | "
+                  f"{r['steps']} | {r['measured_ms']:.1f} | "
                   f"{r['predicted_ms']:.1f} | {r['error']:+.1%} | {r['replay_ms']:.1f} | "
                   f"{r['replay_error']:+.1%} | {drift} | {r['compute_drift']:+.0%} | "
                   f"{r['load']:.1f} |", flush=True)

@@ -23,6 +23,7 @@ from pipesim.profiling.profiler import ProfileConfig, profile_layers, profile_mo
 from pipesim.schedules import get_schedule
 from pipesim.simulate import simulate
 from pipesim.stagecosts import stage_costs
+from tests.cli import run_cli
 
 
 def _mlp(layers: int = 3, hidden: int = 8, batch: int = 4, model: str = "mlp",
@@ -68,6 +69,33 @@ def test_profile_leaves_the_callers_layers_alone() -> None:
     assert all(p.grad is None for x in layers for p in x.parameters())
 
 
+def test_a_profile_given_seconds_goes_on_until_its_passes_took_that_long(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fake clock that each pass moves by 1/8 s: 2 repeats and 1 s take 8 passes; without
+    seconds, 2; a clock that never moves stops at MAX_PASSES."""
+    import pipesim.profiling.profiler as profiler
+
+    clock = [0.0]
+    passes = []
+    real = profiler._one_pass
+
+    def one_pass(timers: list[object]) -> object:
+        passes.append(1)
+        clock[0] += step
+        return real(timers)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(profiler, "_one_pass", one_pass)
+    monkeypatch.setattr(profiler.time, "perf_counter", lambda: clock[0])
+    layers, x = [nn.Linear(4, 4)], torch.randn(3, 4)
+    for step, seconds, want in ((0.125, 1.0, 8), (0.125, 0.0, 2), (0.0, 1.0, 50)):
+        passes.clear()
+        monkeypatch.setattr(profiler, "MAX_PASSES", 50)
+        profile_layers(layers, x, repeats=2, warmup=1, seconds=seconds)
+        assert len(passes) == 1 + want, (step, seconds)  # the warm-up pass and the timed ones
+    with pytest.raises(ValueError, match="seconds >= 0"):
+        profile_layers(layers, x, seconds=-1.0)
+
+
 def test_the_optimizer_update_is_profiled_per_layer_for_training_only() -> None:
     adam = profile_model(_mlp(optimizer="adam"), repeats=1, warmup=0)
     assert all(c.optimizer > 0 for c in adam.layers) and "optimizer adam" in adam.notes
@@ -94,9 +122,11 @@ def test_cli_profile_writes_files_plan_and_simulate_read(tmp_path: Path,
     out, stages = tmp_path / "c.json", tmp_path / "s.json"
     code = main(["profile", "--model", "mlp", "--layers", "3", "--hidden-size", "8", "-b", "4",
                  "--repeats", "1", "--warmup", "0", "--no-comm", "-o", str(out),
-                 "--stage-costs", str(stages), "--balance", "1,2"])
+                 "--stage-costs", str(stages), "--balance", "1,2", "--stat", "mean",
+                 "--seconds", "0.05"])
     assert code == 0
     assert "wrote" in capsys.readouterr().out
+    assert "mean of 1 or more (0.05 s)" in load_layer_costs(str(out)).notes
     costs = load_layer_costs(str(out))
     assert len(costs) == 3 and costs.comm_latency == 0 and math.isinf(costs.comm_bandwidth)
     per_stage = load_costs(str(stages), 2)
@@ -131,6 +161,7 @@ def test_cli_profile_engine_measures_and_caches_per_machine(
     (["--balance", "1,1"], "give --stage-costs"),
     (["--stage-costs", "s.json", "--balance", "1,1"], "covers 2 layers"),
     (["-o", "/no/such/dir/c.json"], "does not exist"),
+    (["--seconds", "-1"], "--seconds"),
 ])
 def test_cli_profile_mistakes_exit_2_in_one_line(argv: list[str], message: str,
                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -140,8 +171,9 @@ def test_cli_profile_mistakes_exit_2_in_one_line(argv: list[str], message: str,
             "--no-comm"]
     if "-o" not in argv:
         base += ["-o", "c.json"]
-    assert main(base + argv) == 2
-    err = capsys.readouterr().err.strip()
+    code, _, err = run_cli(capsys, *base, *argv)
+    assert code == 2
+    err = err.strip()
     assert message in err and "\n" not in err
 
 

@@ -22,7 +22,7 @@ import os
 from typing import Any
 
 from pipesim.calibration import EngineCosts, cache_path, load_engine_costs, with_engine
-from pipesim.commands import UserError, dump_json, positive_int, write_atomic
+from pipesim.commands import UserError, dump_json, non_negative_float, positive_int, write_atomic
 from pipesim.commands._progress import working
 from pipesim.commands._vocab import add_batch_size, int_list
 from pipesim.layercosts import LayerCosts
@@ -52,11 +52,15 @@ def register(sub: Any) -> None:
                         "'pipesim run')")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=positive_int, default=10,
-                   help="timed runs per layer; the median is kept (default 10)")
+                   help="timed runs per layer, at least (default 10)")
+    p.add_argument("--seconds", type=non_negative_float, default=0.0,
+                   help="and more runs until they took this long (on a machine whose speed "
+                        "wanders: about as long as the run to predict; default 0)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
-    p.add_argument("--stat", choices=["median", "min"], default="median",
-                   help="keep each time's median (default) or minimum (on a busy machine: "
-                        "an estimate of the idle machine's time)")
+    p.add_argument("--stat", choices=["median", "mean", "min"], default="median",
+                   help="keep each time's median (default), mean (what a run pays on "
+                        "average) or minimum (on a busy machine: an estimate of the idle "
+                        "machine's time)")
     p.add_argument("--processes", type=positive_int, default=1,
                    help="profile in this many processes at once, as many as the run's ranks "
                         "on this machine, so the cores are as busy as in the run (default 1)")
@@ -182,7 +186,8 @@ def run(args: argparse.Namespace) -> int:
     with working(f"profiling {cfg.layers} layers of {cfg.model} ({args.repeats} repeats)",
                  enabled=not args.json) as status:
         try:
-            costs = profile_model(cfg, args.repeats, args.warmup, args.processes, args.stat)
+            costs = profile_model(cfg, args.repeats, args.warmup, args.processes, args.stat,
+                                  args.seconds)
         except ValueError as err:
             raise UserError(str(err)) from None
         if not args.no_comm:

@@ -187,6 +187,7 @@ class _LayerTimer:
 
 
 Times = list[tuple[float, float, float, float]]  # per layer: F, I, W, B seconds
+MAX_PASSES = 10_000  # a time-limited profile stops here however fast its passes are
 
 
 def _timed_forward(timers: Sequence[_LayerTimer]) -> tuple[list[Tensors], list[float]]:
@@ -223,9 +224,13 @@ def profile_layers(layers: Sequence[nn.Module], example: Example,
                    target: torch.Tensor | None = None, loss_fn: LossFn | None = None,
                    repeats: int = 5, warmup: int = 2, names: Sequence[str] = (),
                    model: str = "", notes: str = "", statistic: str = "median",
-                   optimizer: MakeOptimizer | None = None) -> LayerCosts:
+                   optimizer: MakeOptimizer | None = None, seconds: float = 0.0) -> LayerCosts:
     """Per-layer costs of ``layers`` for one microbatch ``example`` (its first dim = samples): a
     tensor or a tuple of tensors, passed as positional arguments; so is what a layer returns.
+
+    ``repeats`` whole passes after ``warmup``, and more until the timed passes have taken
+    ``seconds`` (at most ``MAX_PASSES``): on a machine whose speed wanders, a profile as long
+    as the run it predicts sees the same mix of fast and slow moments.
 
     Each repeat runs the whole model forward, then backward, layer by layer (so the caches
     hold what they hold in a run, not one layer's weights). The last layer's F includes
@@ -233,8 +238,9 @@ def profile_layers(layers: Sequence[nn.Module], example: Example,
     random gradient. ``optimizer(params)`` builds the optimizer whose update of each layer is
     timed (none: 0). The layers are copied: the caller's modules are not changed.
     """
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats must be >= 1 and warmup >= 0; got {repeats}, {warmup}")
+    if repeats < 1 or warmup < 0 or not seconds >= 0:
+        raise ValueError(f"repeats must be >= 1, warmup and seconds >= 0; got {repeats}, "
+                         f"{warmup}, {seconds}")
     pick = _STATISTICS[statistic]
     with one_thread():
         timers, outs, xs = [], [], as_tensors(example, "the example")
@@ -247,7 +253,12 @@ def profile_layers(layers: Sequence[nn.Module], example: Example,
                                 f"({type(original).__name__})")
             outs.append(xs)
         stash = [t.stash_bytes() for t in timers]
-        runs = [_one_pass(timers) for _ in range(warmup + repeats)][warmup:]
+        for _ in range(warmup):
+            _one_pass(timers)
+        runs: list[Times] = []
+        stop = time.perf_counter() + seconds
+        while len(runs) < repeats or (time.perf_counter() < stop and len(runs) < MAX_PASSES):
+            runs.append(_one_pass(timers))
         updates = [t.optimizer_seconds(optimizer, repeats, warmup, pick) if optimizer else 0.0
                    for t in timers]
     costs = []
@@ -263,18 +274,21 @@ def profile_layers(layers: Sequence[nn.Module], example: Example,
 
 
 def profile_model(cfg: RunConfig, repeats: int = 5, warmup: int = 2,
-                  processes: int = 1, statistic: str = "median") -> LayerCosts:
+                  processes: int = 1, statistic: str = "median", seconds: float = 0.0
+                  ) -> LayerCosts:
     """Per-layer costs of ``cfg``'s model at its microbatch size (``cfg.batch_size``).
 
     The profile runs in ``processes`` forked processes at once, each started as a rank is (one
     torch thread, ``keep_freed_memory``), and keeps per layer and op the mean of their
     figures: with as many processes as the run has ranks, the cores are as busy as during the
     run. A fresh process, not this one, so what this process allocated before does not count.
-    Raises ValueError for a model the config cannot build.
+    ``seconds``: each process goes on past ``repeats`` passes until its passes took that long
+    (``profile_layers``). Raises ValueError for a model the config cannot build.
     """
     from pipesim.processes.launch import RankFailedError, launch
     try:
-        result: LayerCosts = launch(_Profile(cfg, repeats, warmup, statistic), processes)
+        result: LayerCosts = launch(_Profile(cfg, repeats, warmup, statistic, seconds),
+                                    processes)
     except RankFailedError as err:
         if err.kind == "ValueError":
             raise ValueError(err.error) from None
@@ -282,12 +296,14 @@ def profile_model(cfg: RunConfig, repeats: int = 5, warmup: int = 2,
     return result
 
 
-def _profile_here(cfg: RunConfig, repeats: int, warmup: int, statistic: str) -> LayerCosts:
+def _profile_here(cfg: RunConfig, repeats: int, warmup: int, statistic: str,
+                  seconds: float = 0.0) -> LayerCosts:
     layers = build_layers(cfg)
     inputs, targets = make_batch(cfg, 0)
     training = not cfg.schedule.forward_only
+    passes = f"{repeats}" + (f" or more ({seconds:g} s)" if seconds else "")
     notes = (f"pipesim profile: model {cfg.model}, hidden {cfg.hidden_size}, "
-             f"{len(layers)} layers, {cfg.dtype}, {statistic} of {repeats} after {warmup} "
+             f"{len(layers)} layers, {cfg.dtype}, {statistic} of {passes} after {warmup} "
              f"warm-up, 1 thread" + (f", optimizer {cfg.optimizer}" if training else ""))
 
     def make(params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -295,7 +311,7 @@ def _profile_here(cfg: RunConfig, repeats: int, warmup: int, statistic: str) -> 
 
     costs = profile_layers(layers, inputs[0], targets[0], loss_function(cfg), repeats, warmup,
                            model=cfg.model, notes=notes, statistic=statistic,
-                           optimizer=make if training else None)
+                           optimizer=make if training else None, seconds=seconds)
     return dataclasses.replace(costs, profiled=profiled_model(cfg, len(layers)),
                                data_time=_data_time(cfg, repeats))
 
@@ -331,10 +347,11 @@ class _Profile:
     repeats: int
     warmup: int
     statistic: str
+    seconds: float = 0.0
 
     def __call__(self, rank: int, world: int, monitor: Any = None) -> LayerCosts | None:
         return mean_over_ranks(_profile_here(self.cfg, self.repeats, self.warmup,
-                                             self.statistic), rank, world)
+                                             self.statistic, self.seconds), rank, world)
 
 
 def mean_over_ranks(costs: LayerCosts, rank: int, world: int) -> LayerCosts | None:
