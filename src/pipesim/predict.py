@@ -43,7 +43,7 @@ from pipesim.ir import Action, Op, Schedule, deps
 from pipesim.layercosts import LayerCosts
 from pipesim.stagecosts import stage_costs, stage_optimizer
 from pipesim.steady import steady_step
-from pipesim.timeline import Timeline
+from pipesim.timeline import Event, Timeline
 
 __all__ = ["action_drift", "action_means", "engine_gaps", "median_step",
            "predict", "predicted_step", "prediction_json", "prediction_lines", "prediction_report",
@@ -124,7 +124,10 @@ def run_messages(schedule: Schedule, measured: Sequence[Timeline], action_overhe
     """(hop, send) in seconds as the run saw them; None where it shows nothing to measure.
 
     send: the sender's own time per message, the mean gap after an action whose output
-    went to another rank when the next action waits for no message, less ``action_overhead``.
+    went to another rank when the next action waited for no message (it needs none, or its
+    messages had all left before the sending action began), less ``action_overhead``. The
+    second kind matters where ranks share cores: a sender that wakes a sleeping receiver can
+    lose its core to it, and is then slow to start whatever comes next, input in hand or not.
     hop: from the time a producer's output left (its end; an overlapped pair's end) to the
     start of its consumer on another rank that had nothing else to do (its previous action
     ended before that), mean, less ``send``: the simulator's message time (the sender's time
@@ -136,9 +139,15 @@ def run_messages(schedule: Schedule, measured: Sequence[Timeline], action_overhe
     for s in used_steps(measured):
         step = measured[s]
         ended = _left(schedule, step)
+
+        def in_hand(a: Event, b: Event) -> bool:
+            """Whether ``b``'s messages had all left before ``a`` began."""
+            return all(ended.get(d, math.inf) <= a.start for d in deps(b.action, schedule)
+                       if place[d.stage] != b.rank)
+
         for row in step.by_rank():
             sends += [b.start - a.end - action_overhead for a, b in pairwise(row)
-                      if a.action in sent and b.action not in receive]
+                      if a.action in sent and (b.action not in receive or in_hand(a, b))]
             for i, e in enumerate(row):
                 free = row[i - 1].end if i else -math.inf
                 hops += [e.start - ended[d] for d in deps(e.action, schedule)

@@ -237,6 +237,22 @@ def test_run_messages_reads_the_hop_and_the_senders_time_off_a_run() -> None:
     assert run_messages(one, _run_like(one, CostModel.uniform(1), [0.0], 3)) == (None, None)
 
 
+def test_the_senders_time_counts_before_an_action_whose_input_was_already_in_hand() -> None:
+    """1F1B p=2 m=2, by hand. After 0F0 rank 0 spends 0.5 sending, then runs 0F1 (no input):
+    the sender's time. After 1B0 rank 1 spends 1.0 before 1F1, whose input (0F1's) had left
+    before 1B0 began: nothing to wait for, so that gap is the sender's too (where ranks share
+    cores a sender that wakes its receiver can lose its core). After 0F1 rank 0 waits for
+    1B0's gradient: not the sender's alone. Send: mean(0.5, 1.0)."""
+    from pipesim.predict import run_messages
+    sched = get_schedule("1f1b", 2, 2)
+    step = _timeline([("0F0", 0, 1), ("0F1", 1.5, 2.5), ("0B0", 4.25, 5.25), ("0B1", 7.25, 8.25)],
+                     [("1F0", 1.625, 2.625), ("1B0", 2.625, 3.625), ("1F1", 4.625, 5.625),
+                      ("1B1", 5.625, 6.625)])
+    hop, send = run_messages(sched, [_on_clock(step, 0, 8.25)])
+    assert send == pytest.approx(0.75)
+    assert hop == 0.0  # 0.625 per message (1F0, 0B0, 0B1) less the sender's 0.75, floored
+
+
 def test_a_pairs_messages_leave_at_its_end_and_the_replay_reads_the_true_hop() -> None:
     """A pair's F output leaves only when the pair's B ends. Here rank 1 idles until 0F1's
     output comes (1F1 right after 2F0), so reading the hop from 0F1's own end would add the
