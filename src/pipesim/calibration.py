@@ -1,22 +1,23 @@
 """The engine's own time, measured once per machine and torch version, cached in a small file.
 
-``pipesim profile --engine`` runs a model that computes next to nothing on 2 ranks and fits,
-with ``predict.fit_engine``, what the engine spends before each action (bookkeeping, posting
-receives, handing tensors over) and each rank between steps (data, zero_grad, the step's
-set-up and end) so that a replay of those runs equals them. The result is cached::
+``pipesim profile --engine`` runs a model that computes next to nothing on 2 ranks and reads
+off the runs (``predict.engine_gaps``) what the engine spends before each action (bookkeeping,
+posting receives, handing tensors over), each rank between steps before the ranks meet (data,
+zero_grad, the step's end) and the meeting itself (every rank's batch check, one collective a
+step, then the step's set-up). The result is cached::
 
     $PIPESIM_CACHE_DIR/engine-<key>.json      (default ~/.cache/pipesim; $XDG_CACHE_HOME too)
     {"format": "pipesim-engine-costs", "version": 1,
      "machine": "host x86_64, 2 CPUs, Intel Xeon ...", "torch": "2.13.0+cpu",
-     "action_overhead": 1.1e-04, "step_overhead": 3.0e-04,   # seconds
-     "measured": "2026-12-01 20:40", "notes": "...", "fits": {"1f1b": [o, g], ...}}
+     "action_overhead": 1.1e-04, "step_overhead": 3.0e-04, "sync": 5.0e-04,   # seconds
+     "measured": "2026-12-01 20:40", "notes": "...", "fits": {"1f1b": [o, g, s], ...}}
 
 ``<key>`` hashes the machine, the torch version, the transport between ranks of one machine
 (``pipesim.transport``) and the engine's revision, so another machine, torch, transport or
 engine finds no file and calibrates anew. ``pipesim run --predict`` reads it (and calibrates
 once when there is none); ``pipesim profile`` writes it into the cost files it makes
-(``engine_action_overhead``, ``engine_step_overhead``), which ``pipesim plan`` and
-``pipesim simulate --costs`` use.
+(``engine_action_overhead``, ``engine_step_overhead``, ``engine_sync``), which ``pipesim
+plan`` and ``pipesim simulate --costs`` use.
 Pure: no torch (its version is read from the installed package's metadata).
 """
 
@@ -38,7 +39,8 @@ from pipesim.transport import local_transport
 __all__ = ["ENV", "EngineCosts", "cache_path", "load_engine_costs", "machine_id",
            "torch_version", "with_engine"]
 
-ENGINE_REVISION = 2  # raised when the engine's own costs change (2: shared-memory messages)
+ENGINE_REVISION = 3  # raised when the engine's own costs change (2: shared-memory messages;
+# 3: the step overhead measured on every rank, before the ranks meet, and the meeting apart)
 ENV = "PIPESIM_CACHE_DIR"  # where the cache lives (tests point it at a temporary folder)
 FORMAT = "pipesim-engine-costs"
 
@@ -53,7 +55,9 @@ class EngineCosts:
     torch: str = ""
     measured: str = ""  # when, as text
     notes: str = ""
-    fits: dict[str, list[float]] = field(default_factory=dict)  # schedule -> [action, step]
+    fits: dict[str, list[float]] = field(default_factory=dict)  # schedule -> [action, step,
+    # sync]
+    sync: float = 0.0  # the ranks' meeting once a step: last arrival to a free first action
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT, "version": 1, **dataclasses.asdict(self)},
@@ -66,8 +70,8 @@ class EngineCosts:
             raise ValueError(f"not a {FORMAT} object")
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
-        for key in ("action_overhead", "step_overhead"):
-            value = values.get(key)
+        for key in ("action_overhead", "step_overhead", "sync"):
+            value = values.get(key, 0.0 if key == "sync" else None)
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise ValueError(f"{key}: {value!r} is not a number >= 0")
         return cls(**values)
@@ -123,7 +127,9 @@ def load_engine_costs(path: Path | None = None) -> EngineCosts | None:
 
 def with_engine(layer_costs: LayerCosts, engine: EngineCosts | None) -> LayerCosts:
     """``layer_costs`` with ``engine``'s times, unless it carries its own (or there is none)."""
-    if engine is None or layer_costs.engine_action_overhead or layer_costs.engine_step_overhead:
+    if engine is None or layer_costs.engine_action_overhead or layer_costs.engine_step_overhead \
+            or layer_costs.engine_sync:
         return layer_costs
     return dataclasses.replace(layer_costs, engine_action_overhead=engine.action_overhead,
-                               engine_step_overhead=engine.step_overhead)
+                               engine_step_overhead=engine.step_overhead,
+                               engine_sync=engine.sync)

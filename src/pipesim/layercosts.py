@@ -17,6 +17,9 @@ microbatch of ``microbatch_size`` samples::
                                              #   action (``pipesim profile --engine``; 0)
       "engine_step_overhead": 3e-4,          # optional, each rank's own time between steps
                                              #   beyond the optimizer (data, zero_grad; 0)
+      "engine_sync": 5e-4,                   # optional, the ranks' meeting once a step (the
+                                             #   batch check): from the last rank's arrival
+                                             #   to a free rank's first action (0)
       "reference_time": 3e-4,                # optional, one call of the reference kernel
                                              #   (pipesim.predict) when profiled: drift
       "data_time": 6e-4,                     # optional, making one step's batch, on each rank
@@ -69,9 +72,10 @@ KIND = "per-layer"  # the ``kind`` field; the per-stage file's is costs.KIND
 UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}  # seconds per unit
 _TOP_FIELDS = {"kind", "format", "version", "model", "microbatch_size", "unit", "comm_latency",
                "comm_bandwidth", "comm_send_overhead", "engine_action_overhead",
-               "engine_step_overhead", "reference_time", "data_time", "notes", "profiled",
-               "layers"}
-_TIMES = ("engine_action_overhead", "engine_step_overhead", "reference_time", "data_time")
+               "engine_step_overhead", "engine_sync", "reference_time", "data_time", "notes",
+               "profiled", "layers"}
+_TIMES = ("engine_action_overhead", "engine_step_overhead", "engine_sync", "reference_time",
+          "data_time")
 _LAYER_FIELDS = {"name", "F", "I", "W", "B", "activation_bytes", "stash_bytes", "param_bytes",
                  "optimizer"}
 
@@ -125,6 +129,7 @@ class LayerCosts:
     profiled: ProfiledModel | None = None  # the built-in model measured (pipesim profile)
     engine_action_overhead: float = 0.0  # seconds the engine spends before each action
     engine_step_overhead: float = 0.0  # seconds each rank spends between steps (no optimizer)
+    engine_sync: float = 0.0  # seconds the ranks' meeting once a step takes (the batch check)
     reference_time: float = 0.0  # seconds per reference-kernel call when profiled (0: unknown)
     data_time: float = 0.0  # seconds to make a step's batch (ranks with the first/last stage)
 

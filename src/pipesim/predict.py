@@ -59,7 +59,10 @@ def predict(cfg: Any, layer_costs: LayerCosts, comm_latency: float | None = None
     Its ``meta["step_seconds"]`` is the step time (``steady_step``). Between steps each rank
     spends ``meta["between_seconds"]``: its optimizer time (``meta["optimizer_seconds"]``;
     none in a forward-only schedule) plus the engine's ``engine_step_overhead``, plus
-    ``data_time`` on the ranks holding the first or last stage (they make the batch).
+    ``data_time`` on the ranks holding the first or last stage (they make the batch). Then the
+    ranks meet (the engine checks every step's batch on every rank, one collective): the next
+    step begins on every rank ``engine_sync`` after the last one is through its between-steps
+    time (``steady_step``'s ``barrier``).
     ``meta["costs"]`` is the CostModel simulated (``to_dict``), which ``replay`` reuses.
     ``comm_latency``/``comm_bandwidth``/``send_overhead`` override the cost file's messages.
     ``cores``: the ranks share that many CPU cores (``steady_step``'s; None: a core each),
@@ -79,9 +82,9 @@ def predict(cfg: Any, layer_costs: LayerCosts, comm_latency: float | None = None
         for stage, seconds in enumerate(stage_optimizer(layer_costs, balance)):
             optimizer[sched.stage_to_rank[stage]] += seconds
     between = [o + layer_costs.engine_step_overhead for o in optimizer]
-    for stage in {0, sched.stages - 1}:  # these ranks make the step's batch
-        between[sched.stage_to_rank[stage]] += layer_costs.data_time
-    steady = steady_step(sched, costs, between, cores=cores)
+    for rank in {sched.stage_to_rank[0], sched.stage_to_rank[-1]}:  # they make the batch,
+        between[rank] += layer_costs.data_time  # once on a rank holding both ends
+    steady = steady_step(sched, costs, between, cores=cores, barrier=layer_costs.engine_sync)
     return dataclasses.replace(steady.timeline, meta={
         **steady.timeline.meta, "predicted": True, "step_seconds": steady.step,
         "optimizer_seconds": optimizer, "between_seconds": between, "costs": costs.to_dict(),
@@ -139,15 +142,10 @@ def run_messages(schedule: Schedule, measured: Sequence[Timeline], action_overhe
     for s in used_steps(measured):
         step = measured[s]
         ended = _left(schedule, step)
-
-        def in_hand(a: Event, b: Event) -> bool:
-            """Whether ``b``'s messages had all left before ``a`` began."""
-            return all(ended.get(d, math.inf) <= a.start for d in deps(b.action, schedule)
-                       if place[d.stage] != b.rank)
-
         for row in step.by_rank():
             sends += [b.start - a.end - action_overhead for a, b in pairwise(row)
-                      if a.action in sent and (b.action not in receive or in_hand(a, b))]
+                      if a.action in sent and (b.action not in receive
+                                               or _in_hand(schedule, ended, a, b))]
             for i, e in enumerate(row):
                 free = row[i - 1].end if i else -math.inf
                 hops += [e.start - ended[d] for d in deps(e.action, schedule)
@@ -157,12 +155,22 @@ def run_messages(schedule: Schedule, measured: Sequence[Timeline], action_overhe
     return hop, send
 
 
+def _in_hand(schedule: Schedule, left: dict[Action, float], a: Event, b: Event) -> bool:
+    """Whether every message ``b`` takes from another rank had left (``left``) before ``a``,
+    the action before ``b`` on its rank, began."""
+    place = schedule.stage_to_rank
+    return all(left.get(d, math.inf) <= a.start for d in deps(b.action, schedule)
+               if place[d.stage] != b.rank)
+
+
 def replay(schedule: Schedule, predicted: Timeline, measured: Sequence[Timeline]) -> Timeline:
     """``predicted``'s simulation again with what the run measured: each action its mean
     time, each message the run's own hop and sender's time (``run_messages``), the engine's
-    own time before an action the run's mean (``_gaps``), and each rank's time between steps
-    (optimizer, data, the step's set-up) the run's mean where the run shows it: a rank whose
-    step begins by waiting for a message keeps ``predict``'s ``meta["between_seconds"]``.
+    own time before an action the run's mean (``_gaps``), each rank's time between steps
+    (optimizer, data, zero_grad) and the ranks' meeting the run's means (``_meeting``; a run
+    recorded without when its ranks began and met: each rank's whole gap between steps where
+    its step begins without waiting for a message, else ``predict``'s
+    ``meta["between_seconds"]``, and no meeting).
 
     Where the replay misses the run, the model misses it (the schedule's semantics, what the
     simulator leaves out); where the prediction misses and the replay does not, the machine
@@ -178,9 +186,17 @@ def replay(schedule: Schedule, predicted: Timeline, measured: Sequence[Timeline]
     if send is not None:
         base = dataclasses.replace(base, send_overhead=send)
     between = list(predicted.meta.get("between_seconds", ())) or [0.0] * schedule.ranks
-    for rank, seen in gaps.items():  # a rank whose next step begins by waiting keeps its own
-        between[rank] = max(0.0, statistics.fmean(seen) - base.action_overhead)
-    steady = steady_step(schedule, replay_costs(base, action_means(measured)), between)
+    meeting = _meeting(schedule, measured, base.action_overhead)
+    barrier = None
+    if meeting is not None:  # the run says when each rank began its step and when they met
+        before, barrier = meeting
+        between = [max(0.0, statistics.fmean(x)) if x else b for x, b in zip(before, between,
+                                                                             strict=True)]
+    else:
+        for rank, seen in gaps.items():  # a rank whose step begins by waiting keeps its own
+            between[rank] = max(0.0, statistics.fmean(seen) - base.action_overhead)
+    steady = steady_step(schedule, replay_costs(base, action_means(measured)), between,
+                         barrier=barrier)
     return dataclasses.replace(steady.timeline, meta={
         **steady.timeline.meta, "replayed": True, "step_seconds": steady.step,
         "between_seconds": list(between)})
@@ -272,20 +288,56 @@ def _gaps(schedule: Schedule, measured: Sequence[Timeline]
     return inner, between
 
 
-def engine_gaps(schedule: Schedule, measured: Sequence[Timeline]) -> tuple[float, float]:
-    """(action overhead, step overhead) in seconds: the engine's own time, read off a run.
+def engine_gaps(schedule: Schedule, measured: Sequence[Timeline]
+                ) -> tuple[float, float, float]:
+    """(action overhead, step overhead, sync) in seconds: the engine's own time, off a run.
 
     Action overhead: the mean gap inside a step with no send and no wait in it (``_gaps``).
-    Step overhead: the mean gap between steps of every rank whose first action waits for no
-    message, less the action overhead (the simulator charges that before the action). Means,
-    as ``replay`` takes them: a step pays every gap, the slow ones too. 0 where nothing can
-    be read (e.g. every action waits for a message).
+    Step overhead and sync: each rank's mean time from its last action to beginning the next
+    step, and the meeting's (``_meeting``). A run recorded without when its ranks began and
+    met: the mean gap between steps of every rank whose first action waits for no message,
+    less the action overhead, and sync 0. Means, as ``replay`` takes them: a step pays every
+    gap, the slow ones too. 0 where nothing can be read.
     """
     inner, between = _gaps(schedule, measured)
-    gaps = [g for rank in between.values() for g in rank]
     action = max(0.0, statistics.fmean(inner)) if inner else 0.0
+    meeting = _meeting(schedule, measured, action)
+    if meeting is not None:
+        before, sync = meeting
+        gaps = [g for rank in before for g in rank]
+        return action, max(0.0, statistics.fmean(gaps)) if gaps else 0.0, sync
+    gaps = [g for rank in between.values() for g in rank]
     step = max(0.0, statistics.fmean(gaps) - action) if gaps else 0.0
-    return action, step
+    return action, step, 0.0
+
+
+def _meeting(schedule: Schedule, measured: Sequence[Timeline], action_overhead: float
+             ) -> tuple[list[list[float]], float] | None:
+    """(per rank: its gaps from its last action to beginning the next step; the meeting) off
+    a run whose steps record when each rank began (``meta["begin"]``) and when the ranks'
+    collective let it go on (``meta["synced"]``); None if they do not.
+
+    The meeting: from the last rank's beginning to a free rank's first action (one whose first
+    action waits for no message), less the engine's ``action_overhead`` before that action:
+    the collective, then the step's set-up. Means over ``used_steps``.
+    """
+    steps = [s for s in used_steps(measured) if s > 0]
+    if not steps or any("begin" not in measured[s].meta or "begin" not in measured[s - 1].meta
+                        for s in steps):
+        return None
+    receive, _ = _crossing(schedule)
+    before: list[list[float]] = [[] for _ in range(schedule.ranks)]
+    meet: list[float] = []
+    for s in steps:
+        old, new = measured[s - 1], measured[s]
+        shift = new.meta.get("start", 0.0) - old.meta.get("start", 0.0)
+        begin = new.meta["begin"]
+        for rank, (was, now) in enumerate(zip(old.by_rank(), new.by_rank(), strict=True)):
+            if was:
+                before[rank].append(begin[rank] + shift - was[-1].end)
+            if now and now[0].action not in receive:
+                meet.append(now[0].start - max(begin) - action_overhead)
+    return before, max(0.0, statistics.fmean(meet)) if meet else 0.0
 
 
 # ----------------------------------------------------------------------------- comparing

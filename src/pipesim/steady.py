@@ -24,7 +24,7 @@ class SteadyStep(NamedTuple):
 
 def steady_step(schedule: Schedule, costs: CostModel | None = None,
                 between: Sequence[float] = (), max_steps: int = 64, *,
-                cores: int | None = None) -> SteadyStep:
+                cores: int | None = None, barrier: float | None = None) -> SteadyStep:
     """Simulate training step after step until the step repeats; its time and timeline.
 
     Rank r begins step k+1 ``between[r]`` after its own last action of step k (the optimizer
@@ -38,6 +38,11 @@ def steady_step(schedule: Schedule, costs: CostModel | None = None,
     least one per rank: each rank its own, ``simulate``). ``between[r]`` stays a plain delay
     there: the optimizer's time is CPU work in a real run, but here it takes no core from the
     ranks still in their step.
+
+    ``barrier``: the ranks meet between steps (pipesim's engine checks each step's batch on
+    every rank with one collective): every rank begins step k+1 at once, ``barrier`` seconds
+    after the last of them is done with step k and its ``between``. Each step then starts from
+    the same state, so one simulation gives the step. None: no meeting.
     """
     if max_steps < 2:
         raise ValueError(f"max_steps must be >= 2, got {max_steps}")
@@ -48,6 +53,14 @@ def steady_step(schedule: Schedule, costs: CostModel | None = None,
     if len(between) != schedule.ranks:
         raise ValueError(f"between has {len(between)} times; the schedule has "
                          f"{schedule.ranks} ranks")
+    if barrier is not None:
+        if not barrier >= 0:
+            raise ValueError(f"barrier must be >= 0 seconds, got {barrier!r}")
+        timeline = (simulate(schedule, costs) if shared is None
+                    else simulate_shared(schedule, costs, shared))
+        ends = [row[-1].end if row else 0.0 for row in timeline.by_rank()]
+        return SteadyStep(max(e + gap for e, gap in zip(ends, between, strict=True)) + barrier,
+                          timeline, 1)
     begin = [0.0] * schedule.ranks  # this step's rank starts, its first rank at 0
     periods: list[float] = []
     previous_end = shift = 0.0  # the previous step's end, in the previous step's frame

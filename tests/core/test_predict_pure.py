@@ -133,15 +133,25 @@ def test_predict_puts_each_ranks_optimizer_between_steps() -> None:
     timeline = predict(_Cfg(sched, (2, 1), 2), LayerCosts(layers, microbatch_size=2))
     # stages: F 2 and 1, B 4 and 2; one step alone spans 9 (r0 F [0,2] B [5,9])
     assert timeline.meta["optimizer_seconds"] == [0.5, 10.0]
-    # rank 1 (F 1 + B 2 + 10) bounds the step, and rank 0 waits for its B's input
-    assert timeline.meta["step_seconds"] == 13
-    rank1 = [e for e in timeline.events if e.rank == 1]
-    assert rank1[0].start == 5.5  # it begins the step 5.5 after rank 0 in the steady state
-    report = prediction_report(timeline, [_on_clock(timeline, 0, 13), _on_clock(timeline, 13, 26)])
+    # the ranks meet between steps (the engine's batch check): rank 1 ends its B at 5 and
+    # updates for 10, so both begin the next step at 15; rank 0's 9 + 0.5 waits for it
+    assert timeline.meta["step_seconds"] == 15
+    # without the meeting rank 1 (F 1 + B 2 + 10) would bound the step, 13, rank 0's F
+    # overlapping rank 1's update
+    from pipesim.costs import CostModel
+    from pipesim.steady import steady_step
+    costs = CostModel.from_dict(timeline.meta["costs"])
+    alone = steady_step(sched, costs, timeline.meta["between_seconds"])
+    assert alone.step == 13
+    assert next(e.start for e in alone.timeline.events if e.rank == 1) == 5.5
+    with_sync = dataclasses.replace(LayerCosts(layers, microbatch_size=2), engine_sync=0.25)
+    assert predict(_Cfg(sched, (2, 1), 2), with_sync).meta["step_seconds"] == 15.25
+    report = prediction_report(timeline, [_on_clock(timeline, 0, 15), _on_clock(timeline, 15, 30)])
     assert report["prediction_error"] == 0
     forward = get_schedule("forward", 2, 1)
-    # no optimizer in a forward-only step: F 2 then F 1, and rank 0 starts the next at 2
-    assert predict(_Cfg(forward, (2, 1), 2), LayerCosts(layers, 2)).meta["step_seconds"] == 2
+    # no optimizer in a forward-only step: F 2 then F 1, and the ranks meet (pipe.forward
+    # checks the batch too) once rank 1's F is done: the next step begins at 3
+    assert predict(_Cfg(forward, (2, 1), 2), LayerCosts(layers, 2)).meta["step_seconds"] == 3
 
 
 def test_predict_charges_the_data_time_to_the_ranks_that_make_the_batch() -> None:
@@ -301,8 +311,49 @@ def test_engine_gaps_reads_back_the_simulated_engines_time() -> None:
     for name in ("gpipe", "1f1b", "zb-h1"):
         sched = get_schedule(name, 2, 4)
         costs = CostModel.uniform(2, F=1.0, comm_latency=0.5, action_overhead=0.125, unit="s")
-        action, step = engine_gaps(sched, _run_like(sched, costs, [0.75, 0.75], 4))
+        action, step, sync = engine_gaps(sched, _run_like(sched, costs, [0.75, 0.75], 4))
         assert (action, step) == (pytest.approx(0.125), pytest.approx(0.75)), name
+        assert sync == 0.0  # a run recorded without its ranks' meeting shows none
+
+
+def _run_met(schedule: Schedule, costs: CostModel, between: list[float], barrier: float,
+             steps: int) -> list[Timeline]:
+    """Steps of a run whose ranks meet between steps, as the runtime records them: each
+    step's ``meta["begin"]`` says when each rank began it (its last action of the step before,
+    then its ``between``), on the step's clock, whose 0 is when the meeting let them go."""
+    from dataclasses import replace
+
+    from pipesim.steady import steady_step
+    steady = steady_step(schedule, costs, between, barrier=barrier)
+    ends = [row[-1].end for row in steady.timeline.by_rank()]
+    begin = [e + b - steady.step for e, b in zip(ends, between, strict=True)]
+    return [replace(steady.timeline, meta={"start": k * steady.step, "begin": begin,
+                                           "synced": [max(begin) + barrier] * len(begin),
+                                           "end": k * steady.step + steady.timeline.end})
+            for k in range(steps)]
+
+
+def test_engine_gaps_and_the_replay_read_the_ranks_meeting_off_a_run() -> None:
+    """Ranks that meet 0.5 after the last of them is through its between-steps time (1.5 on
+    rank 0, 0.75 on rank 1): the step overhead is every rank's own gap (mean 1.125), sync the
+    meeting, and the replay equals the run, also where a rank's step begins by waiting."""
+    from pipesim.predict import engine_gaps, replay
+    from pipesim.steady import steady_step
+    for name in ("gpipe", "1f1b", "zb-h1", "zbv"):
+        sched = get_schedule(name, 2, 4)
+        truth = CostModel.from_lists(sched.stages, [1.0, 1.5, 1.25, 0.5][:sched.stages],
+                                     [1.0] * sched.stages, [0.5] * sched.stages, None,
+                                     comm_latency=0.25, action_overhead=0.125, unit="s")
+        measured = _run_met(sched, truth, [1.5, 0.75], 0.5, 4)
+        action, step, sync = engine_gaps(sched, measured)
+        assert (action, step, sync) == (pytest.approx(0.125), pytest.approx(1.125),
+                                        pytest.approx(0.5)), name
+        predicted = Timeline(2, (), unit="s", meta={
+            "costs": CostModel.uniform(sched.stages, unit="s").to_dict(),
+            "between_seconds": [0.0, 0.0]})
+        want = steady_step(sched, truth, [1.5, 0.75], barrier=0.5).step
+        assert replay(sched, predicted, measured).meta["step_seconds"] == pytest.approx(want)
+        assert want > steady_step(sched, truth, [1.5, 0.75]).step  # the meeting costs here
 
 
 def test_predict_charges_the_engines_time_per_action_and_between_steps() -> None:

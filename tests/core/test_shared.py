@@ -248,3 +248,17 @@ def test_a_steady_step_on_fewer_cores_is_no_shorter(schedule: Schedule) -> None:
     one = steady_step(schedule, costs, between, cores=1).step
     assert own <= half * (1 + 1e-12) and half <= one * (1 + 1e-12)
     assert one >= _work(schedule, costs) * (1 - 1e-12)
+
+
+def test_a_steady_step_whose_ranks_meet_by_hand() -> None:
+    """gpipe p=2 m=1, F=1 B=2: r0 F [0,1], r1 F [1,2] and B [2,4], r0 B [4,6]. Between steps
+    rank 1 spends 3: with a meeting 0.5 after the last rank is through, every step begins at
+    max(6 + 0, 4 + 3) + 0.5 = 7.5 (on one core too: nothing overlaps here); without one,
+    rank 1's update (4 -> 7) hides behind rank 0's B and next F (6 -> 7): the step is 6."""
+    sched, costs = get_schedule("gpipe", 2, 1), CostModel.uniform(2, F=1, B=2)
+    met = steady_step(sched, costs, [0.0, 3.0], barrier=0.5)
+    assert met.step == 7.5 and met.steps == 1
+    assert steady_step(sched, costs, [0.0, 3.0], cores=1, barrier=0.5).step == 7.5
+    assert steady_step(sched, costs, [0.0, 3.0]).step == 6
+    with pytest.raises(ValueError, match="barrier must be >= 0"):
+        steady_step(sched, costs, barrier=-1.0)

@@ -79,10 +79,10 @@ def test_a_profile_given_seconds_goes_on_until_its_passes_took_that_long(
     passes = []
     real = profiler._one_pass
 
-    def one_pass(timers: list[object]) -> object:
+    def one_pass(*args: object) -> object:
         passes.append(1)
         clock[0] += step
-        return real(timers)  # type: ignore[arg-type]
+        return real(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(profiler, "_one_pass", one_pass)
     monkeypatch.setattr(profiler.time, "perf_counter", lambda: clock[0])
@@ -105,6 +105,23 @@ def test_the_optimizer_update_is_profiled_per_layer_for_training_only() -> None:
     plain = profile_layers([nn.Linear(4, 4), nn.ReLU()], torch.randn(3, 4), repeats=1, warmup=0,
                            optimizer=lambda ps: torch.optim.SGD(ps, lr=0.1))
     assert plain.layers[0].optimizer > 0 and plain.layers[1].optimizer == 0
+
+
+def test_each_update_runs_right_after_a_passs_backward_from_its_gradients() -> None:
+    """One update per pass (warm-up passes and one more first, which makes the optimizer's
+    state), each while B's gradients are on the parameters, as a rank updates after its step."""
+    seen: list[bool] = []
+
+    class Counting(torch.optim.SGD):
+        def step(self, closure: object = None) -> None:  # type: ignore[override]
+            seen.append(all(p.grad is not None and bool(p.grad.abs().sum() > 0)
+                            for group in self.param_groups for p in group["params"]))
+            super().step()
+
+    layer = nn.Linear(4, 4)
+    profile_layers([layer], torch.randn(3, 4), repeats=5, warmup=1,
+                   optimizer=lambda ps: Counting(ps, lr=0.1))
+    assert seen == [True] * (1 + 1 + 5)
 
 
 def test_two_process_profile_and_ping_pong() -> None:
@@ -210,3 +227,23 @@ def test_balance_for_a_run() -> None:
     assert sum(balance_for(cfg, "time", costs)) == 6
     big_head = ProfileConfig(schedule=sched, model="mlp", hidden_size=8, layers=5, batch_size=2)
     assert balance_for(big_head, "params") == (3, 2)
+
+
+def test_a_run_records_when_each_rank_began_its_step_and_when_the_ranks_met() -> None:
+    """Every step's timeline says, per rank on the step's clock, when it began the step and
+    when the batch check's collective let it go on; the calibration reads the meeting off it."""
+    from pipesim.predict import engine_gaps
+    from pipesim.processes.launch import launch
+    from pipesim.runtime.predict import _calibration_config
+    from pipesim.runtime.train import TrainJob
+    from pipesim.timeline import Timeline
+    cfg = _calibration_config("1f1b", 4, 4)
+    steps = [Timeline.from_dict(t) for t in launch(TrainJob(cfg), 2).timelines]
+    for step in steps:
+        begin, synced = step.meta["begin"], step.meta["synced"]
+        assert len(begin) == len(synced) == 2
+        for rank, row in enumerate(step.by_rank()):
+            assert begin[rank] <= synced[rank] <= row[0].start
+        assert max(begin) <= min(synced)  # nobody goes on before the last one has begun
+    action, step_overhead, sync = engine_gaps(cfg.schedule, steps)
+    assert action > 0 and step_overhead > 0 and sync > 0

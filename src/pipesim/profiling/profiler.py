@@ -10,7 +10,10 @@ a WeightGradQueue, so
     B  a full backward, measured on a separate forward
 
 and, when given an optimizer, the update of each layer's parameters (once per training step;
-a rank updates its stages' parameters between steps). Times are the median (or,
+a rank updates its stages' parameters between steps), timed right after each pass's B from
+its gradients: a rank updates right after its step's last backward, with the caches holding
+what that left (timed alone, on fixed gradients, the update came out about half of what a
+2-rank MLP run paid). Times are the median (or,
 ``statistic="min"``, the fastest) of ``repeats`` after ``warmup`` runs, on one torch thread
 (as a rank runs); the minimum estimates an idle machine's time where other work preempts the
 profile. Stash bytes are the tensors autograd saves during F
@@ -160,22 +163,10 @@ class _LayerTimer:
         for p in self.layer.parameters():
             p.grad = None
 
-    def optimizer_seconds(self, make: MakeOptimizer, repeats: int, warmup: int,
-                          pick: Callable[[list[float]], float]) -> float:
-        """The update of this layer's parameters by its own optimizer (fixed random grads)."""
+    def optimizer(self, make: MakeOptimizer) -> torch.optim.Optimizer | None:
+        """This layer's own optimizer (``make``), None for a layer without trained weights."""
         params = [p for p in self.layer.parameters() if p.requires_grad]
-        if not params:
-            return 0.0
-        gen = torch.Generator().manual_seed(1)
-        for p in params:
-            p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype) * 1e-3
-        optimizer, times = make(params), []
-        for _ in range(warmup + max(repeats, 3)):  # the first steps create the state
-            t0 = time.perf_counter()
-            optimizer.step()
-            times.append(time.perf_counter() - t0)
-        self.clear()
-        return pick(times[warmup:])
+        return make(params) if params else None
 
     def stash_bytes(self) -> int:
         counter = _StashCounter(list(self.layer.parameters()))
@@ -186,7 +177,7 @@ class _LayerTimer:
         return counter.total
 
 
-Times = list[tuple[float, float, float, float]]  # per layer: F, I, W, B seconds
+Times = list[tuple[float, float, float, float, float]]  # per layer: F, I, W, B, update s
 MAX_PASSES = 10_000  # a time-limited profile stops here however fast its passes are
 
 
@@ -199,11 +190,14 @@ def _timed_forward(timers: Sequence[_LayerTimer]) -> tuple[list[Tensors], list[f
     return outs, seconds
 
 
-def _one_pass(timers: Sequence[_LayerTimer]) -> Times:
+def _one_pass(timers: Sequence[_LayerTimer],
+              optimizers: Sequence[torch.optim.Optimizer | None] = ()) -> Times:
     """The model as a pipeline runs it: F through every layer, then I and W back to the first
-    (each layer's output gradient is the next layer's input gradient); then F again and B."""
+    (each layer's output gradient is the next layer's input gradient); then F again and B, and
+    each layer's ``optimizers`` update from B's gradients (as a rank updates right after its
+    step's last backward, with what that left in the caches; 0 where none)."""
     n = len(timers)
-    i_, w, b = [0.0] * n, [0.0] * n, [0.0] * n
+    i_, w, b, o = [0.0] * n, [0.0] * n, [0.0] * n, [0.0] * n
     outs, f = _timed_forward(timers)
     for k in reversed(range(n)):
         grads = timers[k + 1].input_grads() if k + 1 < n else None
@@ -215,9 +209,14 @@ def _one_pass(timers: Sequence[_LayerTimer]) -> Times:
     for k in reversed(range(n)):
         grads = timers[k + 1].input_grads() if k + 1 < n else None
         b[k] = timers[k].backward(outs[k], grads, split=False)
+    for k, optimizer in enumerate(optimizers):
+        if optimizer is not None:
+            t0 = time.perf_counter()
+            optimizer.step()
+            o[k] = time.perf_counter() - t0
     for t in timers:
         t.clear()
-    return list(zip(f, i_, w, b, strict=True))
+    return list(zip(f, i_, w, b, o, strict=True))
 
 
 def profile_layers(layers: Sequence[nn.Module], example: Example,
@@ -253,21 +252,20 @@ def profile_layers(layers: Sequence[nn.Module], example: Example,
                                 f"({type(original).__name__})")
             outs.append(xs)
         stash = [t.stash_bytes() for t in timers]
-        for _ in range(warmup):
-            _one_pass(timers)
+        optimizers = [t.optimizer(optimizer) for t in timers] if optimizer else []
+        for _ in range(warmup + (1 if optimizers else 0)):  # the first update makes the state
+            _one_pass(timers, optimizers)
         runs: list[Times] = []
         stop = time.perf_counter() + seconds
         while len(runs) < repeats or (time.perf_counter() < stop and len(runs) < MAX_PASSES):
-            runs.append(_one_pass(timers))
-        updates = [t.optimizer_seconds(optimizer, repeats, warmup, pick) if optimizer else 0.0
-                   for t in timers]
+            runs.append(_one_pass(timers, optimizers))
     costs = []
     for i, (timer, out) in enumerate(zip(timers, outs, strict=True)):
-        f, i_, w, b = (pick([r[i][k] for r in runs]) for k in range(4))
+        f, i_, w, b, update = (pick([r[i][k] for r in runs]) for k in range(5))
         name = names[i] if i < len(names) else f"{i}:{type(layers[i]).__name__}"
         params = sum(_nbytes(p) for p in timer.layer.parameters())
         costs.append(LayerCost(f, i_, w, b, float(sum(map(_nbytes, out))), float(stash[i]),
-                               float(params), name, updates[i]))
+                               float(params), name, update))
     first = as_tensors(example, "the example")[0]
     batch = first.shape[0] if first.dim() else 1
     return LayerCosts(tuple(costs), microbatch_size=batch, model=model, notes=notes)

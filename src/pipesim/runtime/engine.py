@@ -68,6 +68,10 @@ class StepRecord:
     outputs: dict[int, Payload] = field(default_factory=dict)  # inference: last stage
     start: float = 0.0
     end: float = 0.0
+    # ``Pipeline.step``: when this rank began the step (before the batch check every rank
+    # takes part in) and when that check's collective returned (0: not recorded)
+    begin: float = 0.0
+    synced: float = 0.0
 
     def loss_sum(self) -> float:
         """The sum of this rank's microbatch losses: one read of the device, once per step."""

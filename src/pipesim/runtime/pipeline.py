@@ -183,11 +183,14 @@ class Pipeline:
         return self._engines[training]
 
     def _run(self, training: bool, inputs: Any, targets: Any) -> StepRecord:
+        begin = self.clock()
         engine, known = self._engine(training)
         check = BatchCheck(self.microbatches * self.dp, self.replica, self.microbatches)
         code = check.local(inputs if self.holds_first else None, self.holds_first,
                            targets if self.holds_last else None, self.holds_last and training)
-        headers = all_ints(code, self.device)  # every rank sees every rank's checks
+        # every rank sees every rank's checks: the ranks meet here once a step
+        headers = all_ints(code, self.device)
+        synced = self.clock()
         error = check.error(headers)
         if error is not None:
             raise PipelineError(error)
@@ -205,6 +208,7 @@ class Pipeline:
         ys = split_microbatches(targets, check.total, self.replica, self.microbatches,
                                 keep_single=True) if self.holds_last and training else []
         self.last_record = engine.step(xs, ys)
+        self.last_record.begin, self.last_record.synced = begin, synced
         return self.last_record
 
     def transports(self) -> dict[str, int]:

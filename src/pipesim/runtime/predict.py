@@ -104,7 +104,8 @@ def _calibration_config(name: str, microbatches: int, steps: int) -> RunConfig:
 def calibrate_engine(schedules: Sequence[str] = CALIBRATION_SCHEDULES, microbatches: int = 4,
                      steps: int = 30) -> EngineCosts:
     """Run each schedule on 2 ranks with a model that computes next to nothing and read the
-    engine's own time per action and between steps off the runs (``predict.engine_gaps``);
+    engine's own time per action, between steps and at the ranks' meeting off the runs
+    (``predict.engine_gaps``);
     the figures kept are the medians over ``schedules`` (each schedule's are in ``fits``)."""
     from pipesim.processes.launch import launch
     from pipesim.runtime.train import TrainJob
@@ -114,11 +115,11 @@ def calibrate_engine(schedules: Sequence[str] = CALIBRATION_SCHEDULES, microbatc
         result = launch(TrainJob(cfg), cfg.schedule.ranks)
         measured = [Timeline.from_dict(t) for t in result.timelines]
         fits[name] = list(engine_gaps(cfg.schedule, measured))
-    action = statistics.median(f[0] for f in fits.values())
-    step = statistics.median(f[1] for f in fits.values())
-    return EngineCosts(action, step, machine_id(), torch_version(),
-                       time.strftime("%Y-%m-%d %H:%M"),
-                       f"2 ranks, MLP hidden 8 x 2 layers, batch 2, m={microbatches}, sgd, "
-                       f"{steps} steps per schedule, load {os.getloadavg()[0]:.1f}", fits)
+    action, step, sync = (statistics.median(f[k] for f in fits.values()) for k in range(3))
+    return EngineCosts(action, step, sync=sync, machine=machine_id(), torch=torch_version(),
+                       measured=time.strftime("%Y-%m-%d %H:%M"),
+                       notes=f"2 ranks, MLP hidden 8 x 2 layers, batch 2, m={microbatches}, "
+                             f"sgd, {steps} steps per schedule, load {os.getloadavg()[0]:.1f}",
+                       fits=fits)
 
 

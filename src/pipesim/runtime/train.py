@@ -157,7 +157,8 @@ class TrainJob:
         for rec, spans in records:
             everyone = gather_events(rec.events, spans, grid.world, device)
             bounds = torch.tensor([rec.start, max([rec.end, *(e for _, _, e in spans)]),
-                                   rec.loss_sum()], dtype=torch.float64, device=device)
+                                   rec.loss_sum(), rec.begin, rec.synced],
+                                  dtype=torch.float64, device=device)
             gathered = [torch.zeros_like(bounds) for _ in range(grid.world)]
             dist.all_gather(gathered, bounds)
             start = min(float(g[0]) for g in gathered)
@@ -168,9 +169,14 @@ class TrainJob:
             previous_end = end
             losses.append(sum(float(g[2]) for g in gathered) / cfg.global_microbatches)
             pipeline = [everyone[g] for g in grid.pipeline(0)]
-            # meta: where the step lies on the run's clock (the step time between two steps)
+            # meta: where the step lies on the run's clock (the step time between two steps);
+            # per pipeline rank, on the step's clock, when it began the step and when the
+            # ranks' meeting (the batch check) let it go on (``predict.replay`` reads them)
+            meta = {"start": start, "end": end,
+                    "begin": [float(gathered[g][3]) - start for g in grid.pipeline(0)],
+                    "synced": [float(gathered[g][4]) - start for g in grid.pipeline(0)]}
             timelines.append(dataclasses.replace(to_timeline(sched, pipeline, origin=start),
-                                                 meta={"start": start, "end": end}))
+                                                 meta=meta))
         want_params = cfg.verify or cfg.collect_state
         params = gather_stage_tensors(cfg, grid, runners, rank, device, grads=False) \
             if want_params else None
