@@ -319,7 +319,10 @@ def _meeting(schedule: Schedule, measured: Sequence[Timeline], action_overhead: 
 
     The meeting: from the last rank's beginning to a free rank's first action (one whose first
     action waits for no message), less the engine's ``action_overhead`` before that action:
-    the collective, then the step's set-up. Means over ``used_steps``.
+    the collective, then the step's set-up. Means over ``used_steps``, plus what waiting for
+    the last of several varying arrivals costs over the last of their means (the mean over
+    steps of the latest beginning less the latest mean beginning): the simulator meets at
+    the latest mean, the run at each step's latest.
     """
     steps = [s for s in used_steps(measured) if s > 0]
     if not steps or any("begin" not in measured[s].meta or "begin" not in measured[s - 1].meta
@@ -328,16 +331,20 @@ def _meeting(schedule: Schedule, measured: Sequence[Timeline], action_overhead: 
     receive, _ = _crossing(schedule)
     before: list[list[float]] = [[] for _ in range(schedule.ranks)]
     meet: list[float] = []
+    arrivals: list[list[float]] = []  # per step, each rank's beginning on the last step's clock
     for s in steps:
         old, new = measured[s - 1], measured[s]
         shift = new.meta.get("start", 0.0) - old.meta.get("start", 0.0)
         begin = new.meta["begin"]
+        arrivals.append([b + shift for b in begin])
         for rank, (was, now) in enumerate(zip(old.by_rank(), new.by_rank(), strict=True)):
             if was:
                 before[rank].append(begin[rank] + shift - was[-1].end)
             if now and now[0].action not in receive:
                 meet.append(now[0].start - max(begin) - action_overhead)
-    return before, max(0.0, statistics.fmean(meet)) if meet else 0.0
+    latest = statistics.fmean(max(a) for a in arrivals) - max(
+        statistics.fmean(column) for column in zip(*arrivals, strict=True))
+    return before, max(0.0, statistics.fmean(meet) + latest) if meet else 0.0
 
 
 # ----------------------------------------------------------------------------- comparing

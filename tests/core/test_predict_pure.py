@@ -445,3 +445,20 @@ def test_predict_on_shared_cores_records_them_and_replay_does_not_share() -> Non
     assert again.meta["step_seconds"] == replay(sched, own, measured).meta["step_seconds"]
     assert again.meta["step_seconds"] == pytest.approx(steady_step(sched, truth).step)
     assert "cores" not in again.meta
+
+
+def test_the_meeting_waits_for_each_steps_latest_rank_not_the_latest_mean() -> None:
+    """Rank 0 and rank 1 take turns arriving last (8 and 9 on the last step's clock): each
+    step meets at 9, while their means (8.5 each) say 8.5. The meeting is the wait from the
+    latest beginning to a free rank's first action (1.0 here) plus that 0.5."""
+    from dataclasses import replace
+
+    from pipesim.predict import _meeting
+    sched = get_schedule("gpipe", 2, 1)
+    step = _timeline([("0F0", 0.1, 1.1), ("0B0", 4.3, 6.3)], [("1F0", 1.2, 2.2), ("1B0", 2.2, 4.2)])
+    steps = [replace(step, meta={"start": 10.0 * k, "begin": b, "synced": [0.0, 0.0]})
+             for k, b in enumerate(([-1.0, -1.0], [-2.0, -1.0], [-1.0, -2.0]))]
+    found = _meeting(sched, steps, 0.1)
+    assert found is not None
+    before, sync = found
+    assert before[0] == pytest.approx([8 - 6.3, 9 - 6.3]) and sync == pytest.approx(1.5)
