@@ -140,7 +140,8 @@ def main() -> None:
           f"{args.repeats} passes and {args.profile_seconds:g} s in "
           f"{args.processes} process(es), {args.trials} trials; engine calibration "
           f"({engine.measured}): {engine.action_overhead * 1e6:.0f} us per action, "
-          f"{engine.step_overhead * 1e6:.0f} us per rank between steps")
+          f"{engine.step_overhead * 1e6:.0f} us per rank between steps, the ranks' meeting "
+          f"{engine.sync * 1e6:.0f} us")
     configs = [(m, s, p) for p in args.ranks for m in args.models for s in args.schedules]
     rows: list[dict[str, Any]] = []
     print("| trial | ranks | m | model | schedule | steps | measured step (ms) | predicted (ms) |"

@@ -168,6 +168,10 @@ def test_cli_profile_engine_measures_and_caches_per_machine(
     assert cached is not None and cached.action_overhead == data["action_overhead"]
     assert set(cached.fits) == {"gpipe", "1f1b", "zb-h1"}
     assert 0 <= cached.action_overhead < 0.1 and 0 <= cached.step_overhead < 1
+    assert 0 < cached.sync < 1 and all(len(fit) == 3 for fit in cached.fits.values())
+    from pipesim.commands.profile import _engine_report
+    report = _engine_report(cached)  # what `pipesim profile --engine` prints
+    assert "for the ranks' meeting" in report and "1f1b " in report
 
 
 @pytest.mark.parametrize(("argv", "message"), [

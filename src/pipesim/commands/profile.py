@@ -127,10 +127,11 @@ def _table(costs: LayerCosts) -> str:
         f"{costs.comm_bandwidth / 1e9:.2f} GB/s"
     lines.append(f"messages: latency {costs.comm_latency * 1e6:.0f} us, bandwidth {bw}, "
                  f"sender's time {costs.comm_send_overhead * 1e6:.0f} us each")
-    if costs.engine_action_overhead or costs.engine_step_overhead:
+    if costs.engine_action_overhead or costs.engine_step_overhead or costs.engine_sync:
         lines.append(f"engine's own time (profile --engine): "
                      f"{costs.engine_action_overhead * 1e6:.0f} us before each action, "
-                     f"{costs.engine_step_overhead * 1e6:.0f} us per rank between steps")
+                     f"{costs.engine_step_overhead * 1e6:.0f} us per rank between steps, "
+                     f"{costs.engine_sync * 1e6:.0f} us for the ranks' meeting")
     return "\n".join(lines)
 
 
@@ -158,10 +159,12 @@ def _calibrate() -> EngineCosts:
 
 
 def _engine_report(engine: EngineCosts) -> str:
-    per = ", ".join(f"{name} {o * 1e6:.0f} / {g * 1e6:.0f}" for name, (o, g) in engine.fits.items())
+    per = ", ".join(f"{name} " + " / ".join(f"{x * 1e6:.0f}" for x in fit)
+                    for name, fit in engine.fits.items())
     return (f"engine's own time: {engine.action_overhead * 1e6:.1f} us before each action, "
-            f"{engine.step_overhead * 1e6:.0f} us per rank between steps (per schedule: {per})\n"
-            f"wrote {cache_path()}")
+            f"{engine.step_overhead * 1e6:.0f} us per rank between steps, "
+            f"{engine.sync * 1e6:.0f} us for the ranks' meeting (per schedule, in that order: "
+            f"{per})\nwrote {cache_path()}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -35,6 +35,7 @@ __all__ = ["CALIBRATION_SCHEDULES", "calibrate_engine", "predict_run", "referenc
 
 REFERENCE = (64, 512, 512)  # the reference kernel: [64, 512] @ [512, 512], float32, 1 thread
 CALIBRATION_SCHEDULES = ("gpipe", "1f1b", "zb-h1")
+PROFILE_SECONDS = 1.0  # --predict's own profile: at least this long in each process
 
 
 def reference_time(seconds: float = 0.2) -> float:
@@ -61,8 +62,9 @@ def predict_run(cfg: RunConfig, costs_path: str | None = None,
 
     Without a file, ``cfg``'s model is profiled at its microbatch size, in as many processes
     at once as the run puts ranks on this machine (at most one per CPU: the cores are as busy
-    as in the run), median of 20 passes (a machine whose speed changes from one half second to
-    the next needs the profile to last about as long as the run it predicts), ``measure_comm``
+    as in the run), the mean of at least 20 passes and ``PROFILE_SECONDS`` of them (a machine
+    whose speed changes from one half second to the next needs the profile to last about as
+    long as the run it predicts; a step pays its actions' mean), ``measure_comm``
     measures messages between 2 ranks, and the reference kernel is timed right after. The
     engine's own time comes from the file or else ``engine`` (``pipesim.calibration``). Ranks
     that outnumber this machine's cores share them in the simulation (``shared_cores``).
@@ -74,7 +76,8 @@ def predict_run(cfg: RunConfig, costs_path: str | None = None,
         comm: Sequence[float] = ()
     else:
         processes = min(cfg.grid.world, available_cores())
-        layer_costs = profile_model(cfg, repeats=20, warmup=2, processes=processes)
+        layer_costs = profile_model(cfg, repeats=20, warmup=2, processes=processes,
+                                    statistic="mean", seconds=PROFILE_SECONDS)
         layer_costs = dataclasses.replace(layer_costs, reference_time=reference_time())
         comm = ()
         if cfg.schedule.ranks > 1 and len(layer_costs) > 1:
