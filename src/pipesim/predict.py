@@ -10,19 +10,22 @@
     prediction_report(predicted, measured, replayed, drift)
                                      predicted (and replayed) vs measured step time, per step
                                      and per rank; with the machine's speed drift
-    engine_gaps(schedule, measured)  the engine's own time per action and between steps, read
-                                     off a run (``pipesim profile --engine``)
+    engine_gaps(schedule, measured)  the engine's own time per action, between steps and at
+                                     the ranks' meeting, read off a run (``pipesim profile
+                                     --engine``)
 
-A step's time is what a training loop pays per step: from one step's end to the next one's
-(the last rank's), so it includes each rank's optimizer update between steps, during which the
-ranks that wait on it wait. The prediction is the simulator's (``steady.steady_step``): every
-action takes its profiled time and the engine's own ``engine_action_overhead`` before it, a
-message costs ``comm_latency + bytes / comm_bandwidth`` and its sender ``comm_send_overhead``,
-and rank r spends its stages' profiled ``optimizer`` time plus ``engine_step_overhead`` (and
-``data_time`` on the ranks that make the batch) between steps. Ranks that outnumber the CPU
-cores share them: ``cores`` (``pipesim.shared``, each computing rank at min(1, cores /
-computing ranks) of its speed); see benchmarks/RESULTS_predict.md. ``replay`` never shares:
-the run's measured times include it.
+A step's time is what a training loop pays per step: from one step's end to the next one's (the
+last rank's), so it includes each rank's optimizer update between steps, during which the ranks
+that wait on it wait; and the ranks meet between steps (``Pipeline.step`` checks each step's
+batch on every rank with one collective), so the next step begins on every rank once the last
+one is ready (``engine_sync`` later). The prediction is the simulator's
+(``steady.steady_step``): every action takes its profiled time and the engine's own
+``engine_action_overhead`` before it, a message costs ``comm_latency + bytes / comm_bandwidth``
+and its sender ``comm_send_overhead``, and rank r spends its stages' profiled ``optimizer``
+time plus ``engine_step_overhead`` (and ``data_time`` on the ranks that make the batch) between
+steps. Ranks that outnumber the CPU cores share them: ``cores`` (``pipesim.shared``, each
+computing rank at min(1, cores / computing ranks) of its speed); see
+benchmarks/RESULTS_predict.md. ``replay`` never shares: the run's measured times include it.
 
 Pure: no torch, no views (``cfg`` is read by attribute), so everything here works on saved
 timelines anywhere. Profiling, the reference kernel and the calibration runs are in
