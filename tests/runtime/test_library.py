@@ -220,6 +220,9 @@ def test_forward_returns_outputs_and_timeline_holds_every_action() -> None:
     assert sorted(str(e.action) for e in timeline.events) == want
     chart = pipesim.ascii(timeline)
     assert all(f"rank {r} |" in chart for r in range(2)) and "F0" in chart
+    # when each rank began the step and when the ranks' batch check let it go on
+    for rank, row in enumerate(timeline.by_rank()):
+        assert timeline.meta["begin"][rank] <= timeline.meta["synced"][rank] <= row[0].start
 
 
 # ----------------------------------------------------------------------------- mistakes

@@ -227,14 +227,16 @@ class Pipeline:
             raise PipelineError("no step has run yet: call pipe.step(...) first")
         rec = self.last_record
         everyone = gather_events(rec.events, self.last_spans, self.world, self.device)
-        bounds = all_floats([rec.start, rec.end], self.device)
+        bounds = all_floats([rec.start, rec.end, rec.begin, rec.synced], self.device)
         if self.rank != 0:
             return None
         start, end = min(b[0] for b in bounds), max(b[1] for b in bounds)
         engine, _ = self._engine(not self.schedule.forward_only)
         pipeline = [everyone[g] for g in self.grid.pipeline(0)]
-        return dataclasses.replace(to_timeline(engine.schedule, pipeline, origin=start),
-                                   meta={"start": start, "end": end})
+        ranks = self.grid.pipeline(0)  # as TrainJob records them (predict.replay reads them)
+        return dataclasses.replace(to_timeline(engine.schedule, pipeline, origin=start), meta={
+            "start": start, "end": end, "begin": [bounds[g][2] - start for g in ranks],
+            "synced": [bounds[g][3] - start for g in ranks]})
 
 
 def all_floats(values: Sequence[float], device: torch.device) -> list[list[float]]:
