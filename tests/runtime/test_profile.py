@@ -109,19 +109,24 @@ def test_the_optimizer_update_is_profiled_per_layer_for_training_only() -> None:
 
 def test_each_update_runs_right_after_a_passs_backward_from_its_gradients() -> None:
     """One update per pass (warm-up passes and one more first, which makes the optimizer's
-    state), each while B's gradients are on the parameters, as a rank updates after its step."""
+    state), each while B's gradients are on the parameters, as a rank updates after its step;
+    and each update is undone, so every pass sees the weights as given (the profile does not
+    train the layer on its one batch)."""
     seen: list[bool] = []
+    weights: list[torch.Tensor] = []
 
     class Counting(torch.optim.SGD):
         def step(self, closure: object = None) -> None:  # type: ignore[override]
             seen.append(all(p.grad is not None and bool(p.grad.abs().sum() > 0)
                             for group in self.param_groups for p in group["params"]))
+            weights.append(self.param_groups[0]["params"][0].detach().clone())
             super().step()
 
     layer = nn.Linear(4, 4)
     profile_layers([layer], torch.randn(3, 4), repeats=5, warmup=1,
                    optimizer=lambda ps: Counting(ps, lr=0.1))
     assert seen == [True] * (1 + 1 + 5)
+    assert all(torch.equal(w, layer.weight) for w in weights)  # a copy of these, never moved
 
 
 def test_two_process_profile_and_ping_pong() -> None:

@@ -122,6 +122,7 @@ class _LayerTimer:
                         for x in xs)
         self.target, self.loss_fn = target, loss_fn
         self._grads: list[torch.Tensor | None] | None = None  # stand-in output gradients
+        self._weights: list[torch.Tensor] = []  # as given, put back after each timed update
 
     def forward(self) -> Tensors:
         out = self.layer(*self.xs)
@@ -164,9 +165,25 @@ class _LayerTimer:
             p.grad = None
 
     def optimizer(self, make: MakeOptimizer) -> torch.optim.Optimizer | None:
-        """This layer's own optimizer (``make``), None for a layer without trained weights."""
+        """This layer's own optimizer (``make``), None for a layer without trained weights;
+        ``update`` times it and puts the weights back."""
         params = [p for p in self.layer.parameters() if p.requires_grad]
-        return make(params) if params else None
+        if not params:
+            return None
+        self._weights = [p.detach().clone() for p in params]
+        return make(params)
+
+    def update(self, optimizer: torch.optim.Optimizer) -> float:
+        """One timed step of ``optimizer``, then the weights as they were: the profile times the
+        update without training the layer on its one batch, pass after pass."""
+        t0 = time.perf_counter()
+        optimizer.step()
+        seconds = time.perf_counter() - t0
+        with torch.no_grad():
+            for p, w in zip((p for p in self.layer.parameters() if p.requires_grad),
+                            self._weights, strict=True):
+                p.copy_(w)
+        return seconds
 
     def stash_bytes(self) -> int:
         counter = _StashCounter(list(self.layer.parameters()))
@@ -211,9 +228,7 @@ def _one_pass(timers: Sequence[_LayerTimer],
         b[k] = timers[k].backward(outs[k], grads, split=False)
     for k, optimizer in enumerate(optimizers):
         if optimizer is not None:
-            t0 = time.perf_counter()
-            optimizer.step()
-            o[k] = time.perf_counter() - t0
+            o[k] = timers[k].update(optimizer)
     for t in timers:
         t.clear()
     return list(zip(f, i_, w, b, o, strict=True))
