@@ -13,7 +13,6 @@ batch's shape signature: a mistake raises on every rank, and new shapes are re-i
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -232,11 +231,9 @@ class Pipeline:
             return None
         start, end = min(b[0] for b in bounds), max(b[1] for b in bounds)
         engine, _ = self._engine(not self.schedule.forward_only)
-        pipeline = [everyone[g] for g in self.grid.pipeline(0)]
-        ranks = self.grid.pipeline(0)  # as TrainJob records them (predict.replay reads them)
-        return dataclasses.replace(to_timeline(engine.schedule, pipeline, origin=start), meta={
-            "start": start, "end": end, "begin": [bounds[g][2] - start for g in ranks],
-            "synced": [bounds[g][3] - start for g in ranks]})
+        ranks = self.grid.pipeline(0)
+        return to_timeline(engine.schedule, [everyone[g] for g in ranks], start, end,
+                           [bounds[g][2] for g in ranks], [bounds[g][3] for g in ranks])
 
 
 def all_floats(values: Sequence[float], device: torch.device) -> list[list[float]]:

@@ -7,6 +7,8 @@ origin taken right after a barrier, so ranks line up to within the barrier's ske
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.distributed as dist
 
@@ -47,14 +49,21 @@ def gather_events(events: list[Timed], spans: list[StageSpan], world: int,
 
 
 def to_timeline(schedule: Schedule, per_rank: list[tuple[list[Timed], list[StageSpan]]],
-                origin: float = 0.0) -> Timeline:
-    """A Timeline in seconds for one pipeline (rows = its ranks), ``origin`` at time 0."""
-    events = tuple(Event(r, a, s - origin, e - origin)
+                start: float, end: float, begun: Sequence[float], synced: Sequence[float]
+                ) -> Timeline:
+    """One measured step of one pipeline (rows = its ranks) as a Timeline in seconds, ``start``
+    at time 0. ``meta``: ``start`` and ``end`` on the run's clock (the step time lies between
+    two steps' ends), and per pipeline rank on the step's clock when it began the step
+    (``begun``) and when the ranks' batch check let it go on (``synced``), which
+    ``predict.replay`` reads."""
+    events = tuple(Event(r, a, s - start, e - start)
                    for r, (row, _) in enumerate(per_rank) for a, s, e in row)
-    spans = tuple(Span(r, f"allreduce stage {stage}", s - origin, e - origin)
+    spans = tuple(Span(r, f"allreduce stage {stage}", s - start, e - start)
                   for r, (_, sps) in enumerate(per_rank) for stage, s, e in sps)
     return Timeline(schedule.ranks, events, (), "s", schedule.name, schedule.stage_to_rank,
-                    schedule.microbatches, spans, pairs=schedule.pairs)
+                    schedule.microbatches, spans, pairs=schedule.pairs, meta={
+                        "start": start, "end": end, "begin": [b - start for b in begun],
+                        "synced": [x - start for x in synced]})
 
 
 __all__ = ["StageSpan", "Timed", "gather_events", "to_timeline"]

@@ -8,7 +8,6 @@ ranks. A user's script does the same with its own model (examples/own_model.py).
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -168,15 +167,10 @@ class TrainJob:
             step_seconds.append(end - (previous_end if previous_end is not None else start))
             previous_end = end
             losses.append(sum(float(g[2]) for g in gathered) / cfg.global_microbatches)
-            pipeline = [everyone[g] for g in grid.pipeline(0)]
-            # meta: where the step lies on the run's clock (the step time between two steps);
-            # per pipeline rank, on the step's clock, when it began the step and when the
-            # ranks' meeting (the batch check) let it go on (``predict.replay`` reads them)
-            meta = {"start": start, "end": end,
-                    "begin": [float(gathered[g][3]) - start for g in grid.pipeline(0)],
-                    "synced": [float(gathered[g][4]) - start for g in grid.pipeline(0)]}
-            timelines.append(dataclasses.replace(to_timeline(sched, pipeline, origin=start),
-                                                 meta=meta))
+            ranks = grid.pipeline(0)
+            timelines.append(to_timeline(sched, [everyone[g] for g in ranks], start, end,
+                                         [float(gathered[g][3]) for g in ranks],
+                                         [float(gathered[g][4]) for g in ranks]))
         want_params = cfg.verify or cfg.collect_state
         params = gather_stage_tensors(cfg, grid, runners, rank, device, grads=False) \
             if want_params else None
