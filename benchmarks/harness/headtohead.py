@@ -267,8 +267,9 @@ def ideal_step(case: Case, per_rank: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _per_rank(case: Case, per_rank: list[dict[str, Any]], bucket: str) -> list[float]:
     """Each rank's mean seconds per step in its profile's ``bucket`` (0 where not measured)."""
-    got = [r.get("profile", {}).get(bucket, 0.0) / case.steps for r in per_rank]
-    return (got + [0.0] * case.ranks)[:case.ranks]
+    if len(per_rank) != case.ranks:
+        raise ValueError(f"{len(per_rank)} ranks' measurements for {case.ranks} ranks")
+    return [r.get("profile", {}).get(bucket, 0.0) / case.steps for r in per_rank]
 
 
 def _stage_costs(stages: int, per_rank: list[dict[str, Any]], field: str) -> CostModel:

@@ -84,7 +84,7 @@ def test_the_ideal_on_shared_cores_comes_from_cpu_time_when_ranks_outnumber_core
     case = Case("1f1b", 4, microbatches=8)
     wall = {f"{s}{op}": t for s in range(4) for op, t in (("F", 2.0), ("B", 4.0))}
     cpu = {k: v / 2 for k, v in wall.items()}  # sharing doubled each computation's wall time
-    per_rank = [{"durations": wall, "cpu": cpu}]
+    per_rank = [{"durations": wall, "cpu": cpu}] * 4
     monkeypatch.setattr(pipesim.ranks, "available_cores", lambda: 2)
     got = ideal_step(case, per_rank)
     sched = get_schedule("1f1b", 4, 8)
