@@ -373,11 +373,11 @@ def init_torchrun(opts: LaunchOptions | None = None) -> tuple[int, int]:
 
 
 def _leave() -> None:
-    """At exit: tear the process groups down while the interpreter is whole. A script that
-    joined with ``pipesim.init()`` and just returns would otherwise leave them to the
-    interpreter's finalization, where gloo's threads can abort the process (SIGABRT, "terminate
-    called without an active exception") after all its work is done: torchrun then fails the
-    job. ``examples/own_model.py`` under torchrun did, in 2 of 5 full test runs."""
+    """At exit: tear the process groups down while the interpreter is whole, as torch asks
+    (a script that joined with ``pipesim.init()`` and just returns would leave them to the
+    interpreter's finalization). Not a cure: ``examples/own_model.py`` under torchrun still
+    lost a finished rank to SIGABRT ("terminate called without an active exception") once
+    with it, in a full test run under load; the cause is not found."""
     if dist.is_initialized():
         dist.destroy_process_group()
 
