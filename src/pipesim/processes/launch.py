@@ -373,13 +373,69 @@ def init_torchrun(opts: LaunchOptions | None = None) -> tuple[int, int]:
 
 
 def _leave() -> None:
-    """At exit: tear the process groups down while the interpreter is whole, as torch asks
-    (a script that joined with ``pipesim.init()`` and just returns would leave them to the
-    interpreter's finalization). Not a cure: ``examples/own_model.py`` under torchrun still
-    lost a finished rank to SIGABRT ("terminate called without an active exception") once
-    with it, in a full test run under load; the cause is not found."""
+    """At exit, while the interpreter is whole: tear the process groups down, as torch asks,
+    then wait until gloo's worker threads are idle (``gloo_settled``)."""
     if dist.is_initialized():
         dist.destroy_process_group()
+    gloo_settled()
+
+
+GLOO_WORKER = "pt_gloo_runloop"  # what torch names a gloo process group's worker threads
+_settle_registered = False
+
+
+def settle_gloo_at_exit() -> None:
+    """Run ``gloo_settled`` at this process's exit (once, however often called): a Pipeline
+    built in a script that set up torch.distributed itself gets the same exit as one that
+    joined with ``pipesim.init()``."""
+    global _settle_registered
+    if not _settle_registered:
+        atexit.register(gloo_settled)
+        _settle_registered = True
+
+
+def gloo_settled(timeout: float = 2.0, task_dir: str = "/proc/self/task") -> bool:
+    """Wait (at most ``timeout`` seconds, the GIL released) until every gloo worker thread of
+    this process sleeps, seen so twice in a row; True once they do (or there are none).
+
+    Why: torch 2.13 keeps a gloo group alive after ``destroy_process_group`` once
+    ``torch._dynamo`` is imported (an optimizer's first step imports it), so its worker
+    threads outlive the script. A worker frees each collective's work object after the
+    caller has its result; if that is the last reference, freeing it drops the collective's
+    tensors' Python objects, which needs the GIL. A worker still on its way there (runnable
+    but not running: a loaded machine) when the interpreter finalizes is ended by CPython in
+    a C++ destructor: std::terminate, SIGABRT, "terminate called without an active
+    exception", a finished rank lost. A sleeping worker has freed its work: nothing is left
+    to race. Without /proc (not Linux): True at once.
+    """
+    def states() -> list[str] | None:
+        try:
+            tasks = os.listdir(task_dir)
+        except OSError:
+            return None
+        out = []
+        for tid in tasks:
+            try:
+                with open(os.path.join(task_dir, tid, "comm"), encoding="ascii") as fh:
+                    if fh.read().strip() != GLOO_WORKER:
+                        continue
+                with open(os.path.join(task_dir, tid, "stat"), encoding="ascii") as fh:
+                    out.append(fh.read().rsplit(")", 1)[1].split()[0])  # after "(comm)"
+            except (OSError, IndexError):
+                continue  # the thread ended meanwhile
+        return out
+
+    deadline, quiet = time.monotonic() + timeout, 0
+    while True:
+        now = states()
+        if not now:  # no gloo workers (or no /proc)
+            return True
+        quiet = quiet + 1 if all(state == "S" for state in now) else 0
+        if quiet >= 2:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
 
 
 def run_torchrun(worker: Worker, opts: LaunchOptions | None = None) -> Any:
@@ -395,6 +451,7 @@ def run_torchrun(worker: Worker, opts: LaunchOptions | None = None) -> Any:
         return result
     finally:
         dist.destroy_process_group()
+        gloo_settled()
 
 
 def _own_watchdog(rows: list[float], rank: int, timeout: float) -> None:
@@ -410,5 +467,5 @@ def _own_watchdog(rows: list[float], rank: int, timeout: float) -> None:
 
 
 __all__ = ["LaunchOptions", "RankFailedError", "Worker", "cuda_devices", "current_monitor",
-           "init_torchrun", "launch", "launch_all", "run_torchrun", "set_threads",
-           "under_torchrun"]
+           "gloo_settled", "init_torchrun", "launch", "launch_all", "run_torchrun", "set_threads",
+           "settle_gloo_at_exit", "under_torchrun"]

@@ -73,6 +73,8 @@ class Pipeline:
             raise PipelineError("torch.distributed is not initialised: run inside "
                                 "pipesim.launch(fn, world_size), or call pipesim.init() under "
                                 "torchrun")
+        from pipesim.processes.launch import settle_gloo_at_exit
+        settle_gloo_at_exit()  # torch 2.13's gloo threads can outlive the script (its doc)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.device = torch.device(device) if device is not None else _default_device()
         names, layers = layer_list(model)
