@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import platform
@@ -38,6 +39,7 @@ import torch
 
 from pipesim.calibration import load_engine_costs, with_engine
 from pipesim.config import RunConfig
+from pipesim.fileio import write_atomic
 from pipesim.predict import predict, prediction_report, replay, speed_drift
 from pipesim.processes.launch import launch
 from pipesim.profiling.comm import measure_comm
@@ -84,6 +86,13 @@ def bench_one(model: str, name: str, ranks: int, args: argparse.Namespace, engin
     drift = speed_drift(costs.reference_time, [before, after])
     replayed = replay(cfg.schedule, predicted, measured)
     report = prediction_report(predicted, measured, replayed, drift)
+    if args.save:  # the run itself, to replay again offline after a change to the model
+        run = {"schedule": name, "ranks": ranks, "microbatches": cfg.schedule.microbatches,
+               "speed_drift": drift, "predicted": predicted.to_dict(),
+               "measured": [t.to_dict() for t in measured]}
+        stamp = time.strftime("%H%M%S")
+        write_atomic(os.path.join(args.save, f"{model}-{name}-{ranks}r-{stamp}.json"),
+                     json.dumps(run))
     compute = statistics.mean(r["measured_busy"] / r["predicted_busy"] - 1
                               for r in report["per_rank"])
     return {"model": model, "schedule": name, "ranks": ranks, "steps": steps,
@@ -130,7 +139,12 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2,
                         help="profile in this many processes at once (2: as many as the ranks)")
     parser.add_argument("--trials", type=int, default=2)
+    parser.add_argument("--save", metavar="DIR",
+                        help="also write each trial's prediction and measured steps there "
+                             "(JSON), to replay them again offline")
     args = parser.parse_args()
+    if args.save:
+        os.makedirs(args.save, exist_ok=True)
     torch.set_num_threads(1)  # the parent forks the ranks: keep its thread pool unstarted
     engine = load_engine_costs() or calibrate_engine()
     print(f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.machine()}, {os.cpu_count()} CPUs, "

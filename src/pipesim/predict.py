@@ -5,8 +5,9 @@
                                      after step until the step repeats
     replay(schedule, predicted, measured)
                                      the same simulation with each action's time replaced by
-                                     its mean in the run (and messages as the run saw
-                                     them): what is left of the error is the model's
+                                     its mean in the run, step by step where the run
+                                     recorded its steps' meetings (and messages as the run
+                                     saw them): what is left of the error is the model's
     prediction_report(predicted, measured, replayed, drift)
                                      predicted (and replayed) vs measured step time, per step
                                      and per rank; with the machine's speed drift
@@ -44,6 +45,7 @@ from typing import Any
 from pipesim.costs import CostModel
 from pipesim.ir import Action, Op, Schedule, deps
 from pipesim.layercosts import LayerCosts
+from pipesim.simulate import simulate
 from pipesim.stagecosts import stage_costs, stage_optimizer
 from pipesim.steady import steady_step
 from pipesim.timeline import Event, Timeline
@@ -173,7 +175,10 @@ def replay(schedule: Schedule, predicted: Timeline, measured: Sequence[Timeline]
     (optimizer, data, zero_grad) and the ranks' meeting the run's means (``_meeting``; a run
     recorded without when its ranks began and met: each rank's whole gap between steps where
     its step begins without waiting for a message, else ``predict``'s
-    ``meta["between_seconds"]``, and no meeting).
+    ``meta["between_seconds"]``, and no meeting). A run that records its meetings is
+    replayed step by step (``_step_by_step``): each step from its own mean action times,
+    gaps and meeting, ``meta["step_seconds"]`` the median replayed step and
+    ``meta["replayed_steps"]`` each used step's.
 
     Where the replay misses the run, the model misses it (the schedule's semantics, what the
     simulator leaves out); where the prediction misses and the replay does not, the machine
@@ -198,11 +203,61 @@ def replay(schedule: Schedule, predicted: Timeline, measured: Sequence[Timeline]
     else:
         for rank, seen in gaps.items():  # a rank whose step begins by waiting keeps its own
             between[rank] = max(0.0, statistics.fmean(seen) - base.action_overhead)
+    if barrier is not None:
+        stepwise = _step_by_step(schedule, base, measured, barrier)
+        if stepwise is not None:
+            return stepwise
     steady = steady_step(schedule, replay_costs(base, action_means(measured)), between,
                          barrier=barrier)
     return dataclasses.replace(steady.timeline, meta={
         **steady.timeline.meta, "replayed": True, "step_seconds": steady.step,
         "between_seconds": list(between)})
+
+
+def _step_by_step(schedule: Schedule, base: CostModel, measured: Sequence[Timeline],
+                  meeting: float) -> Timeline | None:
+    """The replay of a run whose ranks met between steps, one step at a time: each step's
+    pipeline simulated with that step's own mean time per (stage, op), then each rank's own
+    time from its last action to its next beginning as that step saw it, and that step's
+    meeting (``meeting``, the run's mean, where no rank's first action was free to show it).
+
+    The replayed step s is what the run times: from step s-1's end (its last rank's) to step
+    s's, so the latest of (rank r's simulated end of step s-1 + its gap), less step s-1's
+    end, + the meeting + step s simulated. Its median over the steps is held against the
+    run's median step. One replay of the whole run's means would let a few slow steps raise
+    every action (their mean step is slower than the run's median) and hide which steps
+    waited. None with fewer than two steps to replay.
+    """
+    steps = [s for s in used_steps(measured) if s > 0]
+    if len(steps) < 2 or any("begin" not in measured[s].meta for s in [steps[0] - 1, *steps]):
+        return None  # (the first step's own replay needs the one before it)
+    receive, _ = _crossing(schedule)
+    sims: dict[int, Timeline] = {}
+
+    def pipeline(s: int) -> Timeline:
+        if s not in sims:
+            sims[s] = simulate(schedule, replay_costs(base, action_means(measured, [s])))
+        return sims[s]
+
+    replayed: list[tuple[float, int, list[float]]] = []
+    for s in steps:
+        old, new = measured[s - 1], measured[s]
+        shift = new.meta.get("start", 0.0) - old.meta.get("start", 0.0)
+        begin = new.meta["begin"]
+        gaps = [max(0.0, begin[r] + shift - was[-1].end) if was else 0.0
+                for r, was in enumerate(old.by_rank())]
+        meet = [now[0].start - max(begin) - base.action_overhead for now in new.by_rank()
+                if now and now[0].action not in receive]
+        ends = [row[-1].end if row else 0.0 for row in pipeline(s - 1).by_rank()]
+        release = max(e + g for e, g in zip(ends, gaps, strict=True)) - max(ends) + (
+            max(0.0, statistics.fmean(meet)) if meet else meeting)
+        replayed.append((release + pipeline(s).end, s, gaps))
+    _, s, gaps = sorted(replayed)[(len(replayed) - 1) // 2]  # the step to draw
+    timeline = pipeline(s)
+    return dataclasses.replace(timeline, meta={
+        **timeline.meta, "replayed": True, "between_seconds": gaps,
+        "step_seconds": statistics.median(r[0] for r in replayed),
+        "replayed_steps": [r[0] for r in sorted(replayed, key=lambda r: r[1])]})
 
 
 def action_drift(predicted: Timeline, measured: Sequence[Timeline]) -> float | None:

@@ -356,6 +356,62 @@ def test_engine_gaps_and_the_replay_read_the_ranks_meeting_off_a_run() -> None:
         assert want > steady_step(sched, truth, [1.5, 0.75]).step  # the meeting costs here
 
 
+def _run_varying(schedule: Schedule, per_step: list[CostModel], between: list[float],
+                 barrier: float) -> list[Timeline]:
+    """A run whose ranks meet between steps and whose step k takes ``per_step[k]``'s times,
+    recorded as the runtime records it (``_run_met``, one step at a time)."""
+    from dataclasses import replace
+
+    from pipesim.simulate import simulate
+    out: list[Timeline] = []
+    release, begin = 0.0, [0.0] * schedule.ranks
+    for costs in per_step:
+        step = simulate(schedule, costs)
+        out.append(replace(step, meta={"start": release, "end": release + step.end,
+                                       "begin": begin, "synced": [0.0] * schedule.ranks}))
+        after = [release + row[-1].end + b for row, b in zip(step.by_rank(), between,
+                                                               strict=True)]
+        release = max(after) + barrier
+        begin = [a - release for a in after]
+    return out
+
+
+def _scaled(costs: CostModel, k: float) -> CostModel:
+    """``costs`` with every action k times as long (messages unchanged)."""
+    from dataclasses import replace
+    return replace(costs, forward=tuple(k * x for x in costs.forward),
+                   backward_input=tuple(k * x for x in costs.backward_input),
+                   backward_weight=tuple(k * x for x in costs.backward_weight),
+                   backward=tuple(k * x for x in costs.backward))
+
+
+def test_the_replay_of_a_run_whose_steps_vary_replays_each_step() -> None:
+    """Steps whose actions take 1x, 1x, 2.5x, 1x, 1.25x, 1x, 1x their times: each replayed
+    from its own times, the replay's steps are the run's and its median the run's median; a
+    replay of the run's mean action times (what ``replay`` did before) is 15% slower."""
+    from pipesim.predict import replay
+    from pipesim.steady import steady_step
+    for name in ("1f1b", "zb-h1", "zbv"):
+        sched = get_schedule(name, 2, 4)
+        base = CostModel.from_lists(sched.stages, [1.0, 1.5, 1.25, 0.5][:sched.stages],
+                                    [1.0] * sched.stages, [0.5] * sched.stages, None,
+                                    comm_latency=0.25, unit="s")
+        scales = [1.0, 1.0, 2.5, 1.0, 1.25, 1.0, 1.0]
+        per_step = [_scaled(base, k) for k in scales]
+        measured = _run_varying(sched, per_step, [1.5, 0.75], 0.5)
+        predicted = Timeline(2, (), unit="s", meta={
+            "costs": CostModel.uniform(sched.stages, unit="s").to_dict(),
+            "between_seconds": [0.0, 0.0]})
+        again = replay(sched, predicted, measured)
+        times = step_times(measured)
+        assert again.meta["replayed_steps"] == pytest.approx(times[1:]), name
+        report = prediction_report(predicted, measured, again)
+        assert report["replay_error"] == pytest.approx(0.0, abs=1e-12), name
+        mean = steady_step(sched, _scaled(base, sum(scales[1:]) / 6), [1.5, 0.75],
+                           barrier=0.5).step
+        assert mean > 1.1 * report["measured_step_seconds"], name
+
+
 def test_predict_charges_the_engines_time_per_action_and_between_steps() -> None:
     sched = get_schedule("gpipe", 2, 1)
     base = _costs(3)
