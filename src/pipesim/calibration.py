@@ -39,8 +39,9 @@ from pipesim.transport import local_transport
 __all__ = ["ENV", "EngineCosts", "cache_path", "load_engine_costs", "machine_id",
            "torch_version", "with_engine"]
 
-ENGINE_REVISION = 3  # raised when the engine's own costs change (2: shared-memory messages;
-# 3: the step overhead measured on every rank, before the ranks meet, and the meeting apart)
+ENGINE_REVISION = 4  # raised when the engine's own costs change (2: shared-memory messages;
+# 3: the step overhead measured on every rank, before the ranks meet, and the meeting apart;
+# 4: the meeting through shared memory)
 ENV = "PIPESIM_CACHE_DIR"  # where the cache lives (tests point it at a temporary folder)
 FORMAT = "pipesim-engine-costs"
 

@@ -34,6 +34,7 @@ from pipesim.runtime.comm import Comm, exchange_shapes
 from pipesim.runtime.dp import GradReducer, last_gradient_actions
 from pipesim.runtime.engine import Engine, Observer, StepRecord, perf_clock
 from pipesim.runtime.layers import choose_balance, layer_list, materialize, stage_modules
+from pipesim.runtime.meeting import Meeting
 from pipesim.runtime.stage import LossFn, StageRunner
 from pipesim.runtime.trace import gather_events, to_timeline
 from pipesim.timeline import Timeline
@@ -116,6 +117,7 @@ class Pipeline:
             final = last_gradient_actions(self.schedule.actions[self.pipeline_rank])
             self._observers.insert(0, _ReduceOnDone(self.reducer, final))
         self._engines: dict[bool, tuple[Engine, list[int] | None]] = {}
+        self._meeting: Meeting | None = None  # the batch check's all-gather, from step 1
         self.last_record: StepRecord | None = None
         self.last_spans: list[tuple[int, float, float]] = []
 
@@ -190,7 +192,9 @@ class Pipeline:
         code = check.local(inputs if self.holds_first else None, self.holds_first,
                            targets if self.holds_last else None, self.holds_last and training)
         # every rank sees every rank's checks: the ranks meet here once a step
-        headers = all_ints(code, self.device)
+        if self._meeting is None:
+            self._meeting = Meeting(self.device, len(code))
+        headers = self._meeting.all_ints(code)
         synced = self.clock()
         error = check.error(headers)
         if error is not None:
