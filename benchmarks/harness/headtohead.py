@@ -204,11 +204,15 @@ def summarize(case: Case, per_rank: list[dict[str, Any]]) -> dict[str, Any]:
         slowest = [max(r["times"][side][i] for r in per_rank)
                    for i in range(len(per_rank[0]["times"][side]))]
         step[side] = median(slowest)
+        row[f"{side}_steps_s"] = slowest  # each timed step, in order (for the order check)
         row[f"{side}_step_s"] = step[side]
         row[f"{side}_mean_step_s"] = fmean(slowest)
         row[f"{side}_samples_per_s"] = case.samples / step[side]
     if "torch" in step and "pipesim" in step:
         row["ratio"] = step["torch"] / step["pipesim"]
+        # timed step j ran pipesim first when warmup + j is even (``_alternate``)
+        row["pipesim_first"] = [(case.warmup + j) % 2 == 0
+                                for j in range(len(row["pipesim_steps_s"]))]
     loss: dict[str, list[float]] = {
         side: next((r["losses"][side] for r in per_rank if r["losses"][side]), [])
         for side in step}
