@@ -55,15 +55,18 @@ def run_pair(sim: _Run, rank: int, row: tuple[Action, ...], i: int, t: float,
     raw, dur, overlap = sim.raw, sim.dur, sim.overlap
     s1, op1, s2, op2 = first[0], first[1], second[0], second[1]
     sends = (dur[op1][s1] - raw[op1][s1]) + (dur[op2][s2] - raw[op2][s2])
+    one, two = raw[op1][s1], raw[op2][s2]
+    if sim.own_raw:  # a replay's per-action times
+        one, two = sim.own_raw.get(first, one), sim.own_raw.get(second, two)
     if overlap == 1.0:  # one after the other, as the engine runs a pair on a CPU
         t = ready[0]
-        mid = t + raw[op1][s1]
+        mid = t + one
         b_start = max(mid + sim.gap, ready[1])
-        end = b_start + raw[op2][s2] + sends
+        end = b_start + two + sends
     else:  # overlapped: one unit once both inputs are in
         t = max(ready)
-        b_start = mid = t + overlap * raw[op1][s1]
-        end = t + overlap * (raw[op1][s1] + raw[op2][s2]) + sends
+        b_start = mid = t + overlap * one
+        end = t + overlap * (one + two) + sends
     sim.starts[rank][i], sim.ends[rank][i] = t, mid
     sim.starts[rank][i + 1], sim.ends[rank][i + 1] = b_start, end
     for a in (first, second):  # both outputs leave when the pair ends

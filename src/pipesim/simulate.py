@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import gc
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from itertools import chain
 from typing import Any
 
@@ -58,18 +58,21 @@ class DeadlockError(RuntimeError):
 
 
 def simulate(schedule: Schedule, costs: CostModel | None = None,
-             start: Sequence[float] | None = None) -> Timeline:
+             start: Sequence[float] | None = None,
+             durations: Mapping[Action, float] | None = None) -> Timeline:
     """Time every action of ``schedule`` under ``costs`` (uniform F=1, I=W=1, B=2 by default).
 
     ``start`` gives each rank the time it becomes free (all 0 by default): a rank still busy
-    with the previous step's optimizer begins later. Events come rank by rank, each rank's in
-    its order; messages likewise, by consumer.
+    with the previous step's optimizer begins later. ``durations`` gives actions their own
+    time instead of their (stage, op)'s (a measured step replayed action by action; the send
+    overhead is still added). Events come rank by rank, each rank's in its order; messages
+    likewise, by consumer.
     Raises DeadlockError when the ranks' orders can never complete, ValueError when the cost
     model's stage count differs from the schedule's or an action is out of range or repeated
     (``validate`` reports those better; indices must not be negative).
     """
     costs = checked_costs(schedule, costs, start)
-    sim = _Run(schedule, costs, start)
+    sim = _Run(schedule, costs, start, durations)
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -181,7 +184,8 @@ class _Run:
     """The state of one simulation: finish tables, per-rank progress, recorded times."""
 
     def __init__(self, schedule: Schedule, costs: CostModel,
-                 start: Sequence[float] | None = None) -> None:
+                 start: Sequence[float] | None = None,
+                 durations: Mapping[Action, float] | None = None) -> None:
         stages, mbs = schedule.stages, schedule.microbatches
         self.schedule = schedule
         self.fin: dict[Op, Table] = {op: [[None] * mbs for _ in range(stages)] for op in Op}
@@ -191,6 +195,11 @@ class _Run:
             if 0 <= s < stages and 0 <= mb < mbs:
                 self.split[s][mb] = True
         self.raw, self.dur, self.hop = work_tables(schedule, costs)
+        # actions with a time of their own: without (own_raw) and with (own) the send overhead
+        self.own_raw = {a: float(x) for a, x in durations.items()} if durations else None
+        self.own = None if self.own_raw is None else {
+            a: x + self.dur[a.op][a.stage] - self.raw[a.op][a.stage]
+            for a, x in self.own_raw.items()}
         self.overlap = costs.overlap
         self.begin = [float(x) for x in start] if start is not None else [0.0] * schedule.ranks
         self.gap = float(costs.action_overhead)
@@ -205,7 +214,7 @@ class _Run:
                   *(self.act[op] for op in (_F, _I, _W, _B)),
                   *(self.dur[op] for op in (_F, _I, _W, _B)),
                   self.split, self.hop, self.schedule.stage_to_rank, self.schedule.stages - 1,
-                  self.begin, self.pair_at, self, self.gap)
+                  self.begin, self.pair_at, self, self.gap, self.own)
         rows, next_index, starts, ends = (self.schedule.actions, self.next_index, self.starts,
                                           self.ends)
         todo = list(range(self.schedule.ranks - 1, -1, -1))
@@ -258,7 +267,7 @@ def _advance(  # the hot loop, kept flat
     Actions that end append the ranks parked on them to ``todo``.
     """
     (fin_f, fin_i, fin_w, fin_b, act_f, act_i, act_w, act_b, dur_f, dur_i, dur_w, dur_b,
-     split, hop, place, last, begin, pair_at, sim, gap) = tables
+     split, hop, place, last, begin, pair_at, sim, gap, own) = tables
     F, I, W, B = _F, _I, _W, _B  # noqa: E741
     n = len(row)
     t = (ends[i - 1] if i else begin[rank]) + gap  # the engine's own time before each action
@@ -326,6 +335,10 @@ def _advance(  # the hot loop, kept flat
                 if d > t:
                     t = d
             e += t
+        if own is not None:  # a replay: this action's own time
+            x = own.get(a)
+            if x is not None:
+                e = t + x
         starts[i] = t
         ends[i] = e
         waiting = done[mb]

@@ -357,16 +357,18 @@ def test_engine_gaps_and_the_replay_read_the_ranks_meeting_off_a_run() -> None:
 
 
 def _run_varying(schedule: Schedule, per_step: list[CostModel], between: list[float],
-                 barrier: float) -> list[Timeline]:
-    """A run whose ranks meet between steps and whose step k takes ``per_step[k]``'s times,
-    recorded as the runtime records it (``_run_met``, one step at a time)."""
+                 barrier: float, slow: list[dict[Action, float]] | None = None
+                 ) -> list[Timeline]:
+    """A run whose ranks meet between steps and whose step k takes ``per_step[k]``'s times
+    (and ``slow[k]``'s actions their own), recorded as the runtime records it (``_run_met``,
+    one step at a time)."""
     from dataclasses import replace
 
     from pipesim.simulate import simulate
     out: list[Timeline] = []
     release, begin = 0.0, [0.0] * schedule.ranks
-    for costs in per_step:
-        step = simulate(schedule, costs)
+    for k, costs in enumerate(per_step):
+        step = simulate(schedule, costs, durations=slow[k] if slow else None)
         out.append(replace(step, meta={"start": release, "end": release + step.end,
                                        "begin": begin, "synced": [0.0] * schedule.ranks}))
         after = [release + row[-1].end + b for row, b in zip(step.by_rank(), between,
@@ -410,6 +412,25 @@ def test_the_replay_of_a_run_whose_steps_vary_replays_each_step() -> None:
         mean = steady_step(sched, _scaled(base, sum(scales[1:]) / 6), [1.5, 0.75],
                            barrier=0.5).step
         assert mean > 1.1 * report["measured_step_seconds"], name
+
+
+def test_the_replay_gives_each_action_its_own_time() -> None:
+    """Every step has one slow action (a different microbatch's F on stage 0 each step, 4x its
+    time), as a rank sharing its core with another now and then has: replayed action by
+    action the run is exact; with each (stage, op)'s mean in the step the slow F's delay
+    would be spread over its stage's Fs and the waits it causes downstream lost."""
+    from pipesim.predict import replay
+    sched = get_schedule("1f1b", 2, 4)
+    base = CostModel.from_lists(2, [1.0, 1.5], [1.0, 1.0], [0.5, 0.5], None,
+                                comm_latency=0.25, unit="s")
+    slow = [{Action(0, Op.F, k % 4): 4.0} for k in range(6)]
+    measured = _run_varying(sched, [base] * 6, [1.5, 0.75], 0.5, slow)
+    predicted = Timeline(2, (), unit="s", meta={
+        "costs": CostModel.uniform(2, unit="s").to_dict(), "between_seconds": [0.0, 0.0]})
+    again = replay(sched, predicted, measured)
+    assert again.meta["replayed_steps"] == pytest.approx(step_times(measured)[1:])
+    assert prediction_report(predicted, measured, again)["replay_error"] == pytest.approx(
+        0.0, abs=1e-12)
 
 
 def test_predict_charges_the_engines_time_per_action_and_between_steps() -> None:

@@ -625,3 +625,39 @@ def test_the_engines_time_comes_before_each_action_and_delays_no_message() -> No
     assert CostModel.from_dict(costs.to_dict()).action_overhead == 0.25
     with pytest.raises(ValueError, match="action_overhead"):
         CostModel.uniform(2, action_overhead=-1.0)
+
+
+# ----------------------------------------------------------------------------- per-action times
+
+
+def test_actions_given_their_own_time_take_it_and_the_rest_follow() -> None:
+    """gpipe p=2 m=2, F=1 B=2, a hop of 0.5 and a send of 0.25: 0F1 given 3 (its own time, the
+    send still added) delays 1F1 and everything after it; the same times as the tables give
+    the same timeline."""
+    sched = get_schedule("gpipe", 2, 2)
+    costs = CostModel.uniform(2, F=1.0, comm_latency=0.5, send_overhead=0.25, unit="s")
+    plain = simulate(sched, costs)
+    same = simulate(sched, costs, durations={e.action: costs.duration(e.action)
+                                             for e in plain.events})
+    assert [(e.start, e.end) for e in same.events] == [(e.start, e.end) for e in plain.events]
+    slow = simulate(sched, costs, durations={Action(0, Op.F, 1): 3.0})
+    at = {e.action: e for e in slow.events}
+    was = {e.action: e for e in plain.events}
+    f01 = at[Action(0, Op.F, 1)]
+    assert f01.end - f01.start == 3.25  # its own 3 + the send
+    assert at[Action(1, Op.F, 1)].start == f01.end + 0.5  # waits for it, then the hop
+    assert at[Action(0, Op.F, 0)] == was[Action(0, Op.F, 0)]  # before it: unchanged
+    assert slow.end == plain.end + 2.0
+
+
+def test_a_pairs_parts_take_their_own_times() -> None:
+    """DualPipeV on 2 ranks without an overlap gain runs a pair's F then its B: given their
+    own times, the pair's events last exactly those (plus the send where a part sends)."""
+    sched = get_schedule("dualpipev", 2, 4)
+    costs = CostModel.uniform(sched.stages, F=1.0, unit="s")
+    first, second = sorted(sched.pairs)[0]
+    got = simulate(sched, costs, durations={first: 0.125, second: 5.0})
+    at = {e.action: e for e in got.events}
+    assert at[first].end - at[first].start == 0.125
+    assert at[second].end - at[second].start == 5.0
+    assert got.end > simulate(sched, costs).end
