@@ -4,10 +4,11 @@
                                      stages (cfg's balance, scaled to cfg.batch_size), step
                                      after step until the step repeats
     replay(schedule, predicted, measured)
-                                     the same simulation with each action's time replaced by
-                                     its mean in the run, step by step where the run
-                                     recorded its steps' meetings (and messages as the run
-                                     saw them): what is left of the error is the model's
+                                     the same simulation with the run's own times: step by
+                                     step, each action its measured time, where the run
+                                     recorded its steps' meetings (else each action its
+                                     mean), messages as the run saw them: what is left of
+                                     the error is the model's
     prediction_report(predicted, measured, replayed, drift)
                                      predicted (and replayed) vs measured step time, per step
                                      and per rank; with the machine's speed drift
@@ -176,8 +177,8 @@ def replay(schedule: Schedule, predicted: Timeline, measured: Sequence[Timeline]
     recorded without when its ranks began and met: each rank's whole gap between steps where
     its step begins without waiting for a message, else ``predict``'s
     ``meta["between_seconds"]``, and no meeting). A run that records its meetings is
-    replayed step by step (``_step_by_step``): each step from its own mean action times,
-    gaps and meeting, ``meta["step_seconds"]`` the median replayed step and
+    replayed step by step (``_step_by_step``): each step with each action's own measured
+    time, its own gaps and meeting, ``meta["step_seconds"]`` the median replayed step and
     ``meta["replayed_steps"]`` each used step's.
 
     Where the replay misses the run, the model misses it (the schedule's semantics, what the
