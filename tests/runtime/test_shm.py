@@ -143,3 +143,38 @@ def test_a_sleeping_receiver_is_woken_by_the_sender(token: int,
     shm.release(mine.slots[1], 1)
     shm.put(theirs.slots[1], (x + 1,), 2, timeout=5)  # already there: no sleep at all
     assert torch.equal(shm.get(mine.slots[1], 2, 5, sleep=True)[0], x + 1)
+
+
+def test_a_dead_makers_stale_files_are_swept(tmp_path: Any) -> None:
+    """A rank killed between creating a channel file and its peer attaching leaves the name
+    behind; the next set-up removes names older than STALE whose maker is gone, and nothing
+    else: a live maker's, a fresh one's, an old version's (no process id), other files."""
+    import subprocess
+    import sys
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    gone = int(dead.stdout)  # a process that has exited
+    old = 1_000_000_000.0  # a modification time long past
+
+    def made(name: str, pid: int, stale: bool = True) -> None:
+        path = tmp_path / name
+        path.write_bytes((7).to_bytes(8, "little") + pid.to_bytes(8, "little") + bytes(48))
+        if stale:
+            os.utime(path, (old, old))
+
+    made("pipesim-00000000000000aa-1", gone)
+    made("pipesim-00000000000000bb-1", os.getpid())  # alive: this test
+    made("pipesim-00000000000000cc-1", gone, stale=False)  # still in its set-up window
+    made("pipesim-00000000000000dd-1", 0)  # an old version's: no process id
+    made("other-file", gone)
+    assert shm.sweep(str(tmp_path)) == ["pipesim-00000000000000aa-1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "other-file", "pipesim-00000000000000bb-1", "pipesim-00000000000000cc-1",
+        "pipesim-00000000000000dd-1"]
+    assert shm.sweep(str(tmp_path / "absent")) == []
+
+
+def test_a_channel_file_names_its_maker(token: int) -> None:
+    mine = shm.create(token, 3, SHAPES, NAMES)
+    assert mine is not None
+    assert memoryview(mine.buf).cast("q")[1] == os.getpid()

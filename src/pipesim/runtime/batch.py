@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -90,6 +90,7 @@ def _batch_size(payload: Payload) -> tuple[int, int] | None:
 
 @dataclass(frozen=True)
 class BatchCheck:
+    WIDTH: ClassVar[int] = 4  # ints in every rank's header (``local``)
     total: int  # microbatches over every replica
     replica: int
     microbatches: int  # per replica

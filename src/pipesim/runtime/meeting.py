@@ -54,18 +54,20 @@ class Meeting:
             channel = shm.create(token, q, [row], [f"meeting, rank {q} -> rank {self.rank}"])
             if channel is not None:
                 made[q] = channel
-        machine = boot_id()
-        tokens = all_ints([token, machine, len(made)], self.device)
-        usable = all(t and m == machine != -1 and n == len(others) for t, m, n in tokens)
         attached: dict[int, shm.Channel] = {}
-        for q in others if usable else ():
-            channel = shm.attach(tokens[q][0], self.rank, [row],
-                                 [f"meeting, rank {self.rank} -> rank {q}"])
-            if channel is not None:
-                attached[q] = channel
-        everyone = all_ints([len(attached)], self.device)
-        for q in made:
-            shm.remove(token, q)
+        try:  # the files' names go however this ends (a rank killed here leaves them)
+            machine = boot_id()
+            tokens = all_ints([token, machine, len(made)], self.device)
+            usable = all(t and m == machine != -1 and n == len(others) for t, m, n in tokens)
+            for q in others if usable else ():
+                channel = shm.attach(tokens[q][0], self.rank, [row],
+                                     [f"meeting, rank {self.rank} -> rank {q}"])
+                if channel is not None:
+                    attached[q] = channel
+            everyone = all_ints([len(attached)], self.device)
+        finally:
+            for q in made:
+                shm.remove(token, q)
         if not usable or any(n != len(others) for n, in everyone):
             return  # gloo, on every rank: each saw the same reports
         self.inbox = {q: made[q].slots[0] for q in others}

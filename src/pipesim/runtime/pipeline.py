@@ -110,6 +110,9 @@ class Pipeline:
         self.holds_first, self.holds_last = 0 in self.runners, last in self.runners
         self._loss_group = groups[self.schedule.stage_to_rank[last]]
         self.clock = perf_clock(shared_origin(self.device))  # seconds on the ranks' shared clock
+        # the batch check's all-gather once a step; set up here, where every rank has just met
+        # (a rank failing between its files' creation and removal would leave them behind)
+        self._meeting = Meeting(self.device, BatchCheck.WIDTH)
         self._observers = _watchdog_observers() + list(observers)  # the watchdog sees it first
         self.reducer = GradReducer(self.runners, groups[self.pipeline_rank], dp, self.clock) \
             if dp > 1 and not self.schedule.forward_only else None
@@ -117,7 +120,6 @@ class Pipeline:
             final = last_gradient_actions(self.schedule.actions[self.pipeline_rank])
             self._observers.insert(0, _ReduceOnDone(self.reducer, final))
         self._engines: dict[bool, tuple[Engine, list[int] | None]] = {}
-        self._meeting: Meeting | None = None  # the batch check's all-gather, from step 1
         self.last_record: StepRecord | None = None
         self.last_spans: list[tuple[int, float, float]] = []
 
@@ -192,8 +194,6 @@ class Pipeline:
         code = check.local(inputs if self.holds_first else None, self.holds_first,
                            targets if self.holds_last else None, self.holds_last and training)
         # every rank sees every rank's checks: the ranks meet here once a step
-        if self._meeting is None:
-            self._meeting = Meeting(self.device, len(code))
         headers = self._meeting.all_ints(code)
         synced = self.clock()
         error = check.error(headers)

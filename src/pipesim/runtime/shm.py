@@ -130,7 +130,8 @@ def create(token: int, src: int, messages: Sequence[Shapes], names: Sequence[str
         return None
     finally:
         os.close(fd)
-    memoryview(buf).cast("q")[0] = token
+    words = memoryview(buf).cast("q")
+    words[0], words[1] = token, os.getpid()  # who made it, for ``sweep``
     return Channel(buf, messages, names)
 
 
@@ -162,8 +163,55 @@ def remove(token: int, src: int) -> None:
 
 
 def new_token() -> int:
-    """A random positive int64 naming this rank's channel files."""
+    """A random positive int64 naming this rank's channel files (first ``sweep``s)."""
+    sweep()
     return int.from_bytes(os.urandom(8), "little") >> 1 or 1
+
+
+STALE = 10.0  # seconds: a channel file's name lives for a set-up's milliseconds, not this long
+
+
+def sweep(directory: str | None = None) -> list[str]:
+    """Remove the names of channel files whose maker is gone; the names removed.
+
+    A name lives from its file's creation until both ranks have mapped it, a few
+    milliseconds of set-up; a rank killed in between (Ctrl-C, a failing job's other ranks
+    being stopped) leaves it behind. Here a name older than ``STALE`` seconds whose maker
+    (the process id in its header) no longer exists goes. Files of other processes alive,
+    of old versions (no process id) and anything unreadable stay.
+    """
+    directory = directory or transport.SHM_DIR
+    removed: list[str] = []
+    try:
+        names = [n for n in os.listdir(directory) if n.startswith("pipesim-")]
+    except OSError:
+        return removed
+    now = time.time()
+    for name in names:
+        full = os.path.join(directory, name)
+        try:
+            if now - os.stat(full).st_mtime < STALE:
+                continue
+            with open(full, "rb") as fh:
+                head = fh.read(16)
+            pid = int.from_bytes(head[8:16], "little") if len(head) == 16 else 0
+            if pid <= 0 or _alive(pid):
+                continue
+            os.unlink(full)
+            removed.append(name)
+        except OSError:
+            continue
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def put(slot: Slot, payload: Sequence[torch.Tensor], seq: int, timeout: float) -> None:
@@ -231,4 +279,4 @@ def _sleep_until(slot: Slot, seq: int, timeout: float) -> None:
 
 
 __all__ = ["Channel", "Slot", "arrived", "attach", "create", "get", "layout", "new_token", "put",
-           "release", "remove", "supported"]
+           "release", "remove", "supported", "sweep"]
