@@ -153,9 +153,13 @@ def _alternate(case: Case, sides: list[Side], probe: Probe) -> dict[str, Any]:
     profile = dict.fromkeys(("step", "optimizer", "optimizer_cpu", "torch_step",
                              "torch_compute"), 0.0)
     actions = 0
+    first: list[str] = []  # per timed step, the side that went first
     for i in range(case.warmup + case.steps):
         timed = i >= case.warmup
-        for side in sides if i % 2 == 0 else sides[::-1]:
+        order = sides if i % 2 == 0 else sides[::-1]
+        if timed:
+            first.append(order[0].name)
+        for side in order:
             probe.recording = timed
             dist.barrier()
             t0 = time.perf_counter()
@@ -190,7 +194,7 @@ def _alternate(case: Case, sides: list[Side], probe: Probe) -> dict[str, Any]:
     durations = {f"{s}{op}": fmean(v) for (s, op), v in probe.durations.items()}
     cpu = {f"{s}{op}": fmean(v) for (s, op), v in probe.cpu.items()}
     return {"times": times, "losses": losses, "profile": profile, "durations": durations,
-            "cpu": cpu, "actions": actions}
+            "cpu": cpu, "actions": actions, "first": first}
 
 
 def summarize(case: Case, per_rank: list[dict[str, Any]]) -> dict[str, Any]:
@@ -210,9 +214,7 @@ def summarize(case: Case, per_rank: list[dict[str, Any]]) -> dict[str, Any]:
         row[f"{side}_samples_per_s"] = case.samples / step[side]
     if "torch" in step and "pipesim" in step:
         row["ratio"] = step["torch"] / step["pipesim"]
-        # timed step j ran pipesim first when warmup + j is even (``_alternate``)
-        row["pipesim_first"] = [(case.warmup + j) % 2 == 0
-                                for j in range(len(row["pipesim_steps_s"]))]
+        row["pipesim_first"] = [name == "pipesim" for name in per_rank[0]["first"]]
     loss: dict[str, list[float]] = {
         side: next((r["losses"][side] for r in per_rank if r["losses"][side]), [])
         for side in step}

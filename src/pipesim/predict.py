@@ -219,12 +219,11 @@ def _step_by_step(schedule: Schedule, base: CostModel, measured: Sequence[Timeli
                   meeting: float) -> Timeline | None:
     """The replay of a run whose ranks met between steps, one step at a time: each step's
     pipeline simulated with each of its actions' own measured time (``simulate``'s
-    ``durations``; an action the step lacks: its (stage, op)'s mean in that step), then each
-    rank's own time from its last action to its next beginning as that step saw it, and that
-    step's meeting (``meeting``, the run's mean, where no rank's first action was free to show
-    it). Per action, not per (stage, op): on shared cores an action's time varies with what
-    else runs, and the waits a slow action causes downstream are the run's, not the model's
-    (means made 4-rank replays 5-11% fast).
+    ``durations``), then each rank's own time from its last action to its next beginning as
+    that step saw it (``_boundary``), and that step's meeting (``meeting``, the run's mean,
+    where no rank's first action was free to show it). Per action, not per (stage, op): on
+    shared cores an action's time varies with what else runs, and the waits a slow action
+    causes downstream are the run's, not the model's (means made 4-rank replays 5-11% fast).
 
     The replayed step s is what the run times: from step s-1's end (its last rank's) to step
     s's, so the latest of (rank r's simulated end of step s-1 + its gap), less step s-1's
@@ -240,21 +239,15 @@ def _step_by_step(schedule: Schedule, base: CostModel, measured: Sequence[Timeli
     sims: dict[int, Timeline] = {}
 
     def pipeline(s: int) -> Timeline:
-        if s not in sims:
+        if s not in sims:  # a measured step holds every action (a merged W: its 0 included)
             own = {e.action: e.duration for e in measured[s].events}
-            sims[s] = simulate(schedule, replay_costs(base, action_means(measured, [s])),
-                               durations=own)
+            sims[s] = simulate(schedule, base, durations=own)
         return sims[s]
 
     replayed: list[tuple[float, int, list[float]]] = []
     for s in steps:
-        old, new = measured[s - 1], measured[s]
-        shift = new.meta.get("start", 0.0) - old.meta.get("start", 0.0)
-        begin = new.meta["begin"]
-        gaps = [max(0.0, begin[r] + shift - was[-1].end) if was else 0.0
-                for r, was in enumerate(old.by_rank())]
-        meet = [now[0].start - max(begin) - base.action_overhead for now in new.by_rank()
-                if now and now[0].action not in receive]
+        seen, meet, _ = _boundary(receive, measured[s - 1], measured[s], base.action_overhead)
+        gaps = [max(0.0, g) if g is not None else 0.0 for g in seen]
         ends = [row[-1].end if row else 0.0 for row in pipeline(s - 1).by_rank()]
         release = max(e + g for e, g in zip(ends, gaps, strict=True)) - max(ends) + (
             max(0.0, statistics.fmean(meet)) if meet else meeting)
@@ -398,18 +391,31 @@ def _meeting(schedule: Schedule, measured: Sequence[Timeline], action_overhead: 
     meet: list[float] = []
     arrivals: list[list[float]] = []  # per step, each rank's beginning on the last step's clock
     for s in steps:
-        old, new = measured[s - 1], measured[s]
-        shift = new.meta.get("start", 0.0) - old.meta.get("start", 0.0)
-        begin = new.meta["begin"]
-        arrivals.append([b + shift for b in begin])
-        for rank, (was, now) in enumerate(zip(old.by_rank(), new.by_rank(), strict=True)):
-            if was:
-                before[rank].append(begin[rank] + shift - was[-1].end)
-            if now and now[0].action not in receive:
-                meet.append(now[0].start - max(begin) - action_overhead)
+        gaps, met, began = _boundary(receive, measured[s - 1], measured[s], action_overhead)
+        arrivals.append(began)
+        for rank, gap in enumerate(gaps):
+            if gap is not None:
+                before[rank].append(gap)
+        meet += met
     latest = statistics.fmean(max(a) for a in arrivals) - max(
         statistics.fmean(column) for column in zip(*arrivals, strict=True))
     return before, max(0.0, statistics.fmean(meet) + latest) if meet else 0.0
+
+
+def _boundary(receive: set[Action], old: Timeline, new: Timeline, action_overhead: float
+              ) -> tuple[list[float | None], list[float], list[float]]:
+    """Between two measured steps (``new`` records ``meta["begin"]``): per rank its gap from its
+    last action of ``old`` to beginning ``new`` (None: no action in ``old``); the meeting as
+    each free rank of ``new`` saw it (from the last rank's beginning to its first action, less
+    ``action_overhead``; a free rank's first action waits for no message, ``receive``); and
+    each rank's beginning on ``old``'s clock."""
+    shift = new.meta.get("start", 0.0) - old.meta.get("start", 0.0)
+    begin = new.meta["begin"]
+    gaps = [begin[r] + shift - was[-1].end if was else None
+            for r, was in enumerate(old.by_rank())]
+    meet = [now[0].start - max(begin) - action_overhead for now in new.by_rank()
+            if now and now[0].action not in receive]
+    return gaps, meet, [b + shift for b in begin]
 
 
 # ----------------------------------------------------------------------------- comparing

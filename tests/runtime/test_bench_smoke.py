@@ -31,6 +31,9 @@ def test_head_to_head_tiny_case_gives_both_sides_and_the_same_loss(tmp_path: Pat
     assert row["pipesim_loss"][0] == pytest.approx(row["torch_loss"][0], abs=1e-6)
     assert len(row["pipesim_loss"]) == len(row["torch_loss"]) == 2
     assert len(row["profile"]) == 2 and row["profile"][0]["actions_per_step"] == 4
+    # every timed step kept, and which side went first: the warm-up step was pipesim's turn
+    assert len(row["pipesim_steps_s"]) == len(row["torch_steps_s"]) == 1
+    assert row["pipesim_first"] == [False]
     line = json.loads((tmp_path / "r.jsonl").read_text().splitlines()[0])
     assert line["bench"] == "torch" and "load" in line and "machine" in line
     assert line["allocator"] == "keep"

@@ -44,8 +44,8 @@ def test_pipeline_under_torchrun_trains_as_one_process(tmp_path: Path) -> None:
                            "--nproc-per-node", "2", str(script), str(tmp_path)],
                           env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
-    # the script never destroys its process group: pipesim.init() does it at exit, before the
-    # interpreter's finalization (where gloo's threads can abort a finished rank)
+    # the script never destroys its process group: pipesim.init() does it at exit, then waits
+    # for gloo's workers to sleep (``launch.gloo_settled``), before the interpreter finalizes
     assert done.stdout.count("process group left at exit: True") == 2, done.stdout
     state = {k: v for r in range(2)
              for k, v in torch.load(tmp_path / f"rank{r}.pt", weights_only=True).items()}

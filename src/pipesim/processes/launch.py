@@ -408,11 +408,11 @@ def gloo_settled(timeout: float = 2.0, task_dir: str = "/proc/self/task") -> boo
     exception", a finished rank lost. A sleeping worker has freed its work: nothing is left
     to race. Without /proc (not Linux): True at once.
     """
-    def states() -> list[str] | None:
+    def states() -> list[str]:
         try:
             tasks = os.listdir(task_dir)
         except OSError:
-            return None
+            return []
         out = []
         for tid in tasks:
             try:
@@ -450,8 +450,7 @@ def run_torchrun(worker: Worker, opts: LaunchOptions | None = None) -> Any:
         dist.barrier()
         return result
     finally:
-        dist.destroy_process_group()
-        gloo_settled()
+        dist.destroy_process_group()  # gloo's workers are waited for at exit (``_leave``)
 
 
 def _own_watchdog(rows: list[float], rank: int, timeout: float) -> None:

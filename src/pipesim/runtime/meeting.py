@@ -2,7 +2,7 @@
 
 ``Pipeline.step`` checks each step's batch on every rank with one all-gather of a few ints
 (``BatchCheck``), so a bad batch is one clear error everywhere before any tensor moves. On
-gloo that all-gather costs 0.4-0.7 ms per step between 2 ranks of a 2-core virtual machine
+gloo that all-gather costs 0.5 ms (median) per step between 2 ranks of a 2-core virtual machine
 (socket writes, gloo's worker and event-loop threads, a wake-up each; benchmarks/RESULTS.md),
 a few percent of a small model's step. Here, when every rank of the job shares this machine,
 each rank writes its ints into a shared-memory message to every other rank (``shm.put``, the
