@@ -109,6 +109,11 @@ class Engine:
         self._targets: Sequence[Any] = ()
         self._record = StepRecord()
         self._held: list[tuple[Action, Payload]] | None = None  # a pair's sends, until it ends
+        # fixed by the schedule, so worked out once, not before every action of every step
+        row = schedule.actions[rank]
+        self._producers = {a: next((d for d in deps(a, schedule) if d.stage != a.stage), None)
+                           for a in row}
+        self._runs = [self._weights_run(row, i) for i in range(len(row))]
         # each computation's CPU time in detail["cpu"], if an observer asks: what ranks that
         # share cores each used of them (the benchmarks' shared-core ideal)
         self.cpu_clock: Clock | None = time.thread_time \
@@ -121,7 +126,7 @@ class Engine:
         row = self.schedule.actions[self.rank]
         i = 0
         while i < len(row):
-            n = self._weights_ahead(row, i)
+            n = self._runs[i]
             for ahead in row[i:i + n + self.lookahead]:
                 self.comm.prefetch(ahead)
             if n > 1:
@@ -147,7 +152,7 @@ class Engine:
             raise RuntimeError(f"local hand-offs never consumed: {list(self._local)}")
         return record
 
-    def _weights_ahead(self, row: Sequence[Action], i: int) -> int:
+    def _weights_run(self, row: Sequence[Action], i: int) -> int:
         """How many W of ``row[i]``'s stage run back to back from ``i`` (1 if it is no W);
         a W in an overlapped pair runs alone."""
         first, partner = row[i], self.schedule.partner
@@ -192,7 +197,7 @@ class Engine:
     # ------------------------------------------------------------------ data in and out
     def _producer(self, a: Action) -> Action | None:
         """The action on another stage whose output ``a`` consumes (``ir.deps``), if any."""
-        return next((d for d in deps(a, self.schedule) if d.stage != a.stage), None)
+        return self._producers[a]
 
     def _take(self, consumer: Action, producer: Action, detail: dict[str, Any]) -> Payload:
         """The input of ``consumer`` produced by ``producer``: local hand-off or a message."""
