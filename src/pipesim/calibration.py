@@ -1,10 +1,12 @@
 """The engine's own time, measured once per machine and torch version, cached in a small file.
 
-``pipesim profile --engine`` runs a model that computes next to nothing on 2 ranks and reads
-off the runs (``predict.engine_gaps``) what the engine spends before each action (bookkeeping,
-posting receives, handing tensors over), each rank between steps before the ranks meet (data,
-zero_grad, the step's end) and the meeting itself (every rank's batch check, one collective a
-step, then the step's set-up). The result is cached::
+``pipesim profile --engine`` runs small models on 2 ranks and reads off the runs
+(``predict.engine_gaps``) what the engine spends before each action (bookkeeping, posting
+receives, handing tensors over) and at the ranks' meeting (every rank's batch check, one
+collective a step, then the step's set-up), from a model whose actions work through a
+megabyte each as real models' do (the engine's own Python runs slower on the caches they
+leave), and each rank between steps before the ranks meet (data, zero_grad, the step's end)
+from a model that computes next to nothing. The result is cached::
 
     $PIPESIM_CACHE_DIR/engine-<key>.json      (default ~/.cache/pipesim; $XDG_CACHE_HOME too)
     {"format": "pipesim-engine-costs", "version": 1,
@@ -39,9 +41,10 @@ from pipesim.transport import local_transport
 __all__ = ["ENV", "EngineCosts", "cache_path", "load_engine_costs", "machine_id",
            "torch_version", "with_engine"]
 
-ENGINE_REVISION = 4  # raised when the engine's own costs change (2: shared-memory messages;
+ENGINE_REVISION = 5  # raised when the engine's own costs change (2: shared-memory messages;
 # 3: the step overhead measured on every rank, before the ranks meet, and the meeting apart;
-# 4: the meeting through shared memory)
+# 4: the meeting through shared memory; 5: the time per action and the meeting read off a
+# model that works as real ones do, the engine's per-action lookups worked out once)
 ENV = "PIPESIM_CACHE_DIR"  # where the cache lives (tests point it at a temporary folder)
 FORMAT = "pipesim-engine-costs"
 

@@ -98,31 +98,44 @@ def shared_cores(cfg: RunConfig) -> int | None:
     return cores if cfg.grid.world > cores else None
 
 
-def _calibration_config(name: str, microbatches: int, steps: int) -> RunConfig:
-    """A 2-rank MLP that computes next to nothing: what is left is the engine's own time."""
+def _calibration_config(name: str, microbatches: int, steps: int, working: bool = False
+                        ) -> RunConfig:
+    """A 2-rank MLP that computes next to nothing (what is left between steps is the engine's
+    own time) or, ``working``, one whose every action works through about a megabyte of
+    weights and activations, as a real model's do: the engine's time before an action grows
+    with what the action left in the caches (here 7-13 us after near-empty actions, 21-49 us
+    after these, 20-90 us in the benchmarks' MLP and GPT runs), and so does the meeting."""
+    if working:
+        return RunConfig(schedule=get_schedule(name, 2, microbatches), batch_size=64,
+                         hidden_size=512, layers=4, steps=steps, optimizer="sgd")
     return RunConfig(schedule=get_schedule(name, 2, microbatches), batch_size=2, hidden_size=8,
                      layers=2, steps=steps, optimizer="sgd")
 
 
 def calibrate_engine(schedules: Sequence[str] = CALIBRATION_SCHEDULES, microbatches: int = 4,
                      steps: int = 30) -> EngineCosts:
-    """Run each schedule on 2 ranks with a model that computes next to nothing and read the
-    engine's own time per action, between steps and at the ranks' meeting off the runs
-    (``predict.engine_gaps``);
-    the figures kept are the medians over ``schedules`` (each schedule's are in ``fits``)."""
+    """Run each schedule on 2 ranks twice and read the engine's own time off the runs
+    (``predict.engine_gaps``): between steps from a model that computes next to nothing (a
+    real model's update and data are profiled apart), per action and at the ranks' meeting
+    from a model that works as real ones do (``_calibration_config``); the figures kept are
+    the medians over ``schedules`` (each schedule's are in ``fits``)."""
     from pipesim.processes.launch import launch
     from pipesim.runtime.train import TrainJob
+
+    def gaps(cfg: RunConfig) -> tuple[float, float, float]:
+        result = launch(TrainJob(cfg), cfg.schedule.ranks)
+        return engine_gaps(cfg.schedule, [Timeline.from_dict(t) for t in result.timelines])
+
     fits: dict[str, list[float]] = {}
     for name in schedules:
-        cfg = _calibration_config(name, microbatches, steps)
-        result = launch(TrainJob(cfg), cfg.schedule.ranks)
-        measured = [Timeline.from_dict(t) for t in result.timelines]
-        fits[name] = list(engine_gaps(cfg.schedule, measured))
+        _, step, _ = gaps(_calibration_config(name, microbatches, steps))
+        action, _, sync = gaps(_calibration_config(name, microbatches, steps, working=True))
+        fits[name] = [action, step, sync]
     action, step, sync = (statistics.median(f[k] for f in fits.values()) for k in range(3))
     return EngineCosts(action, step, sync=sync, machine=machine_id(), torch=torch_version(),
                        measured=time.strftime("%Y-%m-%d %H:%M"),
-                       notes=f"2 ranks, MLP hidden 8 x 2 layers, batch 2, m={microbatches}, "
-                             f"sgd, {steps} steps per schedule, load {os.getloadavg()[0]:.1f}",
+                       notes=f"2 ranks, m={microbatches}, sgd, {steps} steps per schedule and "
+                             f"model: between steps from an MLP of hidden 8 x 2 layers, batch "
+                             f"2; per action and the meeting from hidden 512 x 4 layers, batch "
+                             f"64; load {os.getloadavg()[0]:.1f}",
                        fits=fits)
-
-
