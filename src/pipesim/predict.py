@@ -30,8 +30,8 @@ computing rank at min(1, cores / computing ranks) of its speed); see
 benchmarks/RESULTS_predict.md. ``replay`` never shares: the run's measured times include it.
 
 Pure: no torch, no views (``cfg`` is read by attribute), so everything here works on saved
-timelines anywhere. Profiling, the reference kernel and the calibration runs are in
-``pipesim.runtime.predict``.
+timelines anywhere. Profiling and the calibration runs are in ``pipesim.runtime.predict``,
+the reference kernel in ``pipesim.runtime.reference``.
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ from pipesim.timeline import Event, Timeline
 __all__ = ["action_drift", "action_means", "engine_gaps", "median_step",
            "predict", "predicted_step", "prediction_json", "prediction_lines", "prediction_report",
            "replay",
-           "run_messages", "speed_drift", "step_span", "step_times", "used_steps"]
+           "run_messages", "run_reference", "speed_drift", "step_span", "step_times",
+           "used_steps"]
 
 
 def predict(cfg: Any, layer_costs: LayerCosts, comm_latency: float | None = None,
@@ -278,8 +279,9 @@ def action_drift(predicted: Timeline, measured: Sequence[Timeline]) -> float | N
 def speed_drift(profiled: float, now: Sequence[float]) -> float | None:
     """How much slower the machine runs the reference kernel now than when profiled.
 
-    ``now``: its per-call times around the run (before and after); their mean over
-    ``profiled`` - 1, so +0.10 means 10% slower now. None without a profiled time.
+    ``now``: its per-call times during the run (``run_reference``: timed on the ranks between
+    steps, as the profile's processes time it between passes); their mean over ``profiled``
+    - 1, so +0.10 means 10% slower now. None without a profiled time.
     """
     return statistics.fmean(now) / profiled - 1 if profiled > 0 and now else None
 
@@ -467,8 +469,17 @@ def _error(predicted: float, measured: float) -> float | None:
 
 
 def used_steps(measured: Sequence[Timeline]) -> list[int]:
-    """Steps that count: all of them, but step 0 (warm-up) when there are 3 or more."""
-    return list(range(1 if len(measured) >= 3 else 0, len(measured)))
+    """Steps that count: all of them, but step 0 (warm-up) when there are 3 or more, and
+    the steps before which the ranks timed the reference kernel (``meta["probe"]``)."""
+    return [s for s in range(1 if len(measured) >= 3 else 0, len(measured))
+            if not any(measured[s].meta.get("probe", ()))]
+
+
+def run_reference(measured: Sequence[Timeline]) -> float | None:
+    """The reference kernel's mean time per call on the run's ranks, timed between its steps
+    (``meta["probe"]``, ``TrainJob(probe_every=)``); None if it never was."""
+    times = [t for step in measured for t in step.meta.get("probe", ()) if t > 0]
+    return statistics.fmean(times) if times else None
 
 
 def prediction_report(predicted: Timeline, measured: Sequence[Timeline],
@@ -537,7 +548,7 @@ def prediction_lines(report: dict[str, Any]) -> list[str]:
     """The text report: the prediction, the replay and the machine's drift."""
     used = report["steps_used"]
     lines = [f"Predicted step: {report['predicted_step_seconds'] * 1e3:.2f} ms; measured "
-             f"{report['measured_step_seconds'] * 1e3:.2f} ms (median of steps "
+             f"{report['measured_step_seconds'] * 1e3:.2f} ms (median of {len(used)} steps of "
              f"{used[0]}-{used[-1]}); error {_percent(report['prediction_error'])} (the "
              f"pipeline alone, without the optimizer: predicted "
              f"{report['predicted_pipeline_seconds'] * 1e3:.2f} ms, measured "
@@ -548,8 +559,8 @@ def prediction_lines(report: dict[str, Any]) -> list[str]:
                      f"{_percent(report['replay_error'])} (what the model misses)")
     drifts = []
     if report.get("speed_drift") is not None:
-        drifts.append(f"the reference kernel {_percent(report['speed_drift'])} around the run "
-                      f"vs when profiled")
+        drifts.append(f"the reference kernel {_percent(report['speed_drift'])} on the ranks "
+                      f"vs in the profile")
     if report.get("action_drift") is not None:
         drifts.append(f"the run's actions {_percent(report['action_drift'])} vs the profile")
     if drifts:

@@ -46,6 +46,23 @@ def test_prediction_report_has_signed_errors_per_step_and_rank() -> None:
     assert median_step(measured) is measured[1]
 
 
+def test_steps_whose_ranks_timed_the_reference_kernel_are_left_out() -> None:
+    """A step before which the ranks timed the reference kernel (``meta["probe"]``) pays for
+    it: the comparison leaves it out, and the run's reference time is the probes' mean."""
+    from pipesim.predict import run_reference
+
+    def probed(scale: float, probe: list[float]) -> Timeline:
+        return dataclasses.replace(_step(scale), meta={"probe": probe})
+
+    measured = [probed(9.0, [3.0, 1.0]), _step(1.25), probed(4.0, [0.0, 2.0]), _step(1.0)]
+    assert used_steps(measured) == [1, 3]
+    report = prediction_report(_step(1.0), measured)
+    assert report["steps_used"] == [1, 3]
+    assert report["measured_step_seconds"] == pytest.approx(5.625)  # of 6.25 and 5, not 20
+    assert run_reference(measured) == pytest.approx(2.0)  # the 0 is a rank that did not
+    assert run_reference([_step(1.0)] * 3) is None
+
+
 def test_few_steps_are_all_used_and_a_faster_run_gives_a_positive_error() -> None:
     assert used_steps([_step(1)] * 2) == [0, 1] and used_steps([_step(1)] * 3) == [1, 2]
     assert prediction_report(_step(2.0), [_step(1.0)])["prediction_error"] == pytest.approx(1.0)

@@ -5,6 +5,7 @@ No timing assertions: times are only checked to be present and >= 0; bytes are e
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -94,6 +95,21 @@ def test_a_profile_given_seconds_goes_on_until_its_passes_took_that_long(
         assert len(passes) == 1 + want, (step, seconds)  # the warm-up pass and the timed ones
     with pytest.raises(ValueError, match="seconds >= 0"):
         profile_layers(layers, x, seconds=-1.0)
+
+
+def test_the_reference_kernel_is_timed_after_every_pass_apart_from_it() -> None:
+    """``probe`` runs once after each timed pass (not the warm-up), outside the layers' times;
+    its mean is the profile's reference_time; without one, 0. Processes profiling at once
+    average it (``mean_over_ranks``), and profile_model's processes time the real kernel."""
+    calls = iter([1.0, 2.0, 6.0])
+    costs = profile_layers([nn.Linear(4, 4)], torch.randn(3, 4), repeats=3, warmup=2,
+                           probe=lambda: next(calls))
+    assert costs.reference_time == pytest.approx(3.0)
+    assert next(calls, None) is None  # three passes, three probes
+    assert profile_layers([nn.Linear(4, 4)], torch.randn(3, 4), repeats=1,
+                          warmup=0).reference_time == 0
+    both = profile_model(_mlp(), repeats=2, warmup=0, processes=2)
+    assert 0 < both.reference_time < 0.1
 
 
 def test_the_optimizer_update_is_profiled_per_layer_for_training_only() -> None:
@@ -256,3 +272,26 @@ def test_a_run_records_when_each_rank_began_its_step_and_when_the_ranks_met() ->
         assert max(begin) <= min(synced)  # nobody goes on before the last one has begun
     action, step_overhead, sync = engine_gaps(cfg.schedule, steps)
     assert action > 0 and step_overhead > 0 and sync > 0
+    assert all("probe" not in step.meta for step in steps)
+
+
+def test_a_probing_run_times_the_reference_kernel_on_every_rank_every_few_steps() -> None:
+    """``TrainJob(probe_every=2)``: before steps 0, 2 and 4 every rank times the reference
+    kernel; those steps say so (``meta["probe"]``, per rank) and the comparison leaves them
+    out (``used_steps``); the run's mean is ``run_reference``. Training is not changed."""
+    from pipesim.predict import run_reference, used_steps
+    from pipesim.processes.launch import launch
+    from pipesim.runtime.predict import _calibration_config
+    from pipesim.runtime.train import TrainJob
+    from pipesim.timeline import Timeline
+    cfg = dataclasses.replace(_calibration_config("1f1b", 4, 4), steps=5)
+    plain = launch(TrainJob(cfg), 2)
+    probed = launch(TrainJob(cfg, probe_every=2), 2)
+    steps = [Timeline.from_dict(t) for t in probed.timelines]
+    assert [s for s, step in enumerate(steps) if "probe" in step.meta] == [0, 2, 4]
+    assert all(len(steps[s].meta["probe"]) == 2 and min(steps[s].meta["probe"]) > 0
+               for s in (0, 2, 4))
+    assert used_steps(steps) == [1, 3]
+    mean = sum(t for s in (0, 2, 4) for t in steps[s].meta["probe"]) / 6
+    assert run_reference(steps) == pytest.approx(mean)
+    assert probed.losses == plain.losses

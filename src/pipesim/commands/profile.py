@@ -196,9 +196,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.no_comm:
             status.update("measuring messages between two ranks")
             costs = with_comm(costs, args.stat)
-        from pipesim.runtime.predict import reference_time
-        costs = with_engine(dataclasses.replace(costs, reference_time=reference_time()),
-                            engine_costs(calibrate=False))
+        costs = with_engine(costs, engine_costs(calibrate=False))
     balance = _stage_balance(args, costs) if args.stage_costs else None
     write_atomic(args.output, costs.to_json())
     if args.stage_costs and balance is not None:

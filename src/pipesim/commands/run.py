@@ -307,12 +307,11 @@ def run(args: argparse.Namespace) -> int:
     )
     from pipesim.runtime.train import TrainJob
     predicted = _prediction(args, cfg)  # before the ranks start: profiling uses the cores
-    from pipesim.runtime.predict import reference_time
-    speed = [reference_time()] if predicted is not None and not under_torchrun() else []
+    from pipesim.runtime.predict import PROBE_EVERY
     hook = None if (args.quiet or args.json) else LineHook(sched, cfg.steps)
     progress = None if args.json or sched.forward_only else \
         Progress(cfg.global_microbatches * cfg.batch_size, not sched.forward_only)
-    job = TrainJob(cfg, hook, progress)
+    job = TrainJob(cfg, hook, progress, probe_every=PROBE_EVERY if predicted is not None else 0)
     opts = LaunchOptions(backend=cfg.backend, stall_timeout=args.stall_timeout)
     if not args.json and not under_torchrun():
         print_header(cfg)
@@ -328,9 +327,11 @@ def run(args: argparse.Namespace) -> int:
     if result is None:  # a torchrun rank other than 0
         return 0
     drift = None
-    if speed and predicted is not None:  # the reference kernel before and after the run
-        from pipesim.predict import speed_drift
-        drift = speed_drift(predicted.meta["reference_time"], [*speed, reference_time()])
+    if predicted is not None:  # the reference kernel on the ranks during the run
+        from pipesim.predict import run_reference, speed_drift
+        from pipesim.timeline import Timeline
+        during = run_reference([Timeline.from_dict(t) for t in result.timelines])
+        drift = speed_drift(predicted.meta["reference_time"], [during] if during else [])
     return report(args, cfg, result, wall, predicted, drift)
 
 

@@ -40,6 +40,7 @@ from pipesim.config import RunConfig
 from pipesim.layercosts import LayerCost, LayerCosts, ProfiledModel
 from pipesim.models import build_layers, loss_function, make_batch
 from pipesim.runtime.optim import make_optimizer
+from pipesim.runtime.reference import reference_call
 from pipesim.runtime.splitlinear import WeightGradQueue, convert_linears
 from pipesim.runtime.stage import LossFn
 
@@ -238,7 +239,8 @@ def profile_layers(layers: Sequence[nn.Module], example: Example,
                    target: torch.Tensor | None = None, loss_fn: LossFn | None = None,
                    repeats: int = 5, warmup: int = 2, names: Sequence[str] = (),
                    model: str = "", notes: str = "", statistic: str = "median",
-                   optimizer: MakeOptimizer | None = None, seconds: float = 0.0) -> LayerCosts:
+                   optimizer: MakeOptimizer | None = None, seconds: float = 0.0,
+                   probe: Callable[[], float] | None = None) -> LayerCosts:
     """Per-layer costs of ``layers`` for one microbatch ``example`` (its first dim = samples): a
     tensor or a tuple of tensors, passed as positional arguments; so is what a layer returns.
 
@@ -250,7 +252,9 @@ def profile_layers(layers: Sequence[nn.Module], example: Example,
     hold what they hold in a run, not one layer's weights). The last layer's F includes
     ``loss_fn(output, target)`` when both are given; otherwise its backward starts from a fixed
     random gradient. ``optimizer(params)`` builds the optimizer whose update of each layer is
-    timed (none: 0). The layers are copied: the caller's modules are not changed.
+    timed (none: 0). ``probe`` (the reference kernel, ``runtime.reference``) is timed after
+    every pass, apart from it; the mean is the result's ``reference_time`` (none: 0). The
+    layers are copied: the caller's modules are not changed.
     """
     if repeats < 1 or warmup < 0 or not seconds >= 0:
         raise ValueError(f"repeats must be >= 1, warmup and seconds >= 0; got {repeats}, "
@@ -271,9 +275,12 @@ def profile_layers(layers: Sequence[nn.Module], example: Example,
         for _ in range(warmup + (1 if optimizers else 0)):  # the first update makes the state
             _one_pass(timers, optimizers)
         runs: list[Times] = []
+        probes: list[float] = []
         stop = time.perf_counter() + seconds
         while len(runs) < repeats or (time.perf_counter() < stop and len(runs) < MAX_PASSES):
             runs.append(_one_pass(timers, optimizers))
+            if probe is not None:
+                probes.append(probe())
     costs = []
     for i, (timer, out) in enumerate(zip(timers, outs, strict=True)):
         f, i_, w, b, update = (pick([r[i][k] for r in runs]) for k in range(5))
@@ -283,7 +290,8 @@ def profile_layers(layers: Sequence[nn.Module], example: Example,
                                float(params), name, update))
     first = as_tensors(example, "the example")[0]
     batch = first.shape[0] if first.dim() else 1
-    return LayerCosts(tuple(costs), microbatch_size=batch, model=model, notes=notes)
+    return LayerCosts(tuple(costs), microbatch_size=batch, model=model, notes=notes,
+                      reference_time=statistics.fmean(probes) if probes else 0.0)
 
 
 def profile_model(cfg: RunConfig, repeats: int = 5, warmup: int = 2,
@@ -324,7 +332,8 @@ def _profile_here(cfg: RunConfig, repeats: int, warmup: int, statistic: str,
 
     costs = profile_layers(layers, inputs[0], targets[0], loss_function(cfg), repeats, warmup,
                            model=cfg.model, notes=notes, statistic=statistic,
-                           optimizer=make if training else None, seconds=seconds)
+                           optimizer=make if training else None, seconds=seconds,
+                           probe=reference_call)
     return dataclasses.replace(costs, profiled=profiled_model(cfg, len(layers)),
                                data_time=_data_time(cfg, repeats))
 
@@ -372,16 +381,19 @@ def mean_over_ranks(costs: LayerCosts, rank: int, world: int) -> LayerCosts | No
     if world == 1:
         return costs
     times = torch.tensor([[c.forward, c.backward_input, c.backward_weight, c.backward,
-                           c.optimizer] for c in costs.layers], dtype=torch.float64)
+                           c.optimizer] for c in costs.layers]
+                         + [[costs.reference_time, 0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
     dist.all_reduce(times)
     times /= world
     if rank != 0:
         return None
+    reference, times = float(times[-1, 0]), times[:-1]
     layers = tuple(c._replace(forward=float(t[0]), backward_input=float(t[1]),
                               backward_weight=float(t[2]), backward=float(t[3]),
                               optimizer=float(t[4]))
                    for c, t in zip(costs.layers, times, strict=True))
-    return dataclasses.replace(costs, layers=layers, notes=costs.notes +
+    return dataclasses.replace(costs, layers=layers, reference_time=reference,
+                               notes=costs.notes +
                                f", mean of {world} processes profiling at once")
 
 

@@ -1,9 +1,8 @@
-"""The torch half of prediction: profile for ``run --predict``, time the reference kernel,
-calibrate the engine's own time.
+"""The torch half of prediction: profile for ``run --predict``, calibrate the engine's own
+time.
 
     predict_run(cfg, costs_path, engine)   the prediction of ``pipesim run --predict``: from a
                                            cost file, or profiling now (``pipesim.predict``)
-    reference_time()                       one call of the reference kernel, now (drift)
     calibrate_engine()                     ``pipesim profile --engine``: the engine's own time
                                            per action and between steps (``pipesim.calibration``)
 
@@ -18,42 +17,22 @@ import statistics
 import time
 from collections.abc import Sequence
 
-import torch
-
 from pipesim.calibration import EngineCosts, machine_id, torch_version, with_engine
 from pipesim.layercosts import load_layer_costs
 from pipesim.predict import engine_gaps, predict
 from pipesim.profiling.comm import measure_comm
-from pipesim.profiling.profiler import one_thread, profile_model
+from pipesim.profiling.profiler import profile_model
 from pipesim.ranks import available_cores
 from pipesim.runtime.train import RunConfig
 from pipesim.schedules import get_schedule
 from pipesim.timeline import Timeline
 
-__all__ = ["CALIBRATION_SCHEDULES", "calibrate_engine", "predict_run", "reference_time",
+__all__ = ["CALIBRATION_SCHEDULES", "PROBE_EVERY", "calibrate_engine", "predict_run",
            "shared_cores"]
 
-REFERENCE = (64, 512, 512)  # the reference kernel: [64, 512] @ [512, 512], float32, 1 thread
 CALIBRATION_SCHEDULES = ("gpipe", "1f1b", "zb-h1")
 PROFILE_SECONDS = 1.0  # --predict's own profile: at least this long in each process
-
-
-def reference_time(seconds: float = 0.2) -> float:
-    """The median time of one call of the reference kernel over about ``seconds``, on one
-    thread (as a rank runs). Its ratio to the profile's says how the machine's speed moved."""
-    m, k, n = REFERENCE
-    gen = torch.Generator().manual_seed(0)
-    a, w = torch.randn(m, k, generator=gen), torch.randn(k, n, generator=gen)
-    times: list[float] = []
-    with one_thread():
-        for _ in range(3):
-            a @ w
-        stop = time.perf_counter() + seconds
-        while time.perf_counter() < stop or len(times) < 5:
-            t0 = time.perf_counter()
-            a @ w
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+PROBE_EVERY = 4  # --predict's run: the ranks time the reference kernel every this many steps
 
 
 def predict_run(cfg: RunConfig, costs_path: str | None = None,
@@ -65,7 +44,8 @@ def predict_run(cfg: RunConfig, costs_path: str | None = None,
     as in the run), the mean of at least 20 passes and ``PROFILE_SECONDS`` of them (a machine
     whose speed changes from one half second to the next needs the profile to last about as
     long as the run it predicts; a step pays its actions' mean), ``measure_comm``
-    measures messages between 2 ranks, and the reference kernel is timed right after. The
+    measures messages between 2 ranks; the reference kernel is timed in the profile's processes
+    after every pass (``runtime.reference``), as the run's ranks time it between steps. The
     engine's own time comes from the file or else ``engine`` (``pipesim.calibration``). Ranks
     that outnumber this machine's cores share them in the simulation (``shared_cores``).
     ``meta["reference_time"]`` is the profile's reference-kernel time (0: unknown). Raises
@@ -78,7 +58,6 @@ def predict_run(cfg: RunConfig, costs_path: str | None = None,
         processes = min(cfg.grid.world, available_cores())
         layer_costs = profile_model(cfg, repeats=20, warmup=2, processes=processes,
                                     statistic="mean", seconds=PROFILE_SECONDS)
-        layer_costs = dataclasses.replace(layer_costs, reference_time=reference_time())
         comm = ()
         if cfg.schedule.ranks > 1 and len(layer_costs) > 1:
             comm = measure_comm(int(max(c.activation_bytes for c in layer_costs.layers[:-1])))

@@ -24,6 +24,7 @@ from pipesim.runtime import checkpoint
 from pipesim.runtime.engine import Observer, StepRecord
 from pipesim.runtime.optim import make_optimizer
 from pipesim.runtime.pipeline import Pipeline
+from pipesim.runtime.reference import reference_call
 from pipesim.runtime.stage import StageRunner
 from pipesim.runtime.synthetic import slow_down
 from pipesim.runtime.trace import gather_events, to_timeline
@@ -81,10 +82,15 @@ class TrainJob:
     """Picklable per-rank entry point: ``TrainJob(cfg, hook, progress)(rank, world)``."""
 
     def __init__(self, cfg: RunConfig, hook: ActionHook | None = None,
-                 progress: ProgressHook | None = None) -> None:
+                 progress: ProgressHook | None = None, probe_every: int = 0) -> None:
         self.cfg = cfg
         self.hook = hook
         self.progress = progress  # called on the rank holding the last stage (replica 0)
+        # > 0: every rank times the reference kernel (``runtime.reference``) before the
+        # first step and every ``probe_every`` steps after it, in the step's time; the step
+        # records it (its timeline's ``meta["probe"]``) and ``predict.used_steps`` leaves it
+        # out. ``--predict`` reads the machine's speed during the run off it.
+        self.probe_every = probe_every
 
     def prepare(self) -> None:
         """In the launcher, before forking: import what every rank would import on its own.
@@ -116,11 +122,13 @@ class TrainJob:
             if params and not sched.forward_only else None
         if cfg.resume_dir:
             _resume(cfg, rank, pipe, optimizer)
-        records: list[tuple[StepRecord, list[tuple[int, float, float]]]] = []
+        records: list[tuple[StepRecord, list[tuple[int, float, float]], float]] = []
         for step in range(start_step, cfg.steps):
+            probe = reference_call() if self.probe_every and \
+                (step - start_step) % self.probe_every == 0 else 0.0
             loss = self._step(pipe, step, optimizer)
             assert pipe.last_record is not None
-            records.append((pipe.last_record, pipe.last_spans))
+            records.append((pipe.last_record, pipe.last_spans, probe))
             if cfg.checkpoint_dir and cfg.checkpoint_every and (
                     (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
                 _save(cfg, rank, step + 1, pipe, optimizer)
@@ -148,15 +156,15 @@ class TrainJob:
         return loss
 
     def _finish(self, rank: int, device: torch.device,
-                records: list[tuple[StepRecord, list[tuple[int, float, float]]]],
+                records: list[tuple[StepRecord, list[tuple[int, float, float]], float]],
                 t_begin: float, runners: dict[int, StageRunner]) -> RankResult | None:
         cfg, sched, grid = self.cfg, self.cfg.schedule, self.cfg.grid
         timelines, losses, step_seconds = [], [], []
         previous_end: float | None = None
-        for rec, spans in records:
+        for rec, spans, probe in records:
             everyone = gather_events(rec.events, spans, grid.world, device)
             bounds = torch.tensor([rec.start, max([rec.end, *(e for _, _, e in spans)]),
-                                   rec.loss_sum(), rec.begin, rec.synced],
+                                   rec.loss_sum(), rec.begin, rec.synced, probe],
                                   dtype=torch.float64, device=device)
             gathered = [torch.zeros_like(bounds) for _ in range(grid.world)]
             dist.all_gather(gathered, bounds)
@@ -170,7 +178,8 @@ class TrainJob:
             ranks = grid.pipeline(0)
             timelines.append(to_timeline(sched, [everyone[g] for g in ranks], start, end,
                                          [float(gathered[g][3]) for g in ranks],
-                                         [float(gathered[g][4]) for g in ranks]))
+                                         [float(gathered[g][4]) for g in ranks],
+                                         [float(gathered[g][5]) for g in ranks]))
         want_params = cfg.verify or cfg.collect_state
         params = gather_stage_tensors(cfg, grid, runners, rank, device, grads=False) \
             if want_params else None
