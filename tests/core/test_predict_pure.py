@@ -65,6 +65,7 @@ def test_steps_whose_ranks_timed_the_reference_kernel_are_left_out() -> None:
 
 def test_few_steps_are_all_used_and_a_faster_run_gives_a_positive_error() -> None:
     assert used_steps([_step(1)] * 2) == [0, 1] and used_steps([_step(1)] * 3) == [1, 2]
+    assert used_steps([_step(1)] * 5) == [2, 3, 4]  # step 1 holds the optimizer's first update
     assert prediction_report(_step(2.0), [_step(1.0)])["prediction_error"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="no measured steps"):
         prediction_report(_step(1.0), [])
@@ -423,10 +424,10 @@ def test_the_replay_of_a_run_whose_steps_vary_replays_each_step() -> None:
             "between_seconds": [0.0, 0.0]})
         again = replay(sched, predicted, measured)
         times = step_times(measured)
-        assert again.meta["replayed_steps"] == pytest.approx(times[1:]), name
+        assert again.meta["replayed_steps"] == pytest.approx(times[2:]), name  # 0, 1: warm-up
         report = prediction_report(predicted, measured, again)
         assert report["replay_error"] == pytest.approx(0.0, abs=1e-12), name
-        mean = steady_step(sched, _scaled(base, sum(scales[1:]) / 6), [1.5, 0.75],
+        mean = steady_step(sched, _scaled(base, sum(scales[2:]) / 5), [1.5, 0.75],
                            barrier=0.5).step
         assert mean > 1.1 * report["measured_step_seconds"], name
 
@@ -445,7 +446,7 @@ def test_the_replay_gives_each_action_its_own_time() -> None:
     predicted = Timeline(2, (), unit="s", meta={
         "costs": CostModel.uniform(2, unit="s").to_dict(), "between_seconds": [0.0, 0.0]})
     again = replay(sched, predicted, measured)
-    assert again.meta["replayed_steps"] == pytest.approx(step_times(measured)[1:])
+    assert again.meta["replayed_steps"] == pytest.approx(step_times(measured)[2:])
     assert prediction_report(predicted, measured, again)["replay_error"] == pytest.approx(
         0.0, abs=1e-12)
 

@@ -284,14 +284,14 @@ def test_a_probing_run_times_the_reference_kernel_on_every_rank_every_few_steps(
     from pipesim.runtime.predict import _calibration_config
     from pipesim.runtime.train import TrainJob
     from pipesim.timeline import Timeline
-    cfg = dataclasses.replace(_calibration_config("1f1b", 4, 4), steps=5)
+    cfg = dataclasses.replace(_calibration_config("1f1b", 4, 4), steps=6)
     plain = launch(TrainJob(cfg), 2)
     probed = launch(TrainJob(cfg, probe_every=2), 2)
     steps = [Timeline.from_dict(t) for t in probed.timelines]
     assert [s for s, step in enumerate(steps) if "probe" in step.meta] == [0, 2, 4]
     assert all(len(steps[s].meta["probe"]) == 2 and min(steps[s].meta["probe"]) > 0
                for s in (0, 2, 4))
-    assert used_steps(steps) == [1, 3]
+    assert used_steps(steps) == [3, 5]  # 0 and 1: warm-up (the optimizer's first update)
     mean = sum(t for s in (0, 2, 4) for t in steps[s].meta["probe"]) / 6
     assert run_reference(steps) == pytest.approx(mean)
     assert probed.losses == plain.losses

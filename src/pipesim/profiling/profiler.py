@@ -240,7 +240,8 @@ def profile_layers(layers: Sequence[nn.Module], example: Example,
                    repeats: int = 5, warmup: int = 2, names: Sequence[str] = (),
                    model: str = "", notes: str = "", statistic: str = "median",
                    optimizer: MakeOptimizer | None = None, seconds: float = 0.0,
-                   probe: Callable[[], float] | None = None) -> LayerCosts:
+                   probe: Callable[[], float] | None = None,
+                   data: Callable[[], object] | None = None) -> LayerCosts:
     """Per-layer costs of ``layers`` for one microbatch ``example`` (its first dim = samples): a
     tensor or a tuple of tensors, passed as positional arguments; so is what a layer returns.
 
@@ -252,9 +253,12 @@ def profile_layers(layers: Sequence[nn.Module], example: Example,
     hold what they hold in a run, not one layer's weights). The last layer's F includes
     ``loss_fn(output, target)`` when both are given; otherwise its backward starts from a fixed
     random gradient. ``optimizer(params)`` builds the optimizer whose update of each layer is
-    timed (none: 0). ``probe`` (the reference kernel, ``runtime.reference``) is timed after
-    every pass, apart from it; the mean is the result's ``reference_time`` (none: 0). The
-    layers are copied: the caller's modules are not changed.
+    timed (none: 0). After every pass, apart from it: ``data()``, which makes one step's
+    batch as the run does, timed there because a run makes it right after an update (in a
+    loop of its own it ran 2-3 times faster than in a run), its mean the result's
+    ``data_time``; then ``probe`` (the reference kernel, ``runtime.reference``), its mean
+    the result's ``reference_time`` (none: 0). The layers are copied: the caller's modules
+    are not changed.
     """
     if repeats < 1 or warmup < 0 or not seconds >= 0:
         raise ValueError(f"repeats must be >= 1, warmup and seconds >= 0; got {repeats}, "
@@ -276,9 +280,14 @@ def profile_layers(layers: Sequence[nn.Module], example: Example,
             _one_pass(timers, optimizers)
         runs: list[Times] = []
         probes: list[float] = []
+        batches: list[float] = []
         stop = time.perf_counter() + seconds
         while len(runs) < repeats or (time.perf_counter() < stop and len(runs) < MAX_PASSES):
             runs.append(_one_pass(timers, optimizers))
+            if data is not None:
+                t0 = time.perf_counter()
+                data()
+                batches.append(time.perf_counter() - t0)
             if probe is not None:
                 probes.append(probe())
     costs = []
@@ -291,7 +300,8 @@ def profile_layers(layers: Sequence[nn.Module], example: Example,
     first = as_tensors(example, "the example")[0]
     batch = first.shape[0] if first.dim() else 1
     return LayerCosts(tuple(costs), microbatch_size=batch, model=model, notes=notes,
-                      reference_time=statistics.fmean(probes) if probes else 0.0)
+                      reference_time=statistics.fmean(probes) if probes else 0.0,
+                      data_time=statistics.fmean(batches) if batches else 0.0)
 
 
 def profile_model(cfg: RunConfig, repeats: int = 5, warmup: int = 2,
@@ -330,25 +340,17 @@ def _profile_here(cfg: RunConfig, repeats: int, warmup: int, statistic: str,
     def make(params: list[nn.Parameter]) -> torch.optim.Optimizer:
         return make_optimizer(cfg.optimizer, params, cfg.lr)
 
+    steps = iter(range(1, 1 << 30))
+
+    def data() -> None:  # as ``pipesim run`` makes a step's batch on the first and last ranks
+        xs, ys = make_batch(cfg, next(steps))
+        torch.cat(xs), torch.cat(ys)
+
     costs = profile_layers(layers, inputs[0], targets[0], loss_function(cfg), repeats, warmup,
                            model=cfg.model, notes=notes, statistic=statistic,
                            optimizer=make if training else None, seconds=seconds,
-                           probe=reference_call)
-    return dataclasses.replace(costs, profiled=profiled_model(cfg, len(layers)),
-                               data_time=_data_time(cfg, repeats))
-
-
-def _data_time(cfg: RunConfig, repeats: int) -> float:
-    """The median time to make one step's batch as ``pipesim run`` does on the ranks holding
-    the first or last stage (the whole batch, concatenated): data is part of every step."""
-    times = []
-    with one_thread():
-        for step in range(repeats + 1):
-            t0 = time.perf_counter()
-            xs, ys = make_batch(cfg, step)
-            torch.cat(xs), torch.cat(ys)
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times[1:])
+                           probe=reference_call, data=data)
+    return dataclasses.replace(costs, profiled=profiled_model(cfg, len(layers)))
 
 
 def profiled_model(cfg: RunConfig, layers: int) -> ProfiledModel:
@@ -382,17 +384,18 @@ def mean_over_ranks(costs: LayerCosts, rank: int, world: int) -> LayerCosts | No
         return costs
     times = torch.tensor([[c.forward, c.backward_input, c.backward_weight, c.backward,
                            c.optimizer] for c in costs.layers]
-                         + [[costs.reference_time, 0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+                         + [[costs.reference_time, costs.data_time, 0.0, 0.0, 0.0]],
+                         dtype=torch.float64)
     dist.all_reduce(times)
     times /= world
     if rank != 0:
         return None
-    reference, times = float(times[-1, 0]), times[:-1]
+    (reference, data), times = times[-1, :2].tolist(), times[:-1]
     layers = tuple(c._replace(forward=float(t[0]), backward_input=float(t[1]),
                               backward_weight=float(t[2]), backward=float(t[3]),
                               optimizer=float(t[4]))
                    for c, t in zip(costs.layers, times, strict=True))
-    return dataclasses.replace(costs, layers=layers, reference_time=reference,
+    return dataclasses.replace(costs, layers=layers, reference_time=reference, data_time=data,
                                notes=costs.notes +
                                f", mean of {world} processes profiling at once")
 
