@@ -4,24 +4,30 @@
     .venv/bin/python benchmarks/bench_predict.py --models gpt --trials 5
 
 Per trial, for each model and schedule (the order turns each trial, so no configuration always
-runs first): ``profile_model`` (at least ``--repeats`` whole passes and ``--profile-seconds``
-of them, in ``--processes`` fresh processes at once; per layer and op the ``--statistic``, the
-mean by default, the optimizer update included), the reference kernel right after it, and
-``measure_comm`` (2 ranks, the engine's transport: the one-way time of the largest activation
-and the sender's time per message, medians of 100); then the prediction, the reference kernel,
-a real run on 2 or 4 ranks (``--ranks``; one thread per rank, Adam) of at least ``--steps``
-steps and as many as the predicted step needs to last ``--run-seconds``, the reference kernel
-again, and three figures against the measured step (one step's end to the next's, the
-optimizer included, median of steps 1 onwards). This machine's speed wanders within a second
-(RESULTS_predict.md), so profile and run each last seconds, not a fraction of one:
+runs first), ``--rounds`` rounds of: ``profile_model`` (at least ``--repeats`` whole passes and
+``--profile-seconds`` of them in all, in ``--processes`` fresh processes at once; per layer and
+op the ``--statistic``, the mean by default, the optimizer update included; the reference
+kernel timed in those processes after every pass), then a real run on 2 or 4 ranks
+(``--ranks``; one thread per rank, Adam; the ranks time the reference kernel every
+``PROBE_EVERY`` steps, those steps left out) of at least ``--steps`` steps and as many as the
+predicted step needs to last ``--run-seconds``, both shared out over the rounds. Once, after
+the first profile: ``measure_comm`` (2 ranks, the engine's transport: the one-way time of the
+largest activation and the sender's time per message, medians of 100). This machine's speed
+moves by tens of percent from one second and one process to the next (RESULTS_predict.md):
+profile and run take turns, so both see its slow and fast moments alike.
 
-- predicted: the simulator's steady step from the profile, the engine's own time per action
-  and between steps from the cached calibration (``pipesim profile --engine``) included;
-- replay: the same simulation with the run's own mean time per action and its own message
-  times (``pipesim.predict.replay``): its error is the model's;
-- speed drift: the reference kernel around the run against right after the profile (> 0: the
-  machine ran slower during the run); "compute drift" is the run's busy time per rank against
-  the profile's. See RESULTS_predict.md.
+- predicted: the simulator's steady step from the rounds' mean profile, the engine's own time
+  per action, between steps and at the ranks' meeting from the cached calibration (``pipesim
+  profile --engine``) included; measured: the median step of all rounds' runs (each run's
+  first step left out);
+- replay: the same simulation with each run's own times, step by step
+  (``pipesim.predict.replay``), the median over all rounds' replayed steps: its error is the
+  model's;
+- speed drift: the reference kernel on the run's ranks against in the profile's processes
+  (> 0: the machine ran slower during the run); compute drift: the run's busy time per rank
+  against the prediction's; parent drift: the reference kernel in this process around each
+  run against after each profile (the drift read before 2026-12-02 08:50). See
+  RESULTS_predict.md.
 """
 from __future__ import annotations
 
@@ -40,11 +46,13 @@ import torch
 from pipesim.calibration import load_engine_costs, with_engine
 from pipesim.config import RunConfig
 from pipesim.fileio import write_atomic
-from pipesim.predict import predict, prediction_report, replay, speed_drift
+from pipesim.layercosts import LayerCosts
+from pipesim.predict import predict, prediction_report, replay, run_reference, speed_drift
 from pipesim.processes.launch import launch
 from pipesim.profiling.comm import measure_comm
 from pipesim.profiling.profiler import STATISTICS, ProfileConfig, profile_model
-from pipesim.runtime.predict import calibrate_engine, reference_time, shared_cores
+from pipesim.runtime.predict import PROBE_EVERY, calibrate_engine, shared_cores
+from pipesim.runtime.reference import reference_call
 from pipesim.runtime.train import TrainJob
 from pipesim.schedules import get_schedule
 from pipesim.timeline import Timeline
@@ -66,43 +74,87 @@ def _config(model: str, schedule: str, microbatches: int, steps: int, ranks: int
                          **fields)
 
 
+def mean_costs(profiles: list[LayerCosts]) -> LayerCosts:
+    """The rounds' profiles as one: each layer's times and the data time their mean (the
+    rounds profile for equal times, so a plain mean weighs every second alike)."""
+    fields = ("forward", "backward_input", "backward_weight", "backward", "optimizer")
+    layers = tuple(first._replace(**{f: statistics.fmean(getattr(p.layers[i], f)
+                                                          for p in profiles) for f in fields})
+                   for i, first in enumerate(profiles[0].layers))
+    return dataclasses.replace(profiles[0], layers=layers, data_time=statistics.fmean(
+        p.data_time for p in profiles), reference_time=statistics.fmean(
+        p.reference_time for p in profiles))
+
+
+def _here(seconds: float = 0.2) -> float:
+    """The reference kernel's median time per call in this (the launching) process over
+    ``seconds``: how drift was read before 2026-12-02 08:50, kept to compare."""
+    times: list[float] = []
+    stop = time.perf_counter() + seconds
+    while time.perf_counter() < stop or len(times) < 5:
+        times.append(reference_call(1))
+    return statistics.median(times)
+
+
 def bench_one(model: str, name: str, ranks: int, args: argparse.Namespace, engine: Any
               ) -> dict[str, Any]:
-    """Profile and ping-pong right before the run, so the machine is as alike as it gets."""
+    """``--rounds`` rounds of (profile, run), the prediction from all the profiles, the
+    measured and replayed steps of all the runs: profile and run share the machine's moods."""
     cfg = _config(model, name, args.microbatches, args.steps, ranks)
-    costs = profile_model(cfg, repeats=args.repeats, processes=args.processes,
-                          statistic=args.statistic, seconds=args.profile_seconds)
-    costs = with_engine(dataclasses.replace(costs, reference_time=reference_time()), engine)
-    largest = int(max(c.activation_bytes for c in costs.layers[:-1]))
-    comm = measure_comm(largest, repeats=100)
+    rounds = args.rounds
+    profiles: list[LayerCosts] = []
+    runs: list[list[Timeline]] = []
+    profiled_here: list[float] = []  # the reference kernel here, after each profile
+    around_here: list[float] = []  # and before and after each run
+    comm = None
+    for _ in range(rounds):
+        costs = profile_model(cfg, repeats=math.ceil(args.repeats / rounds),
+                              processes=args.processes, statistic=args.statistic,
+                              seconds=args.profile_seconds / rounds)
+        profiles.append(costs)
+        profiled_here.append(_here())
+        if comm is None:  # and the run's length from the first round's prediction
+            largest = int(max(c.activation_bytes for c in costs.layers[:-1]))
+            comm = measure_comm(largest, repeats=100)
+            first = predict(cfg, with_engine(profiles[0], engine), *comm,
+                            cores=shared_cores(cfg))
+            steps = max(math.ceil(args.steps / rounds),
+                        math.ceil(args.run_seconds / rounds / first.meta["step_seconds"])) + 1
+            cfg = dataclasses.replace(cfg, steps=max(steps, 4))
+        around_here.append(_here())
+        result = launch(TrainJob(cfg, probe_every=PROBE_EVERY), ranks)
+        around_here.append(_here())
+        runs.append([Timeline.from_dict(t) for t in result.timelines])
+    costs = with_engine(mean_costs(profiles), engine)
+    assert comm is not None
     predicted = predict(cfg, costs, *comm, cores=shared_cores(cfg))
-    # as many steps as the predicted step needs to last --run-seconds (at least --steps)
-    steps = max(args.steps, math.ceil(args.run_seconds / predicted.meta["step_seconds"]) + 1)
-    cfg = dataclasses.replace(cfg, steps=steps)
-    before = reference_time()
-    result = launch(TrainJob(cfg), ranks)
-    after = reference_time()
-    measured = [Timeline.from_dict(t) for t in result.timelines]
-    drift = speed_drift(costs.reference_time, [before, after])
-    replayed = replay(cfg.schedule, predicted, measured)
-    report = prediction_report(predicted, measured, replayed, drift)
-    if args.save:  # the run itself, to replay again offline after a change to the model
+    during = run_reference([t for measured in runs for t in measured])
+    drift = speed_drift(costs.reference_time, [during] if during else [])
+    pred = predicted.meta["step_seconds"]
+    times, replays, busy = [], [], []
+    for measured in runs:  # each run's steps (its warm-up step left out), pooled
+        replayed = replay(cfg.schedule, predicted, measured)
+        report = prediction_report(predicted, measured, replayed, drift)
+        step_times = [s["measured_seconds"] for s in report["per_step"]]
+        times += [step_times[s] for s in report["steps_used"]]
+        replays += replayed.meta.get("replayed_steps") or [report["replay_step_seconds"]]
+        busy += [r["measured_busy"] / r["predicted_busy"] - 1 for r in report["per_rank"]]
+    if args.save:  # the runs themselves, to replay again offline after a change to the model
         run = {"schedule": name, "ranks": ranks, "microbatches": cfg.schedule.microbatches,
                "speed_drift": drift, "predicted": predicted.to_dict(),
-               "measured": [t.to_dict() for t in measured]}
+               "rounds": [[t.to_dict() for t in measured] for measured in runs]}
         stamp = time.strftime("%H%M%S")
         write_atomic(os.path.join(args.save, f"{model}-{name}-{ranks}r-{stamp}.json"),
                      json.dumps(run))
-    compute = statistics.mean(r["measured_busy"] / r["predicted_busy"] - 1
-                              for r in report["per_rank"])
-    return {"model": model, "schedule": name, "ranks": ranks, "steps": steps,
+    want, again = statistics.median(times), statistics.median(replays)
+    return {"model": model, "schedule": name, "ranks": ranks, "steps": len(times),
             "microbatches": cfg.schedule.microbatches, "load": os.getloadavg()[0],
-            "measured_ms": report["measured_step_seconds"] * 1e3,
-            "predicted_ms": report["predicted_step_seconds"] * 1e3,
-            "error": report["prediction_error"],
-            "replay_ms": report["replay_step_seconds"] * 1e3,
-            "replay_error": report["replay_error"], "speed_drift": drift,
-            "compute_drift": compute, "latency_us": comm.latency * 1e6,
+            "measured_ms": want * 1e3, "predicted_ms": pred * 1e3,
+            "error": (pred - want) / want, "replay_ms": again * 1e3,
+            "replay_error": (again - want) / want, "speed_drift": drift,
+            "compute_drift": statistics.fmean(busy),
+            "parent_drift": speed_drift(statistics.fmean(profiled_here), around_here),
+            "latency_us": comm.latency * 1e6,
             "send_us": comm.send_overhead * 1e6}
 
 
@@ -138,6 +190,9 @@ def main() -> None:
                         help="per layer and op over the profile's passes")
     parser.add_argument("--processes", type=int, default=2,
                         help="profile in this many processes at once (2: as many as the ranks)")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="alternate this many (profile, run) rounds per trial, each a "
+                             "share of --profile-seconds and --run-seconds")
     parser.add_argument("--trials", type=int, default=2)
     parser.add_argument("--save", metavar="DIR",
                         help="also write each trial's prediction and measured steps there "
@@ -152,15 +207,17 @@ def main() -> None:
           f"thread, m={args.microbatches} (at least 2 per rank), at least {args.steps} steps "
           f"and {args.run_seconds:g} s a run, profile: {args.statistic} of at least "
           f"{args.repeats} passes and {args.profile_seconds:g} s in "
-          f"{args.processes} process(es), {args.trials} trials; engine calibration "
+          f"{args.processes} process(es), {args.rounds} rounds of profile and run a trial, "
+          f"{args.trials} trials; engine calibration "
           f"({engine.measured}): {engine.action_overhead * 1e6:.0f} us per action, "
           f"{engine.step_overhead * 1e6:.0f} us per rank between steps, the ranks' meeting "
           f"{engine.sync * 1e6:.0f} us")
     configs = [(m, s, p) for p in args.ranks for m in args.models for s in args.schedules]
     rows: list[dict[str, Any]] = []
     print("| trial | ranks | m | model | schedule | steps | measured step (ms) | predicted (ms) |"
-          " error | replay (ms) | replay error | speed drift | compute drift | load |")
-    print("|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          " error | replay (ms) | replay error | speed drift | compute drift | parent drift | "
+          "load |")
+    print("|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for trial in range(args.trials):
         turn = trial % len(configs)
         for model, name, ranks in configs[turn:] + configs[:turn]:
@@ -171,6 +228,7 @@ def main() -> None:
                   f"{r['steps']} | {r['measured_ms']:.1f} | "
                   f"{r['predicted_ms']:.1f} | {r['error']:+.1%} | {r['replay_ms']:.1f} | "
                   f"{r['replay_error']:+.1%} | {drift} | {r['compute_drift']:+.0%} | "
+                  f"{r['parent_drift']:+.0%} | "
                   f"{r['load']:.1f} |", flush=True)
     _summary(rows)
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
