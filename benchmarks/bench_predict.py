@@ -118,9 +118,11 @@ def bench_one(model: str, name: str, ranks: int, args: argparse.Namespace, engin
             comm = measure_comm(largest, repeats=100)
             first = predict(cfg, with_engine(profiles[0], engine), *comm,
                             cores=shared_cores(cfg))
-            steps = max(math.ceil(args.steps / rounds),
-                        math.ceil(args.run_seconds / rounds / first.meta["step_seconds"])) + 1
-            cfg = dataclasses.replace(cfg, steps=max(steps, 4))
+            need = max(math.ceil(args.steps / rounds),
+                       math.ceil(args.run_seconds / rounds / first.meta["step_seconds"]))
+            # each run's compared steps: all but 0 and 1 (warm-up) and the probed ones
+            steps = 2 + math.ceil(need * PROBE_EVERY / (PROBE_EVERY - 1))
+            cfg = dataclasses.replace(cfg, steps=steps)
         around_here.append(_here())
         result = launch(TrainJob(cfg, probe_every=PROBE_EVERY), ranks)
         around_here.append(_here())
@@ -179,7 +181,8 @@ def main() -> None:
     parser.add_argument("--ranks", nargs="+", type=int, default=[2, 4], choices=[2, 4])
     parser.add_argument("-m", "--microbatches", type=int, default=4,
                         help="per step; at least 2 per rank (4 ranks: 8)")
-    parser.add_argument("--steps", type=int, default=20, help="at least this many steps a run")
+    parser.add_argument("--steps", type=int, default=20,
+                        help="at least this many steps compared a trial (over its rounds)")
     parser.add_argument("--run-seconds", type=float, default=2.0,
                         help="and enough for the predicted steps to last this long")
     parser.add_argument("--repeats", type=int, default=30,
