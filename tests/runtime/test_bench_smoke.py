@@ -133,3 +133,16 @@ def test_the_ideal_includes_each_ranks_optimizer_as_the_ab_times_a_step(
                                                         [2.0] * 4, unit="s"), 2).makespan
     assert got["ideal_shared_s"] == pytest.approx(max(shared.meta["finished"]))
     assert got["ideal_shared_s"] > alone + 20.0  # the updates took CPU from the others
+
+
+def test_the_noise_benchmark_reads_drift_off_profile_and_run_windows() -> None:
+    """bench_noise.drift: run over profile - 1 for every start of (profile, run) turns, a
+    window apart. A machine twice as slow from some window on: one profile then one run that
+    straddle the change read +50% or +100%; two rounds of each see both speeds alike, 0.
+    And a short trace of two real processes."""
+    from benchmarks.bench_noise import drift, trace
+    slower = [1.0] * 4 + [2.0] * 4
+    assert drift(slower, 1.0, 2.0, 1) == pytest.approx([0.5, 1.0, 1.0])
+    assert drift([1.0] * 6 + [2.0] * 6, 0.5, 2.0, 2) == pytest.approx([0.0])
+    series = trace(2, 0.2, 0.05)
+    assert len(series) == 2 and all(s and min(s) > 0 for s in series)
