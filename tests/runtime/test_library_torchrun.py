@@ -21,7 +21,9 @@ import pipesim
 from tests.runtime.library_models import mixed, mixed_batch
 
 def left():  # registered before pipesim.init(), so it runs after pipesim's own exit handler
-    print("process group left at exit:", not dist.is_initialized(), flush=True)
+    # one write of one line: both ranks share the pipe (print's pieces interleaved once)
+    sys.stdout.write(f"process group left at exit: {not dist.is_initialized()}\\n")
+    sys.stdout.flush()
 
 atexit.register(left)
 rank, world = pipesim.init()

@@ -41,6 +41,7 @@ def test_profile_a_user_sequential_then_plan() -> None:
     assert all(c.forward > 0 and c.backward > 0 for c in costs.layers)
     assert [c.optimizer > 0 for c in costs.layers] == [True, False, True, True]
     assert all(c.stash_bytes > 0 for c in costs.layers)
+    assert costs.reference_time > 0  # the machine's speed while it profiled, for a drift
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
     best = plan(costs, ranks=2, batch=8)

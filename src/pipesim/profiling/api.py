@@ -89,12 +89,14 @@ class _UserProfile:
 
     def __call__(self, rank: int, world: int, monitor: Any = None) -> LayerCosts | None:
         from pipesim.profiling.profiler import mean_over_ranks, profile_layers
+        from pipesim.runtime.reference import reference_call
         notes = (f"pipesim.profile: {len(self.layers)} layers, {self.statistic} of "
                  f"{self.repeats} after {self.warmup} warm-up, 1 thread"
                  + (", optimizer update timed" if self.optimizer else ""))
         costs = profile_layers(self.layers, self.example, self.target, self.loss_fn,
                                self.repeats, self.warmup, model=self.model_name, notes=notes,
-                               statistic=self.statistic, optimizer=self.optimizer)
+                               statistic=self.statistic, optimizer=self.optimizer,
+                               probe=reference_call)
         return mean_over_ranks(costs, rank, world)
 
 
