@@ -568,7 +568,35 @@ def prediction_lines(report: dict[str, Any]) -> list[str]:
         drifts.append(f"the run's actions {_percent(report['action_drift'])} vs the profile")
     if drifts:
         lines.append("Machine speed drift: " + "; ".join(drifts) + " (> 0: slower in the run)")
+    reading = _reading(report)
+    if reading:
+        lines.append(reading)
     return lines
+
+
+STEADY = 0.05  # a drift or replay error within this is "held" in ``_reading``
+
+
+def _reading(report: dict[str, Any]) -> str | None:
+    """One line that says whose error the prediction's is: the machine's (the reference
+    kernel moved), the model's (the replay misses too) or the profile's (neither moved, but
+    the run's actions did); None without a drift."""
+    drift, replay_error = report.get("speed_drift"), report.get("replay_error")
+    if drift is None:
+        return None
+    if replay_error is not None and abs(replay_error) > STEADY:
+        return (f"Reading: the replay misses by {_percent(replay_error)} too: the model "
+                f"leaves out something this run pays (README: what the prediction models)")
+    if abs(drift) > STEADY:
+        return (f"Reading: the machine ran {abs(drift):.0%} "
+                f"{'slower' if drift > 0 else 'faster'} during the run than while profiled; "
+                f"the prediction's error is mostly that, not the model's")
+    moved = report.get("action_drift")
+    if moved is not None and abs(moved) > STEADY:
+        return (f"Reading: the machine held its speed but the run's actions took "
+                f"{_percent(moved)} against the profile: the profile does not represent "
+                f"these actions as the run runs them")
+    return "Reading: the machine held its speed and the model the run"
 
 
 def median_step(measured: Sequence[Timeline]) -> Timeline:

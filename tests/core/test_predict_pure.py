@@ -319,6 +319,25 @@ def test_compare_without_replay_or_drift_says_none_and_json_carries_all_three() 
     both = prediction_report(_step(1.0), [_step(1.0)], _step(1.25), -0.03)
     lines = prediction_lines(both)
     assert "error +25.0%" in lines[1] and "kernel -3.0%" in lines[2]
+    assert lines[3].startswith("Reading: the replay misses by +25.0% too")
+
+
+@pytest.mark.parametrize(("replayed", "drift", "measured", "reading"), [
+    (1.02, 0.12, 1.0, "the machine ran 12% slower during the run"),
+    (1.0, -0.08, 1.0, "the machine ran 8% faster during the run"),
+    (1.0, 0.01, 1.2, "the machine held its speed but the run's actions took +20.0%"),
+    (1.01, -0.02, 1.01, "the machine held its speed and the model the run"),
+])
+def test_the_report_says_whose_error_the_predictions_is(replayed: float, drift: float,
+                                                          measured: float, reading: str) -> None:
+    """The machine's (its reference kernel moved), the model's (the replay misses too) or the
+    profile's (the kernel held, the run's actions did not)."""
+    from pipesim.predict import prediction_lines
+    costs = CostModel.from_lists(2, [1.0, 1.0], [1.0, 0.5], [1.0, 0.5], [2.0, 1.0], unit="s")
+    predicted = dataclasses.replace(_step(1.0), meta={"costs": costs.to_dict()})  # its times
+    report = prediction_report(predicted, [_step(measured)] * 3, _step(replayed * measured),
+                               drift)
+    assert prediction_lines(report)[-1].startswith("Reading: " + reading)
 
 
 # ----------------------------------------------------------------------------- the engine's time
