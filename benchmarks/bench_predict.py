@@ -19,14 +19,14 @@ profile and run take turns, so both see its slow and fast moments alike.
 - predicted: the simulator's steady step from the rounds' mean profile, the engine's own time
   per action, between steps and at the ranks' meeting from the cached calibration (``pipesim
   profile --engine``) included; measured: the median step of all rounds' runs (each run's
-  first step left out);
+  compared steps, ``predict.used_steps``: not the warm-up, steps 0 and 1, nor the probed ones);
 - replay: the same simulation with each run's own times, step by step
   (``pipesim.predict.replay``), the median over all rounds' replayed steps: its error is the
   model's;
 - speed drift: the reference kernel on the run's ranks against in the profile's processes
   (> 0: the machine ran slower during the run); compute drift: the run's busy time per rank
   against the prediction's; parent drift: the reference kernel in this process around each
-  run against after each profile (the drift read before 2026-12-02 08:50). See
+  run against after each profile (the drift read before 2026-12-02 08:45). See
   RESULTS_predict.md.
 """
 from __future__ import annotations
@@ -47,7 +47,15 @@ from pipesim.calibration import load_engine_costs, with_engine
 from pipesim.config import RunConfig
 from pipesim.fileio import write_atomic
 from pipesim.layercosts import LayerCosts
-from pipesim.predict import predict, prediction_report, replay, run_reference, speed_drift
+from pipesim.predict import (
+    predict,
+    prediction_report,
+    replay,
+    run_reference,
+    speed_drift,
+    step_times,
+    used_steps,
+)
 from pipesim.processes.launch import launch
 from pipesim.profiling.comm import measure_comm
 from pipesim.profiling.profiler import STATISTICS, ProfileConfig, profile_model
@@ -75,8 +83,9 @@ def _config(model: str, schedule: str, microbatches: int, steps: int, ranks: int
 
 
 def mean_costs(profiles: list[LayerCosts]) -> LayerCosts:
-    """The rounds' profiles as one: each layer's times and the data time their mean (the
-    rounds profile for equal times, so a plain mean weighs every second alike)."""
+    """The rounds' profiles as one: each layer's times, the data time and the reference
+    kernel's time their mean (the rounds profile for equal times, so a plain mean weighs
+    every second alike)."""
     fields = ("forward", "backward_input", "backward_weight", "backward", "optimizer")
     layers = tuple(first._replace(**{f: statistics.fmean(getattr(p.layers[i], f)
                                                           for p in profiles) for f in fields})
@@ -88,7 +97,7 @@ def mean_costs(profiles: list[LayerCosts]) -> LayerCosts:
 
 def _here(seconds: float = 0.2) -> float:
     """The reference kernel's median time per call in this (the launching) process over
-    ``seconds``: how drift was read before 2026-12-02 08:50, kept to compare."""
+    ``seconds``: how drift was read before 2026-12-02 08:45, kept to compare."""
     times: list[float] = []
     stop = time.perf_counter() + seconds
     while time.perf_counter() < stop or len(times) < 5:
@@ -134,13 +143,13 @@ def bench_one(model: str, name: str, ranks: int, args: argparse.Namespace, engin
     drift = speed_drift(costs.reference_time, [during] if during else [])
     pred = predicted.meta["step_seconds"]
     times, replays, busy = [], [], []
-    for measured in runs:  # each run's steps (its warm-up step left out), pooled
+    for measured in runs:  # each run's compared steps (``used_steps``), pooled
         replayed = replay(cfg.schedule, predicted, measured)
-        report = prediction_report(predicted, measured, replayed, drift)
-        step_times = [s["measured_seconds"] for s in report["per_step"]]
-        times += [step_times[s] for s in report["steps_used"]]
-        replays += replayed.meta.get("replayed_steps") or [report["replay_step_seconds"]]
-        busy += [r["measured_busy"] / r["predicted_busy"] - 1 for r in report["per_rank"]]
+        every = step_times(measured)
+        times += [every[s] for s in used_steps(measured)]
+        replays += replayed.meta.get("replayed_steps") or [replayed.meta["step_seconds"]]
+        busy += [r["measured_busy"] / r["predicted_busy"] - 1
+                 for r in prediction_report(predicted, measured)["per_rank"]]
     if args.save:  # the runs themselves, to replay again offline after a change to the model
         run = {"schedule": name, "ranks": ranks, "microbatches": cfg.schedule.microbatches,
                "speed_drift": drift, "predicted": predicted.to_dict(),

@@ -84,11 +84,9 @@ def _calibration_config(name: str, microbatches: int, steps: int, working: bool 
     weights and activations, as a real model's do: the engine's time before an action grows
     with what the action left in the caches (here 7-13 us after near-empty actions, 21-49 us
     after these, 20-90 us in the benchmarks' MLP and GPT runs), and so does the meeting."""
-    if working:
-        return RunConfig(schedule=get_schedule(name, 2, microbatches), batch_size=64,
-                         hidden_size=512, layers=4, steps=steps, optimizer="sgd")
-    return RunConfig(schedule=get_schedule(name, 2, microbatches), batch_size=2, hidden_size=8,
-                     layers=2, steps=steps, optimizer="sgd")
+    batch, hidden, layers = (64, 512, 4) if working else (2, 8, 2)
+    return RunConfig(schedule=get_schedule(name, 2, microbatches), batch_size=batch,
+                     hidden_size=hidden, layers=layers, steps=steps, optimizer="sgd")
 
 
 def calibrate_engine(schedules: Sequence[str] = CALIBRATION_SCHEDULES, microbatches: int = 4,
