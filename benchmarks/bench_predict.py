@@ -164,6 +164,7 @@ def bench_one(model: str, name: str, ranks: int, args: argparse.Namespace, engin
             "error": (pred - want) / want, "replay_ms": again * 1e3,
             "replay_error": (again - want) / want, "speed_drift": drift,
             "compute_drift": statistics.fmean(busy),
+            "shared_compute": predicted.meta.get("shared_compute", 1.0),
             "parent_drift": speed_drift(statistics.fmean(profiled_here), around_here),
             "latency_us": comm.latency * 1e6,
             "send_us": comm.send_overhead * 1e6}
@@ -223,7 +224,8 @@ def main() -> None:
           f"{args.trials} trials; engine calibration "
           f"({engine.measured}): {engine.action_overhead * 1e6:.0f} us per action, "
           f"{engine.step_overhead * 1e6:.0f} us per rank between steps, the ranks' meeting "
-          f"{engine.sync * 1e6:.0f} us")
+          f"{engine.sync * 1e6:.0f} us, ranks sharing cores x{engine.shared_compute:.2f} CPU "
+          f"time per action (0: not measured)")
     configs = [(m, s, p) for p in args.ranks for m in args.models for s in args.schedules]
     rows: list[dict[str, Any]] = []
     print("| trial | ranks | m | model | schedule | steps | measured step (ms) | predicted (ms) |"

@@ -24,6 +24,8 @@ microbatch of ``microbatch_size`` samples::
                                              #   (pipesim.predict) when profiled: drift
       "data_time": 6e-4,                     # optional, making one step's batch, on each rank
                                              #   holding the first or last stage (0)
+      "shared_compute": 1.2,                 # optional, how much more CPU time an action takes
+                                             #   when ranks share cores, 2 per core (0: unknown)
       "notes": "how the figures were made",  # optional free text
       "profiled": {"model": "gpt",          # optional; written by `pipesim profile`: the built-in
                    "hidden_size": 128,       #   model measured, in `pipesim run`'s terms, so the
@@ -73,7 +75,7 @@ UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}  # seconds per unit
 _TOP_FIELDS = {"kind", "format", "version", "model", "microbatch_size", "unit", "comm_latency",
                "comm_bandwidth", "comm_send_overhead", "engine_action_overhead",
                "engine_step_overhead", "engine_sync", "reference_time", "data_time", "notes",
-               "profiled", "layers"}
+               "profiled", "layers", "shared_compute"}
 _TIMES = ("engine_action_overhead", "engine_step_overhead", "engine_sync", "reference_time",
           "data_time")
 _LAYER_FIELDS = {"name", "F", "I", "W", "B", "activation_bytes", "stash_bytes", "param_bytes",
@@ -132,6 +134,9 @@ class LayerCosts:
     engine_sync: float = 0.0  # seconds the ranks' meeting once a step takes (the batch check)
     reference_time: float = 0.0  # seconds per reference-kernel call when profiled (0: unknown)
     data_time: float = 0.0  # seconds to make a step's batch (ranks with the first/last stage)
+    # ranks that share CPU cores, their actions' CPU time over that with a core each
+    # (``pipesim profile --engine``; 0: not measured)
+    shared_compute: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.layers:
@@ -170,7 +175,7 @@ class LayerCosts:
                 "comm_latency": self.comm_latency,
                 "comm_bandwidth": None if math.isinf(self.comm_bandwidth) else
                 self.comm_bandwidth, "comm_send_overhead": self.comm_send_overhead}
-        for key in _TIMES:
+        for key in (*_TIMES, "shared_compute"):
             if getattr(self, key):
                 out[key] = getattr(self, key)
         if self.notes:
@@ -257,6 +262,7 @@ def _from_dict(data: Any) -> LayerCosts:
         profiled=_profiled(data["profiled"]) if "profiled" in data else None,
         **{key: _number(key, data.get(key, 0.0)) * scale
            for key in _TIMES},
+        shared_compute=_number("shared_compute", data.get("shared_compute", 0.0)),
     )
 
 

@@ -26,8 +26,10 @@ one is ready (``engine_sync`` later). The prediction is the simulator's
 and its sender ``comm_send_overhead``, and rank r spends its stages' profiled ``optimizer``
 time plus ``engine_step_overhead`` (and ``data_time`` on the ranks that make the batch) between
 steps. Ranks that outnumber the CPU cores share them: ``cores`` (``pipesim.shared``, each
-computing rank at min(1, cores / computing ranks) of its speed); see
-benchmarks/RESULTS_predict.md. ``replay`` never shares: the run's measured times include it.
+computing rank at min(1, cores / computing ranks) of its speed), each action taking the
+calibration's ``shared_compute`` x its profiled time (a rank resuming on a core another rank
+used finds the caches cold); see benchmarks/RESULTS_predict.md. ``replay`` never shares: the run's
+measured times include it.
 
 Pure: no torch, no views (``cfg`` is read by attribute), so everything here works on saved
 timelines anywhere. Profiling and the calibration runs are in ``pipesim.runtime.predict``,
@@ -53,9 +55,8 @@ from pipesim.timeline import Event, Timeline
 
 __all__ = ["action_drift", "action_means", "engine_gaps", "median_step",
            "predict", "predicted_step", "prediction_json", "prediction_lines", "prediction_report",
-           "replay",
-           "run_messages", "run_reference", "speed_drift", "step_span", "step_times",
-           "used_steps"]
+           "replay", "run_cpu", "run_messages", "run_reference", "scaled_compute", "speed_drift",
+           "step_span", "step_times", "used_steps"]
 
 
 def predict(cfg: Any, layer_costs: LayerCosts, comm_latency: float | None = None,
@@ -74,6 +75,11 @@ def predict(cfg: Any, layer_costs: LayerCosts, comm_latency: float | None = None
     ``comm_latency``/``comm_bandwidth``/``send_overhead`` override the cost file's messages.
     ``cores``: the ranks share that many CPU cores (``steady_step``'s; None: a core each),
     recorded as ``meta["cores"]``. Not part of ``meta["costs"]``, so ``replay`` ignores it.
+    With fewer cores than ranks and a calibration of shared cores in ``layer_costs``
+    (``shared_compute``), every action, optimizer update and batch takes ``shared_compute`` x
+    its profiled time (profiled with a core per process); ``meta["shared_compute"]`` is the
+    factor applied (1: the ranks do not share cores; 0: they do, but no calibration says by
+    how much, so none).
     """
     balance = cfg.stage_balance()
     if len(layer_costs) != sum(balance):
@@ -84,18 +90,31 @@ def predict(cfg: Any, layer_costs: LayerCosts, comm_latency: float | None = None
                  "send_overhead": send_overhead}
     costs = dataclasses.replace(costs, **{k: v for k, v in overrides.items() if v is not None})
     sched = cfg.schedule
+    # ranks that share cores: every computation takes the calibration's factor more CPU time
+    shared = cores is not None and cores < sched.ranks
+    compute = layer_costs.shared_compute if shared and layer_costs.shared_compute else 1.0
+    costs = scaled_compute(costs, compute)
     optimizer = [0.0] * sched.ranks
     if not sched.forward_only:
         for stage, seconds in enumerate(stage_optimizer(layer_costs, balance)):
-            optimizer[sched.stage_to_rank[stage]] += seconds
+            optimizer[sched.stage_to_rank[stage]] += seconds * compute
     between = [o + layer_costs.engine_step_overhead for o in optimizer]
     for rank in {sched.stage_to_rank[0], sched.stage_to_rank[-1]}:  # they make the batch,
-        between[rank] += layer_costs.data_time  # once on a rank holding both ends
+        between[rank] += layer_costs.data_time * compute  # once on a rank holding both ends
     steady = steady_step(sched, costs, between, cores=cores, barrier=layer_costs.engine_sync)
     return dataclasses.replace(steady.timeline, meta={
         **steady.timeline.meta, "predicted": True, "step_seconds": steady.step,
         "optimizer_seconds": optimizer, "between_seconds": between, "costs": costs.to_dict(),
-        "cores": cores})
+        "cores": cores,
+        "shared_compute": compute if compute != 1.0 or not shared else 0.0})
+
+
+def scaled_compute(costs: CostModel, factor: float) -> CostModel:
+    """``costs`` with every action's time (F, I, W, B) times ``factor``, messages unchanged."""
+    tables: dict[str, Any] = {name: tuple(x * factor for x in getattr(costs, name))
+                              for name in ("forward", "backward_input", "backward_weight",
+                                           "backward")}
+    return dataclasses.replace(costs, **tables)
 
 
 # ----------------------------------------------------------------------------- replay
@@ -478,6 +497,14 @@ def used_steps(measured: Sequence[Timeline]) -> list[int]:
             if not any(measured[s].meta.get("probe", ()))]
 
 
+def run_cpu(measured: Sequence[Timeline]) -> float | None:
+    """The CPU seconds a step's actions used on all ranks together (``meta["cpu"]``,
+    ``TrainJob(cpu_time=True)``), mean over the used steps; None where none was recorded."""
+    seen = [sum(measured[s].meta["cpu"]) for s in used_steps(measured)
+            if any(measured[s].meta.get("cpu", ()))]
+    return statistics.fmean(seen) if seen else None
+
+
 def run_reference(measured: Sequence[Timeline]) -> float | None:
     """The reference kernel's mean time per call on the run's ranks, timed between its steps
     (``meta["probe"]``, ``TrainJob(probe_every=)``); None if it never was."""
@@ -496,8 +523,10 @@ def prediction_report(predicted: Timeline, measured: Sequence[Timeline],
     ``*_pipeline_seconds``. ``replay_step_seconds``/``replay_error`` are the same for
     ``replayed`` (``replay``) and ``speed_drift`` is ``drift`` (``speed_drift``); None when
     not given; ``action_drift`` is how much longer the run's actions took than predicted
-    (``action_drift``). Per rank: finish time (last end from the step's start) and busy time (sum of
-    action durations: compute, from inputs in hand to output made).
+    (``action_drift``); ``cores`` the cores the prediction shared among the ranks (None: a
+    core each) and ``shared_compute`` the factor their actions took (``predict``). Per rank:
+    finish time (last end from the step's start) and busy time (sum of action durations:
+    compute, from inputs in hand to output made).
     """
     if not measured:
         raise ValueError("no measured steps to compare with")
@@ -521,6 +550,8 @@ def prediction_report(predicted: Timeline, measured: Sequence[Timeline],
         "replay_error": _error(again, want) if again is not None else None,
         "speed_drift": drift,
         "action_drift": action_drift(predicted, measured),
+        "cores": predicted.meta.get("cores"),
+        "shared_compute": predicted.meta.get("shared_compute", 1.0),
         "steps_used": steps,
         "predicted_pipeline_seconds": step_span(predicted),
         "measured_pipeline_seconds": statistics.median(step_span(measured[s]) for s in steps),
@@ -539,7 +570,7 @@ def prediction_json(report: dict[str, Any]) -> dict[str, Any]:
     """The fields ``pipesim run --predict --json`` adds to its object."""
     keys = ("predicted_step_seconds", "measured_step_seconds", "prediction_error",
             "replay_step_seconds", "replay_error", "speed_drift", "action_drift",
-            "predicted_pipeline_seconds", "measured_pipeline_seconds")
+            "shared_compute", "predicted_pipeline_seconds", "measured_pipeline_seconds")
     return {k: report[k] for k in keys} | {"prediction_per_rank": report["per_rank"]}
 
 
@@ -556,6 +587,13 @@ def prediction_lines(report: dict[str, Any]) -> list[str]:
              f"pipeline alone, without the optimizer: predicted "
              f"{report['predicted_pipeline_seconds'] * 1e3:.2f} ms, measured "
              f"{report['measured_pipeline_seconds'] * 1e3:.2f} ms)"]
+    if report.get("cores") is not None:
+        factor = report.get("shared_compute") or 0.0
+        lines.append(f"Shared cores ({report['cores']} for {len(report['per_rank'])} ranks): "
+                     + (f"each action predicted at x{factor:.2f} its profiled time (the "
+                        f"calibration's, profile --engine)" if factor else
+                        "each action predicted at its profiled time (no calibration of shared "
+                        "cores: profile --engine on a machine with 2 cores or more)"))
     if report.get("replay_step_seconds") is not None:
         lines.append(f"Replayed with this run's own action and message times: "
                      f"{report['replay_step_seconds'] * 1e3:.2f} ms, error "

@@ -490,9 +490,9 @@ def test_layer_costs_carry_the_engines_time_and_the_reference_kernel() -> None:
     from pipesim.layercosts import parse_layer_costs
     from pipesim.stagecosts import stage_costs
     costs = replace(_costs(2), engine_action_overhead=1e-4, engine_step_overhead=5e-4,
-                    reference_time=3e-4)
+                    reference_time=3e-4, shared_compute=1.25)
     again = parse_layer_costs(costs.to_json())
-    assert again == costs
+    assert again == costs and again.to_dict()["shared_compute"] == 1.25
     assert stage_costs(again, [1, 1]).action_overhead == 1e-4
     assert "engine_action_overhead" not in _costs(2).to_dict()  # absent when unknown
 
@@ -524,15 +524,19 @@ def test_the_calibration_cache_is_keyed_by_machine_and_torch_version(
     cache_path().write_text('{"format": "pipesim-engine-costs", "action_overhead": -1}',
                             encoding="utf-8")
     assert load_engine_costs() is None
+    cache_path().write_text(here.to_json().replace('"shared_compute": 0.0', '"shared_compute": '
+                                                   '"x"'), encoding="utf-8")
+    assert load_engine_costs() is None
 
 
 def test_with_engine_fills_only_a_cost_file_without_its_own() -> None:
     from dataclasses import replace
 
     from pipesim.calibration import EngineCosts, with_engine
-    engine = EngineCosts(1e-5, 4e-4)
+    engine = EngineCosts(1e-5, 4e-4, shared_compute=1.2)
     filled = with_engine(_costs(2), engine)
     assert (filled.engine_action_overhead, filled.engine_step_overhead) == (1e-5, 4e-4)
+    assert filled.shared_compute == 1.2
     own = replace(_costs(2), engine_action_overhead=2e-5)
     assert with_engine(own, engine) is own and with_engine(_costs(2), None) == _costs(2)
 
@@ -559,6 +563,40 @@ def test_predict_on_shared_cores_records_them_and_replay_does_not_share() -> Non
     assert again.meta["step_seconds"] == replay(sched, own, measured).meta["step_seconds"]
     assert again.meta["step_seconds"] == pytest.approx(steady_step(sched, truth).step)
     assert "cores" not in again.meta
+
+
+def test_ranks_that_share_cores_take_the_calibrations_factor_of_cpu_time() -> None:
+    """With a shared-core calibration (``shared_compute`` 1.5), ranks that share cores take
+    1.5 x each profiled time: gpipe p=2 m=2 on one core is its 12 of work x 1.5; a core each,
+    or no calibration, leaves the prediction as it was; the optimizer update counts too."""
+    from dataclasses import replace
+    sched = get_schedule("gpipe", 2, 2)
+    calibrated = replace(_costs(2), shared_compute=1.5)
+    one = predict(_Cfg(sched, (1, 1), 2), calibrated, cores=1)
+    assert one.meta["step_seconds"] == pytest.approx(18) and one.meta["shared_compute"] == 1.5
+    assert one.meta["costs"]["forward"] == [1.5, 1.5]
+    own = predict(_Cfg(sched, (1, 1), 2), calibrated)
+    assert own.meta["step_seconds"] == 9 and own.meta["shared_compute"] == 1.0
+    uncalibrated = predict(_Cfg(sched, (1, 1), 2), _costs(2), cores=1)
+    assert (uncalibrated.meta["step_seconds"], uncalibrated.meta["shared_compute"]) == (12, 0.0)
+    layers = tuple(c._replace(optimizer=2.0) for c in calibrated.layers)
+    updated = predict(_Cfg(sched, (1, 1), 2), replace(calibrated, layers=layers), cores=1)
+    assert updated.meta["optimizer_seconds"] == [3.0, 3.0]
+    from pipesim.predict import prediction_json, prediction_lines
+    report = prediction_report(one, [one] * 3)
+    assert prediction_json(report)["shared_compute"] == 1.5
+    assert "Shared cores (1 for 2 ranks): each action predicted at x1.50" in \
+        prediction_lines(report)[1]
+    assert not any("hared" in line for line in prediction_lines(prediction_report(own, [own])))
+    assert "no calibration of shared cores" in \
+        prediction_lines(prediction_report(uncalibrated, [uncalibrated] * 3))[1]
+
+
+def test_run_cpu_is_the_ranks_cpu_time_per_used_step() -> None:
+    from pipesim.predict import run_cpu
+    plain = [_step(1.0)] * 3
+    cpu = [dataclasses.replace(_step(2.0), meta={"cpu": [3.0, 4.5 + k]}) for k in range(3)]
+    assert run_cpu(plain) is None and run_cpu(cpu) == pytest.approx(9.0)  # step 0 left out
 
 
 def test_the_meeting_waits_for_each_steps_latest_rank_not_the_latest_mean() -> None:

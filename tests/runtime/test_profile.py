@@ -190,9 +190,12 @@ def test_cli_profile_engine_measures_and_caches_per_machine(
     assert set(cached.fits) == {"gpipe", "1f1b", "zb-h1"}
     assert 0 <= cached.action_overhead < 0.1 and 0 <= cached.step_overhead < 1
     assert 0 < cached.sync < 1 and all(len(fit) == 3 for fit in cached.fits.values())
+    # 2 ranks per core against a core each (on 2 of this machine's cores, which has 2 or more)
+    assert 0.5 < cached.shared_compute < 3
     from pipesim.commands.profile import _engine_report
     report = _engine_report(cached)  # what `pipesim profile --engine` prints
     assert "for the ranks' meeting" in report and "1f1b " in report
+    assert f"ranks sharing cores (2 per core): each action x{cached.shared_compute:.2f}" in report
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -286,8 +289,15 @@ def test_a_probing_run_times_the_reference_kernel_on_every_rank_every_few_steps(
     from pipesim.timeline import Timeline
     cfg = dataclasses.replace(_calibration_config("1f1b", 4, 4), steps=6)
     plain = launch(TrainJob(cfg), 2)
-    probed = launch(TrainJob(cfg, probe_every=2), 2)
+    probed = launch(TrainJob(cfg, probe_every=2, cpu_time=True), 2)
     steps = [Timeline.from_dict(t) for t in probed.timelines]
+    # cpu_time: each step says how many CPU seconds each rank's actions used, no more than
+    # the wall time they took
+    for step in steps:
+        assert len(step.meta["cpu"]) == 2 and min(step.meta["cpu"]) > 0
+        assert all(cpu <= sum(e.duration for e in row) + 1e-3
+                   for cpu, row in zip(step.meta["cpu"], step.by_rank(), strict=True))
+    assert all("cpu" not in t["meta"] for t in plain.timelines)
     assert [s for s, step in enumerate(steps) if "probe" in step.meta] == [0, 2, 4]
     assert all(len(steps[s].meta["probe"]) == 2 and min(steps[s].meta["probe"]) > 0
                for s in (0, 2, 4))

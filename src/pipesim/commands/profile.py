@@ -132,12 +132,19 @@ def _table(costs: LayerCosts) -> str:
                      f"{costs.engine_action_overhead * 1e6:.0f} us before each action, "
                      f"{costs.engine_step_overhead * 1e6:.0f} us per rank between steps, "
                      f"{costs.engine_sync * 1e6:.0f} us for the ranks' meeting")
+    if costs.shared_compute:
+        lines.append(_shared_line(costs.shared_compute))
     return "\n".join(lines)
+
+
+def _shared_line(compute: float) -> str:
+    return (f"ranks sharing cores (2 per core): each action x{compute:.2f} the CPU time it "
+            f"takes with a core of its own")
 
 
 def engine_costs(calibrate: bool = True) -> EngineCosts | None:
     """This machine's cached engine calibration; measured and cached now if there is none
-    and ``calibrate`` (a few seconds: 2-rank runs of a tiny model)."""
+    and ``calibrate`` (about half a minute: 2- and 4-rank runs of small MLPs)."""
     engine = load_engine_costs()
     if engine is None and calibrate:
         engine = _calibrate()
@@ -164,7 +171,9 @@ def _engine_report(engine: EngineCosts) -> str:
     return (f"engine's own time: {engine.action_overhead * 1e6:.1f} us before each action, "
             f"{engine.step_overhead * 1e6:.0f} us per rank between steps, "
             f"{engine.sync * 1e6:.0f} us for the ranks' meeting (per schedule, in that order: "
-            f"{per})\nwrote {cache_path()}")
+            f"{per})\n" + (_shared_line(engine.shared_compute) + "\n" if engine.shared_compute
+                           else "ranks sharing cores: not measured (fewer than 2 cores)\n")
+            + f"wrote {cache_path()}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -50,13 +50,15 @@ def gather_events(events: list[Timed], spans: list[StageSpan], world: int,
 
 def to_timeline(schedule: Schedule, per_rank: list[tuple[list[Timed], list[StageSpan]]],
                 start: float, end: float, begun: Sequence[float], synced: Sequence[float],
-                probes: Sequence[float] = ()) -> Timeline:
+                probes: Sequence[float] = (), cpu: Sequence[float] = ()) -> Timeline:
     """One measured step of one pipeline (rows = its ranks) as a Timeline in seconds, ``start``
     at time 0. ``meta``: ``start`` and ``end`` on the run's clock (the step time lies between
     two steps' ends), and per pipeline rank on the step's clock when it began the step
     (``begun``) and when the ranks' batch check let it go on (``synced``), which
     ``predict.replay`` reads; ``probe``, where a rank timed the reference kernel before the
-    step (``TrainJob(probe_every=)``), its seconds per call per rank (0: not this rank)."""
+    step (``TrainJob(probe_every=)``), its seconds per call per rank (0: not this rank);
+    ``cpu``, where the ranks timed their computations' CPU use (``TrainJob(cpu_time=)``),
+    each rank's CPU seconds in its actions this step."""
     events = tuple(Event(r, a, s - start, e - start)
                    for r, (row, _) in enumerate(per_rank) for a, s, e in row)
     spans = tuple(Span(r, f"allreduce stage {stage}", s - start, e - start)
@@ -65,6 +67,8 @@ def to_timeline(schedule: Schedule, per_rank: list[tuple[list[Timed], list[Stage
             "synced": [x - start for x in synced]}
     if any(probes):
         meta["probe"] = list(probes)
+    if any(cpu):
+        meta["cpu"] = list(cpu)
     return Timeline(schedule.ranks, events, (), "s", schedule.name, schedule.stage_to_rank,
                     schedule.microbatches, spans, pairs=schedule.pairs, meta=meta)
 

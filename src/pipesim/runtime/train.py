@@ -63,6 +63,22 @@ class _Faults(Observer):
         self.step += 1
 
 
+class _CpuTime(Observer):
+    """Sums the CPU seconds of this rank's computations (``detail["cpu"]``) since ``take``."""
+
+    wants_cpu_time = True
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def done(self, rank: int, action: Action, detail: dict[str, Any]) -> None:
+        self.seconds += detail.get("cpu", 0.0)
+
+    def take(self) -> float:
+        seconds, self.seconds = self.seconds, 0.0
+        return seconds
+
+
 @dataclass
 class RankResult:
     """What rank 0 returns to the launcher (plain data: it is pickled back to the parent)."""
@@ -82,7 +98,8 @@ class TrainJob:
     """Picklable per-rank entry point: ``TrainJob(cfg, hook, progress)(rank, world)``."""
 
     def __init__(self, cfg: RunConfig, hook: ActionHook | None = None,
-                 progress: ProgressHook | None = None, probe_every: int = 0) -> None:
+                 progress: ProgressHook | None = None, probe_every: int = 0,
+                 cpu_time: bool = False) -> None:
         self.cfg = cfg
         self.hook = hook
         self.progress = progress  # called on the rank holding the last stage (replica 0)
@@ -91,6 +108,10 @@ class TrainJob:
         # records it (its timeline's ``meta["probe"]``) and ``predict.used_steps`` leaves it
         # out. ``--predict`` reads the machine's speed during the run off it.
         self.probe_every = probe_every
+        # True: each step's timeline says how many CPU seconds each rank's actions used
+        # (``meta["cpu"]``, ``time.thread_time`` around each computation): what the engine's
+        # calibration compares between ranks with a core each and ranks that share cores
+        self.cpu_time = cpu_time
 
     def prepare(self) -> None:
         """In the launcher, before forking: import what every rank would import on its own.
@@ -112,6 +133,9 @@ class TrainJob:
         fault = fault_from_env()
         if fault is not None:
             observers.append(_Faults(fault, rank, start_step))
+        cpu = _CpuTime() if self.cpu_time else None
+        if cpu is not None:
+            observers.append(cpu)
         pipe = Pipeline(build_layers(cfg), sched, loss_fn=loss_function(cfg),
                         balance=cfg.stage_balance(), dp=cfg.dp, rank_order=cfg.rank_order,
                         checkpoint_activations=cfg.checkpoint_activations, observers=observers)
@@ -122,13 +146,14 @@ class TrainJob:
             if params and not sched.forward_only else None
         if cfg.resume_dir:
             _resume(cfg, rank, pipe, optimizer)
-        records: list[tuple[StepRecord, list[tuple[int, float, float]], float]] = []
+        records: list[tuple[StepRecord, list[tuple[int, float, float]], float, float]] = []
         for step in range(start_step, cfg.steps):
             probe = reference_call() if self.probe_every and \
                 (step - start_step) % self.probe_every == 0 else 0.0
             loss = self._step(pipe, step, optimizer)
             assert pipe.last_record is not None
-            records.append((pipe.last_record, pipe.last_spans, probe))
+            records.append((pipe.last_record, pipe.last_spans, probe,
+                            cpu.take() if cpu is not None else 0.0))
             if cfg.checkpoint_dir and cfg.checkpoint_every and (
                     (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
                 _save(cfg, rank, step + 1, pipe, optimizer)
@@ -156,15 +181,15 @@ class TrainJob:
         return loss
 
     def _finish(self, rank: int, device: torch.device,
-                records: list[tuple[StepRecord, list[tuple[int, float, float]], float]],
+                records: list[tuple[StepRecord, list[tuple[int, float, float]], float, float]],
                 t_begin: float, runners: dict[int, StageRunner]) -> RankResult | None:
         cfg, sched, grid = self.cfg, self.cfg.schedule, self.cfg.grid
         timelines, losses, step_seconds = [], [], []
         previous_end: float | None = None
-        for rec, spans, probe in records:
+        for rec, spans, probe, cpu in records:
             everyone = gather_events(rec.events, spans, grid.world, device)
             bounds = torch.tensor([rec.start, max([rec.end, *(e for _, _, e in spans)]),
-                                   rec.loss_sum(), rec.begin, rec.synced, probe],
+                                   rec.loss_sum(), rec.begin, rec.synced, probe, cpu],
                                   dtype=torch.float64, device=device)
             gathered = [torch.zeros_like(bounds) for _ in range(grid.world)]
             dist.all_gather(gathered, bounds)
@@ -179,7 +204,8 @@ class TrainJob:
             timelines.append(to_timeline(sched, [everyone[g] for g in ranks], start, end,
                                          [float(gathered[g][3]) for g in ranks],
                                          [float(gathered[g][4]) for g in ranks],
-                                         [float(gathered[g][5]) for g in ranks]))
+                                         [float(gathered[g][5]) for g in ranks],
+                                         [float(gathered[g][6]) for g in ranks]))
         want_params = cfg.verify or cfg.collect_state
         params = gather_stage_tensors(cfg, grid, runners, rank, device, grads=False) \
             if want_params else None
