@@ -278,6 +278,27 @@ def test_a_run_records_when_each_rank_began_its_step_and_when_the_ranks_met() ->
     assert all("probe" not in step.meta for step in steps)
 
 
+def test_the_shared_core_calibration_needs_two_cores_it_may_pin(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With one core there is nothing to compare 2 ranks per core with; where the process
+    may not pin itself, neither: no reading (the prediction then leaves the sharing's extra
+    CPU time out and says so), never an error, and the affinity is left as it was."""
+    import os
+
+    from pipesim.runtime import predict as runtime_predict
+    from pipesim.runtime.predict import calibrate_shared
+    own = os.sched_getaffinity(0)
+    monkeypatch.setattr(runtime_predict, "available_cores", lambda: 1)
+    assert calibrate_shared() is None
+    monkeypatch.setattr(runtime_predict, "available_cores", lambda: 2)
+
+    def refuse(pid: int, cpus: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(os, "sched_setaffinity", refuse)
+    assert calibrate_shared() is None
+    assert os.sched_getaffinity(0) == own
+
+
 def test_a_probing_run_times_the_reference_kernel_on_every_rank_every_few_steps() -> None:
     """``TrainJob(probe_every=2)``: before steps 0, 2 and 4 every rank times the reference
     kernel; those steps say so (``meta["probe"]``, per rank) and the comparison leaves them

@@ -133,8 +133,8 @@ def calibrate_shared(steps: int = 40, rounds: int = 4) -> float | None:
     (``predict.run_cpu``, means over the rounds): the same model's work, 2 ranks per core
     against a core each. In turns because this machine's speed moves by tens of percent from
     one second to the next (one pair of runs read 0.89-1.28; three in turn 1.14-1.28). None
-    where this process has fewer than 2 cores (nothing to compare with) or the runs recorded
-    no CPU time."""
+    where this process has fewer than 2 cores or may not pin itself to 2 (nothing to compare
+    with), or the runs recorded no CPU time."""
     from pipesim.processes.launch import launch
     from pipesim.runtime.train import TrainJob
 
@@ -142,7 +142,10 @@ def calibrate_shared(steps: int = 40, rounds: int = 4) -> float | None:
         return None
     own = os.sched_getaffinity(0)
     cpu: dict[int, list[float]] = {2: [], 4: []}
-    os.sched_setaffinity(0, sorted(own)[:2])
+    try:
+        os.sched_setaffinity(0, sorted(own)[:2])
+    except OSError:  # a sandbox that will not pin: nothing to compare on the same cores
+        return None
     try:
         for _ in range(rounds):
             for ranks in (2, 4):
