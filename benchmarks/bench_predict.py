@@ -164,7 +164,6 @@ def bench_one(model: str, name: str, ranks: int, args: argparse.Namespace, engin
             "error": (pred - want) / want, "replay_ms": again * 1e3,
             "replay_error": (again - want) / want, "speed_drift": drift,
             "compute_drift": statistics.fmean(busy),
-            "shared_compute": predicted.meta.get("shared_compute", 1.0),
             "parent_drift": speed_drift(statistics.fmean(profiled_here), around_here),
             "latency_us": comm.latency * 1e6,
             "send_us": comm.send_overhead * 1e6}

@@ -90,9 +90,9 @@ def predict(cfg: Any, layer_costs: LayerCosts, comm_latency: float | None = None
                  "send_overhead": send_overhead}
     costs = dataclasses.replace(costs, **{k: v for k, v in overrides.items() if v is not None})
     sched = cfg.schedule
-    # ranks that share cores: every computation takes the calibration's factor more CPU time
-    shared = cores is not None and cores < sched.ranks
-    compute = layer_costs.shared_compute if shared and layer_costs.shared_compute else 1.0
+    # ranks that share cores: every computation takes the calibration's factor (0: unknown)
+    factor = layer_costs.shared_compute if cores is not None and cores < sched.ranks else 1.0
+    compute = factor or 1.0
     costs = scaled_compute(costs, compute)
     optimizer = [0.0] * sched.ranks
     if not sched.forward_only:
@@ -105,8 +105,7 @@ def predict(cfg: Any, layer_costs: LayerCosts, comm_latency: float | None = None
     return dataclasses.replace(steady.timeline, meta={
         **steady.timeline.meta, "predicted": True, "step_seconds": steady.step,
         "optimizer_seconds": optimizer, "between_seconds": between, "costs": costs.to_dict(),
-        "cores": cores,
-        "shared_compute": compute if compute != 1.0 or not shared else 0.0})
+        "cores": cores, "shared_compute": factor})
 
 
 def scaled_compute(costs: CostModel, factor: float) -> CostModel:

@@ -81,11 +81,12 @@ def shared_cores(cfg: RunConfig) -> int | None:
 
 def _calibration_config(name: str, microbatches: int, steps: int, working: bool = False,
                         ranks: int = 2) -> RunConfig:
-    """A 2-rank MLP that computes next to nothing (what is left between steps is the engine's
-    own time) or, ``working``, one whose every action works through about a megabyte of
-    weights and activations, as a real model's do: the engine's time before an action grows
-    with what the action left in the caches (here 7-13 us after near-empty actions, 21-49 us
-    after these, 20-90 us in the benchmarks' MLP and GPT runs), and so does the meeting."""
+    """An MLP on ``ranks`` ranks (2) that computes next to nothing (what is left between
+    steps is the engine's own time) or, ``working``, one whose every action works through
+    about a megabyte of weights and activations, as a real model's do: the engine's time
+    before an action grows with what the action left in the caches (here 7-13 us after
+    near-empty actions, 21-49 us after these, 20-90 us in the benchmarks' MLP and GPT runs),
+    and so does the meeting."""
     batch, hidden, layers = (64, 512, 4) if working else (2, 8, 2)
     return RunConfig(schedule=get_schedule(name, ranks, microbatches), batch_size=batch,
                      hidden_size=hidden, layers=layers, steps=steps, optimizer="sgd")
@@ -118,7 +119,11 @@ def calibrate_engine(schedules: Sequence[str] = CALIBRATION_SCHEDULES, microbatc
                        notes=f"2 ranks, m={microbatches}, sgd, {steps} steps per schedule and "
                              f"model: between steps from an MLP of hidden 8 x 2 layers, batch "
                              f"2; per action and the meeting from hidden 512 x 4 layers, batch "
-                             f"64; load {os.getloadavg()[0]:.1f}",
+                             f"64; shared cores: " + (
+                                 f"1F1B of that model, m={SHARED_M}, on 2 and on 4 ranks held "
+                                 f"to the same 2 cores, in turns" if shared else
+                                 "not measured (fewer than 2 cores to pin)")
+                             + f"; load {os.getloadavg()[0]:.1f}",
                        fits=fits)
 
 
