@@ -202,9 +202,10 @@ def main() -> None:
                         help="per layer and op over the profile's passes")
     parser.add_argument("--processes", type=int, default=2,
                         help="profile in this many processes at once (2: as many as the ranks)")
-    parser.add_argument("--rounds", type=int, default=4,
+    parser.add_argument("--rounds", type=int, default=8,
                         help="alternate this many (profile, run) rounds per trial, each a "
-                             "share of --profile-seconds and --run-seconds")
+                             "share of --profile-seconds and --run-seconds (8; 4 before "
+                             "2026-12-02 11:50)")
     parser.add_argument("--trials", type=int, default=2)
     parser.add_argument("--save", metavar="DIR",
                         help="also write each trial's prediction and measured steps there "

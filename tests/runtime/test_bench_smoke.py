@@ -146,3 +146,25 @@ def test_the_noise_benchmark_reads_drift_off_profile_and_run_windows() -> None:
     assert drift([1.0] * 6 + [2.0] * 6, 0.5, 2.0, 2) == pytest.approx([0.0])
     series = trace(2, 0.2, 0.05)
     assert len(series) == 2 and all(s and min(s) > 0 for s in series)
+
+
+def test_the_prediction_benchmark_runs_one_trial_in_turns(tmp_path: Path) -> None:
+    """bench_predict.bench_one at its smallest: two turns of (profile, run) of the MLP on 2
+    ranks give one row with the three figures, and the saved runs replay offline."""
+    import argparse
+
+    from benchmarks.bench_predict import bench_one
+
+    from pipesim.calibration import load_engine_costs
+    from pipesim.ranks import available_cores
+    from pipesim.timeline import Timeline
+    args = argparse.Namespace(microbatches=4, steps=2, run_seconds=0.0, repeats=2,
+                              profile_seconds=0.0, statistic="mean", processes=1, rounds=2,
+                              save=str(tmp_path))
+    row = bench_one("mlp", "1f1b", 2, args, load_engine_costs())
+    assert row["measured_ms"] > 0 and row["predicted_ms"] > 0 and row["replay_ms"] > 0
+    assert row["steps"] >= 2 and row["speed_drift"] is not None
+    saved = json.loads(next(tmp_path.glob("mlp-1f1b-2r-*.json")).read_text())
+    assert len(saved["rounds"]) == 2
+    cores = available_cores()  # the ranks share the cores only on a machine with one
+    assert Timeline.from_dict(saved["predicted"]).meta["cores"] == (None if cores >= 2 else 1)
