@@ -28,8 +28,8 @@ time plus ``engine_step_overhead`` (and ``data_time`` on the ranks that make the
 steps. Ranks that outnumber the CPU cores share them: ``cores`` (``pipesim.shared``, each
 computing rank at min(1, cores / computing ranks) of its speed), each action taking the
 calibration's ``shared_compute`` x its profiled time (a rank resuming on a core another rank
-used finds the caches cold); see benchmarks/RESULTS_predict.md. ``replay`` never shares: the run's
-measured times include it.
+used finds the caches cold); see benchmarks/RESULTS_predict.md. ``replay`` never shares:
+the run's measured times include it.
 
 Pure: no torch, no views (``cfg`` is read by attribute), so everything here works on saved
 timelines anywhere. Profiling and the calibration runs are in ``pipesim.runtime.predict``,

@@ -182,7 +182,15 @@ def test_cli_profile_engine_measures_and_caches_per_machine(
     from pipesim.calibration import ENV, cache_path, load_engine_costs
     monkeypatch.setenv(ENV, str(tmp_path / "cache"))
     assert load_engine_costs() is None
+    import os
+    own, real, pinned = os.sched_getaffinity(0), os.sched_setaffinity, []
+
+    def pin(pid: int, cpus: list[int]) -> None:  # the shared-core runs pin this process...
+        pinned.append(set(cpus))
+        real(pid, cpus)
+    monkeypatch.setattr(os, "sched_setaffinity", pin)
     assert main(["profile", "--engine", "--json"]) == 0
+    assert len(pinned[0]) == 2 and pinned[-1] == own  # ...to 2 cores, and give them back
     data = json.loads(capsys.readouterr().out)
     assert cache_path().parent == tmp_path / "cache" and cache_path().exists()
     cached = load_engine_costs()
@@ -282,12 +290,11 @@ def test_the_shared_core_calibration_needs_two_cores_it_may_pin(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """With one core there is nothing to compare 2 ranks per core with; where the process
     may not pin itself, neither: no reading (the prediction then leaves the sharing's extra
-    CPU time out and says so), never an error, and the affinity is left as it was."""
+    CPU time out and says so), never an error."""
     import os
 
     from pipesim.runtime import predict as runtime_predict
     from pipesim.runtime.predict import calibrate_shared
-    own = os.sched_getaffinity(0)
     monkeypatch.setattr(runtime_predict, "available_cores", lambda: 1)
     assert calibrate_shared() is None
     monkeypatch.setattr(runtime_predict, "available_cores", lambda: 2)
@@ -296,7 +303,6 @@ def test_the_shared_core_calibration_needs_two_cores_it_may_pin(
         raise PermissionError(1, "Operation not permitted")
     monkeypatch.setattr(os, "sched_setaffinity", refuse)
     assert calibrate_shared() is None
-    assert os.sched_getaffinity(0) == own
 
 
 def test_a_probing_run_times_the_reference_kernel_on_every_rank_every_few_steps() -> None:
