@@ -14,7 +14,9 @@ predicted step needs to last ``--run-seconds``, both shared out over the rounds.
 the first profile: ``measure_comm`` (2 ranks, the engine's transport: the one-way time of the
 largest activation and the sender's time per message, medians of 100). This machine's speed
 moves by tens of percent from one second and one process to the next (RESULTS_predict.md):
-profile and run take turns, so both see its slow and fast moments alike.
+profile and run take turns, so both see its slow and fast moments alike, and each lasts 8 s
+a trial by default: the speed of one half second wanders by about 5% (standard deviation)
+nearly independently of the next, so the more seconds measured, the less of it is left.
 
 - predicted: the simulator's steady step from the rounds' mean profile, the engine's own time
   per action, between steps and at the ranks' meeting from the cached calibration (``pipesim
@@ -192,12 +194,14 @@ def main() -> None:
                         help="per step; at least 2 per rank (4 ranks: 8)")
     parser.add_argument("--steps", type=int, default=20,
                         help="at least this many steps compared a trial (over its rounds)")
-    parser.add_argument("--run-seconds", type=float, default=2.0,
-                        help="and enough for the predicted steps to last this long")
+    parser.add_argument("--run-seconds", type=float, default=8.0,
+                        help="and enough for the predicted steps to last this long (8; 2 "
+                             "before 2026-12-02 12:57)")
     parser.add_argument("--repeats", type=int, default=30,
                         help="profile passes per trial, at least")
-    parser.add_argument("--profile-seconds", type=float, default=2.0,
-                        help="and more until the passes took this long, in each process")
+    parser.add_argument("--profile-seconds", type=float, default=8.0,
+                        help="and more until the passes took this long, in each process (8; "
+                             "2 before 2026-12-02 12:57)")
     parser.add_argument("--statistic", default="mean", choices=STATISTICS,
                         help="per layer and op over the profile's passes")
     parser.add_argument("--processes", type=int, default=2,
