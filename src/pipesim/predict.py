@@ -281,8 +281,10 @@ def _step_by_step(schedule: Schedule, base: CostModel, measured: Sequence[Timeli
 
 def action_drift(predicted: Timeline, measured: Sequence[Timeline]) -> float | None:
     """How much longer the run's actions took than profiled: the run's summed mean action
-    times (``action_means``, one of each action of a step) over the profile's, - 1."""
-    if "costs" not in predicted.meta:
+    times (``action_means``, one of each action of a step) over the profile's, - 1. None
+    where the ranks shared cores (``meta["cores"]``): a measured action's time then holds its
+    waits for a core, which the profile's does not."""
+    if "costs" not in predicted.meta or predicted.meta.get("cores") is not None:
         return None
     costs = CostModel.from_dict(predicted.meta["costs"])
     means = action_means(measured)
@@ -615,25 +617,46 @@ STEADY = 0.05  # a drift or replay error within this is "held" in ``_reading``
 
 
 def _reading(report: dict[str, Any]) -> str | None:
-    """One line that says whose error the prediction's is: the machine's (the reference
-    kernel moved), the model's (the replay misses too) or the profile's (neither moved, but
-    the run's actions did); None without a drift."""
+    """One line that says whose error the prediction's is: the model's (the replay misses
+    too), the machine's (the reference kernel moved by as much as the error says), or, where
+    neither accounts for it, what is left: on shared cores the sharing, else the profile's
+    action times against the run's; None without a drift.
+
+    A drift d alone makes the prediction 1 / (1 + d) - 1 off (every action that much slower
+    or faster); the error is the machine's when it is within ``STEADY`` of that."""
     drift, replay_error = report.get("speed_drift"), report.get("replay_error")
+    error = report.get("prediction_error")
     if drift is None:
         return None
     if replay_error is not None and abs(replay_error) > STEADY:
         return (f"Reading: the replay misses by {_percent(replay_error)} too: the model "
                 f"leaves out something this run pays (README: what the prediction models)")
     if abs(drift) > STEADY:
-        return (f"Reading: the machine ran {abs(drift):.0%} "
-                f"{'slower' if drift > 0 else 'faster'} during the run than while profiled; "
-                f"the prediction's error is mostly that, not the model's")
+        alone = 1 / (1 + drift) - 1
+        moved = (f"Reading: the machine ran {abs(drift):.0%} "
+                 f"{'slower' if drift > 0 else 'faster'} during the run than while profiled, "
+                 f"which alone makes the prediction {_percent(alone)} off")
+        if error is None or abs(error - alone) <= STEADY:
+            return moved + ": its error is the machine's, not the model's"
+        return (moved + f"; it is {_percent(error)}, and the other {_percent(error - alone)} "
+                f"is not the machine's speed: " + _rest(report))
+    if error is None or abs(error) <= STEADY:
+        return "Reading: the machine held its speed and the model the run"
+    return (f"Reading: the machine held its speed and the replay follows the run, but the "
+            f"prediction is {_percent(error)} off: " + _rest(report))
+
+
+def _rest(report: dict[str, Any]) -> str:
+    """What an error the machine's drift and the replay leave is most likely."""
+    if report.get("cores") is not None:
+        return ("ranks that share cores lose more to the sharing than the model charges "
+                "(README: what the prediction models)")
     moved = report.get("action_drift")
     if moved is not None and abs(moved) > STEADY:
-        return (f"Reading: the machine held its speed but the run's actions took "
-                f"{_percent(moved)} against the profile: the profile does not represent "
-                f"these actions as the run runs them")
-    return "Reading: the machine held its speed and the model the run"
+        return (f"the run's actions took {_percent(moved)} against the profile, which does "
+                f"not represent them as the run runs them")
+    return ("the engine's own time, the messages or the time between steps, which the replay "
+            "takes from the run and the prediction from the calibrations")
 
 
 def median_step(measured: Sequence[Timeline]) -> Timeline:

@@ -322,22 +322,36 @@ def test_compare_without_replay_or_drift_says_none_and_json_carries_all_three() 
     assert lines[3].startswith("Reading: the replay misses by +25.0% too")
 
 
-@pytest.mark.parametrize(("replayed", "drift", "measured", "reading"), [
-    (1.02, 0.12, 1.0, "the machine ran 12% slower during the run"),
-    (1.0, -0.08, 1.0, "the machine ran 8% faster during the run"),
-    (1.0, 0.01, 1.2, "the machine held its speed but the run's actions took +20.0%"),
-    (1.01, -0.02, 1.01, "the machine held its speed and the model the run"),
+@pytest.mark.parametrize(("replayed", "drift", "measured", "cores", "reading"), [
+    (1.0, 0.25, 1.25, None, "the machine ran 25% slower during the run than while profiled, "
+     "which alone makes the prediction -20.0% off: its error is the machine's"),
+    (1.0, -0.2, 0.8, None, "the machine ran 20% faster during the run than while profiled, "
+     "which alone makes the prediction +25.0% off: its error is the machine's"),
+    # slower by the kernel, yet the prediction slower too: not the machine's
+    (1.02, 0.12, 1.0, None, "the machine ran 12% slower during the run than while profiled, "
+     "which alone makes the prediction -10.7% off; it is +0.0%, and the other +10.7% is not "
+     "the machine's speed: the engine's own time"),
+    (1.0, 0.01, 1.2, None, "the machine held its speed and the replay follows the run, but the "
+     "prediction is -16.7% off: the run's actions took +20.0% against the profile"),
+    (1.0, 0.01, 1.2, 2, "the machine held its speed and the replay follows the run, but the "
+     "prediction is -16.7% off: ranks that share cores lose more to the sharing"),
+    (1.01, -0.02, 1.01, None, "the machine held its speed and the model the run"),
+    (1.2, -0.02, 1.0, None, "the replay misses by +20.0% too"),
 ])
 def test_the_report_says_whose_error_the_predictions_is(replayed: float, drift: float,
-                                                          measured: float, reading: str) -> None:
-    """The machine's (its reference kernel moved), the model's (the replay misses too) or the
-    profile's (the kernel held, the run's actions did not)."""
+                                                          measured: float, cores: int | None,
+                                                          reading: str) -> None:
+    """The model's (the replay misses too), the machine's (its reference kernel moved by what
+    the error says), or what is left: the sharing of cores, the profile's actions (the kernel
+    held, the run's actions did not), the engine's and the messages' times."""
     from pipesim.predict import prediction_lines
     costs = CostModel.from_lists(2, [1.0, 1.0], [1.0, 0.5], [1.0, 0.5], [2.0, 1.0], unit="s")
-    predicted = dataclasses.replace(_step(1.0), meta={"costs": costs.to_dict()})  # its times
+    predicted = dataclasses.replace(_step(1.0), meta={"costs": costs.to_dict(), "cores": cores})
+    # the measured steps' actions take ``measured`` x the profile's
     report = prediction_report(predicted, [_step(measured)] * 3, _step(replayed * measured),
                                drift)
     assert prediction_lines(report)[-1].startswith("Reading: " + reading)
+    assert (report["action_drift"] is None) == (cores is not None)
 
 
 # ----------------------------------------------------------------------------- the engine's time

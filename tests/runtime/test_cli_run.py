@@ -57,7 +57,11 @@ def test_predict_puts_the_simulated_step_above_the_measured_one(tmp_path, capsys
     assert data["replay_error"] == pytest.approx(data["replay_step_seconds"]
                                                  / data["measured_step_seconds"] - 1)
     assert isinstance(data["speed_drift"], float) and data["speed_drift"] > -1
-    assert isinstance(data["action_drift"], float) and data["action_drift"] > -1
+    from pipesim.ranks import available_cores
+    if available_cores() >= 2:  # else the ranks share a core: no action drift (each action's
+        assert isinstance(data["action_drift"], float) and data["action_drift"] > -1
+    else:  # time holds its waits for the core)
+        assert data["action_drift"] is None
     page = Path(html).read_text(encoding="utf-8")
     # the cards in the order drawn (the summary table above them sorts by makespan, which of
     # the two is larger depends on the machine's load)
