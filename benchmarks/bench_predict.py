@@ -229,8 +229,7 @@ def main() -> None:
           f"({engine.measured}): {engine.action_overhead * 1e6:.0f} us per action, "
           f"{engine.step_overhead * 1e6:.0f} us per rank between steps, the ranks' meeting "
           f"{engine.sync * 1e6:.0f} us, ranks sharing cores x{engine.shared_compute:.2f} CPU "
-          f"time per action (0: not measured) and a woken rank "
-          f"{engine.shared_wake * 1e6:.0f} us more")
+          f"time per action (0: not measured)")
     configs = [(m, s, p) for p in args.ranks for m in args.models for s in args.schedules]
     rows: list[dict[str, Any]] = []
     print("| trial | ranks | m | model | schedule | steps | measured step (ms) | predicted (ms) |"
