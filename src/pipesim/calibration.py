@@ -9,23 +9,20 @@ leave), and each rank between steps before the ranks meet (data, zero_grad, the 
 from a model that computes next to nothing. Where this machine has two cores or more it also
 measures ranks that share cores, two ranks per core, on two of them: how much more CPU time
 their actions take than with a core each (``shared_compute``; a rank that resumes after
-another ran on its core finds the caches cold) and what a rank woken from a wait costs the
-cores beyond that (``shared_wake``, ``predict.fit_wake``). The result is cached::
+another ran on its core finds the caches cold). The result is cached::
 
     $PIPESIM_CACHE_DIR/engine-<key>.json      (default ~/.cache/pipesim; $XDG_CACHE_HOME too)
     {"format": "pipesim-engine-costs", "version": 1,
      "machine": "host x86_64, 2 CPUs, Intel Xeon ...", "torch": "2.13.0+cpu",
      "action_overhead": 1.1e-04, "step_overhead": 3.0e-04, "sync": 5.0e-04,   # seconds
      "shared_compute": 1.2,                                   # a ratio (0: not measured)
-     "shared_wake": 2.0e-04,                                  # seconds (0: none measured)
      "measured": "2026-12-01 20:40", "notes": "...", "fits": {"1f1b": [o, g, s], ...}}
 
 ``<key>`` hashes the machine, the torch version, the transport between ranks of one machine
 (``pipesim.transport``) and the engine's revision, so another machine, torch, transport or
 engine finds no file and calibrates anew. ``pipesim run --predict`` reads it (and calibrates
 once when there is none); ``pipesim profile`` writes it into the cost files it makes
-(``engine_action_overhead``, ``engine_step_overhead``, ``engine_sync``, ``shared_compute``,
-``shared_wake``),
+(``engine_action_overhead``, ``engine_step_overhead``, ``engine_sync``, ``shared_compute``),
 which ``pipesim plan`` and ``pipesim simulate --costs`` use.
 Pure: no torch (its version is read from the installed package's metadata).
 """
@@ -48,11 +45,11 @@ from pipesim.transport import local_transport
 __all__ = ["ENV", "EngineCosts", "cache_path", "load_engine_costs", "machine_id",
            "torch_version", "with_engine"]
 
-ENGINE_REVISION = 7  # raised when the engine's own costs change (2: shared-memory messages;
+ENGINE_REVISION = 6  # raised when the engine's own costs change (2: shared-memory messages;
 # 3: the step overhead measured on every rank, before the ranks meet, and the meeting apart;
 # 4: the meeting through shared memory; 5: the time per action and the meeting read off a
 # model that works as real ones do, the engine's per-action lookups worked out once; 6: ranks
-# that share cores measured too; 7: and what a woken rank costs them)
+# that share cores measured too)
 ENV = "PIPESIM_CACHE_DIR"  # where the cache lives (tests point it at a temporary folder)
 FORMAT = "pipesim-engine-costs"
 
@@ -73,8 +70,6 @@ class EngineCosts:
     # ranks that share cores, 2 per core: their actions' CPU time over that with a core each
     # (0: not measured)
     shared_compute: float = 0.0
-    # and what a rank woken from a wait costs them beyond the fluid model (0: none measured)
-    shared_wake: float = 0.0
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT, "version": 1, **dataclasses.asdict(self)},
@@ -87,7 +82,7 @@ class EngineCosts:
             raise ValueError(f"not a {FORMAT} object")
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
-        for key in ("action_overhead", "step_overhead", "sync", "shared_compute", "shared_wake"):
+        for key in ("action_overhead", "step_overhead", "sync", "shared_compute"):
             value = values.get(key, None if key.endswith("overhead") else 0.0)
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise ValueError(f"{key}: {value!r} is not a number >= 0")
@@ -149,5 +144,4 @@ def with_engine(layer_costs: LayerCosts, engine: EngineCosts | None) -> LayerCos
         return layer_costs
     return dataclasses.replace(layer_costs, engine_action_overhead=engine.action_overhead,
                                engine_step_overhead=engine.step_overhead,
-                               engine_sync=engine.sync, shared_compute=engine.shared_compute,
-                               shared_wake=engine.shared_wake)
+                               engine_sync=engine.sync, shared_compute=engine.shared_compute)

@@ -26,8 +26,6 @@ microbatch of ``microbatch_size`` samples::
                                              #   holding the first or last stage (0)
       "shared_compute": 1.2,                 # optional, how much more CPU time an action takes
                                              #   when ranks share cores, 2 per core (0: unknown)
-      "shared_wake": 2e-4,                   # optional, what a rank woken from a wait costs
-                                             #   shared cores beyond that (0: none known)
       "notes": "how the figures were made",  # optional free text
       "profiled": {"model": "gpt",          # optional; written by `pipesim profile`: the built-in
                    "hidden_size": 128,       #   model measured, in `pipesim run`'s terms, so the
@@ -77,9 +75,9 @@ UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}  # seconds per unit
 _TOP_FIELDS = {"kind", "format", "version", "model", "microbatch_size", "unit", "comm_latency",
                "comm_bandwidth", "comm_send_overhead", "engine_action_overhead",
                "engine_step_overhead", "engine_sync", "reference_time", "data_time", "notes",
-               "profiled", "layers", "shared_compute", "shared_wake"}
+               "profiled", "layers", "shared_compute"}
 _TIMES = ("engine_action_overhead", "engine_step_overhead", "engine_sync", "reference_time",
-          "data_time", "shared_wake")
+          "data_time")
 _LAYER_FIELDS = {"name", "F", "I", "W", "B", "activation_bytes", "stash_bytes", "param_bytes",
                  "optimizer"}
 
@@ -139,9 +137,6 @@ class LayerCosts:
     # ranks that share CPU cores, their actions' CPU time over that with a core each
     # (``pipesim profile --engine``; 0: not measured)
     shared_compute: float = 0.0
-    # and the seconds a rank woken from a wait costs them beyond that (``shared.simulate_shared``
-    # ``wake``; 0: none known)
-    shared_wake: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.layers:

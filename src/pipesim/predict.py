@@ -28,9 +28,8 @@ time plus ``engine_step_overhead`` (and ``data_time`` on the ranks that make the
 steps. Ranks that outnumber the CPU cores share them: ``cores`` (``pipesim.shared``, each
 computing rank at min(1, cores / computing ranks) of its speed), each action taking the
 calibration's ``shared_compute`` x its profiled time (a rank resuming on a core another rank
-used finds the caches cold) and a rank woken from a wait ``shared_wake`` more (``fit_wake``);
-see benchmarks/RESULTS_predict.md. ``replay`` never shares: the run's measured times include
-it.
+used finds the caches cold); see benchmarks/RESULTS_predict.md. ``replay`` never shares:
+the run's measured times include it.
 
 Pure: no torch, no views (``cfg`` is read by attribute), so everything here works on saved
 timelines anywhere. Profiling and the calibration runs are in ``pipesim.runtime.predict``,
@@ -54,7 +53,7 @@ from pipesim.stagecosts import stage_costs, stage_optimizer
 from pipesim.steady import steady_step
 from pipesim.timeline import Event, Timeline
 
-__all__ = ["action_drift", "action_means", "engine_gaps", "fit_wake", "median_step",
+__all__ = ["action_drift", "action_means", "engine_gaps", "median_step",
            "predict", "predicted_step", "prediction_json", "prediction_lines", "prediction_report",
            "replay", "run_cpu", "run_messages", "run_reference", "scaled_compute", "speed_drift",
            "step_span", "step_times", "used_steps"]
@@ -78,10 +77,9 @@ def predict(cfg: Any, layer_costs: LayerCosts, comm_latency: float | None = None
     recorded as ``meta["cores"]``. Not part of ``meta["costs"]``, so ``replay`` ignores it.
     With fewer cores than ranks and a calibration of shared cores in ``layer_costs``
     (``shared_compute``), every action, optimizer update and batch takes ``shared_compute`` x
-    its profiled time (profiled with a core per process), and a rank woken from a wait for
-    its inputs spends ``shared_wake`` more (``shared.simulate_shared``'s ``wake``);
-    ``meta["shared_compute"]`` is the factor applied (1: the ranks do not share cores; 0: they
-    do, but no calibration says by how much, so none), ``meta["shared_wake"]`` the wake.
+    its profiled time (profiled with a core per process); ``meta["shared_compute"]`` is the
+    factor applied (1: the ranks do not share cores; 0: they do, but no calibration says by
+    how much, so none).
     """
     balance = cfg.stage_balance()
     if len(layer_costs) != sum(balance):
@@ -93,9 +91,7 @@ def predict(cfg: Any, layer_costs: LayerCosts, comm_latency: float | None = None
     costs = dataclasses.replace(costs, **{k: v for k, v in overrides.items() if v is not None})
     sched = cfg.schedule
     # ranks that share cores: every computation takes the calibration's factor (0: unknown)
-    shared = cores is not None and cores < sched.ranks
-    factor = layer_costs.shared_compute if shared else 1.0
-    wake = layer_costs.shared_wake if shared else 0.0
+    factor = layer_costs.shared_compute if cores is not None and cores < sched.ranks else 1.0
     compute = factor or 1.0
     costs = scaled_compute(costs, compute)
     optimizer = [0.0] * sched.ranks
@@ -105,12 +101,11 @@ def predict(cfg: Any, layer_costs: LayerCosts, comm_latency: float | None = None
     between = [o + layer_costs.engine_step_overhead for o in optimizer]
     for rank in {sched.stage_to_rank[0], sched.stage_to_rank[-1]}:  # they make the batch,
         between[rank] += layer_costs.data_time * compute  # once on a rank holding both ends
-    steady = steady_step(sched, costs, between, cores=cores, barrier=layer_costs.engine_sync,
-                         wake=wake)
+    steady = steady_step(sched, costs, between, cores=cores, barrier=layer_costs.engine_sync)
     return dataclasses.replace(steady.timeline, meta={
         **steady.timeline.meta, "predicted": True, "step_seconds": steady.step,
         "optimizer_seconds": optimizer, "between_seconds": between, "costs": costs.to_dict(),
-        "cores": cores, "shared_compute": factor, "shared_wake": wake})
+        "cores": cores, "shared_compute": factor})
 
 
 def scaled_compute(costs: CostModel, factor: float) -> CostModel:
@@ -511,60 +506,6 @@ def run_cpu(measured: Sequence[Timeline]) -> float | None:
     return statistics.fmean(seen) if seen else None
 
 
-def fit_wake(schedule: Schedule, measured: Sequence[Timeline], cores: int,
-             action_overhead: float, latency: float, send_overhead: float) -> float | None:
-    """What a rank woken from a wait costs the cores beyond the fluid model (``wake`` of
-    ``shared.simulate_shared``), read off a run of ``schedule`` on ``cores`` cores that timed
-    its CPU use (``TrainJob(cpu_time=True)``: ``meta["cpu"]``).
-
-    The run is simulated on its cores with every action at its CPU time (its mean wall time x
-    its rank's CPU seconds over wall seconds in actions: the work, sharing's cold caches
-    included, not the waits for a core), the engine's ``action_overhead`` before each,
-    messages of ``latency`` and ``send_overhead`` (a core each: what a message costs with no
-    one to wait for), and each rank's time between steps and the meeting as the run had them
-    (``_meeting``); the wake is the one at which that simulation's step equals the run's
-    median step (bisection; 0 where the fluid model is already as slow, at most the step).
-    None when the run timed no CPU use or recorded no meetings, or has no step to compare.
-    """
-    steps = used_steps(measured)
-    if not steps or not all(any(measured[s].meta.get("cpu", ())) for s in steps):
-        return None
-    meeting = _meeting(schedule, measured, action_overhead)
-    if meeting is None:
-        return None
-    cpu, wall = [0.0] * schedule.ranks, [0.0] * schedule.ranks
-    for s in steps:
-        for rank, (seconds, row) in enumerate(zip(measured[s].meta["cpu"],
-                                                  measured[s].by_rank(), strict=True)):
-            cpu[rank] += seconds
-            wall[rank] += sum(e.duration for e in row)
-    ratio = [c / w if w > 0 else 1.0 for c, w in zip(cpu, wall, strict=True)]
-    place = schedule.stage_to_rank
-    work = {(stage, op): t * ratio[place[stage]]
-            for (stage, op), t in action_means(measured, steps).items()}
-    base = CostModel.uniform(schedule.stages, unit="s", comm_latency=latency,
-                             send_overhead=send_overhead, action_overhead=action_overhead)
-    costs = replay_costs(dataclasses.replace(base, comm_bandwidth=math.inf), work)
-    before, barrier = meeting
-    between = [max(0.0, statistics.fmean(x)) if x else 0.0 for x in before]
-    every = step_times(measured)
-    target = statistics.median(every[s] for s in steps)
-
-    def step(wake: float) -> float:
-        return steady_step(schedule, costs, between, cores=cores, barrier=barrier,
-                           wake=wake).step
-
-    low, high = 0.0, target
-    if step(low) >= target:
-        return 0.0
-    if step(high) <= target:
-        return high
-    for _ in range(40):  # the step grows with the wake: halve the bracket
-        mid = (low + high) / 2
-        low, high = (mid, high) if step(mid) < target else (low, mid)
-    return (low + high) / 2
-
-
 def run_reference(measured: Sequence[Timeline]) -> float | None:
     """The reference kernel's mean time per call on the run's ranks, timed between its steps
     (``meta["probe"]``, ``TrainJob(probe_every=)``); None if it never was."""
@@ -584,8 +525,7 @@ def prediction_report(predicted: Timeline, measured: Sequence[Timeline],
     ``replayed`` (``replay``) and ``speed_drift`` is ``drift`` (``speed_drift``); None when
     not given; ``action_drift`` is how much longer the run's actions took than predicted
     (``action_drift``); ``cores`` the cores the prediction shared among the ranks (None: a
-    core each), ``shared_compute`` the factor their actions took and ``shared_wake`` what a
-    woken rank spent (``predict``). Per rank:
+    core each) and ``shared_compute`` the factor their actions took (``predict``). Per rank:
     finish time (last end from the step's start) and busy time (sum of action durations:
     compute, from inputs in hand to output made).
     """
@@ -613,7 +553,6 @@ def prediction_report(predicted: Timeline, measured: Sequence[Timeline],
         "action_drift": action_drift(predicted, measured),
         "cores": predicted.meta.get("cores"),
         "shared_compute": predicted.meta.get("shared_compute", 1.0),
-        "shared_wake": predicted.meta.get("shared_wake", 0.0),
         "steps_used": steps,
         "predicted_pipeline_seconds": step_span(predicted),
         "measured_pipeline_seconds": statistics.median(step_span(measured[s]) for s in steps),
@@ -632,8 +571,7 @@ def prediction_json(report: dict[str, Any]) -> dict[str, Any]:
     """The fields ``pipesim run --predict --json`` adds to its object."""
     keys = ("predicted_step_seconds", "measured_step_seconds", "prediction_error",
             "replay_step_seconds", "replay_error", "speed_drift", "action_drift",
-            "shared_compute", "shared_wake", "predicted_pipeline_seconds",
-            "measured_pipeline_seconds")
+            "shared_compute", "predicted_pipeline_seconds", "measured_pipeline_seconds")
     return {k: report[k] for k in keys} | {"prediction_per_rank": report["per_rank"]}
 
 
@@ -651,12 +589,10 @@ def prediction_lines(report: dict[str, Any]) -> list[str]:
              f"{report['predicted_pipeline_seconds'] * 1e3:.2f} ms, measured "
              f"{report['measured_pipeline_seconds'] * 1e3:.2f} ms)"]
     if report.get("cores") is not None:
-        factor, wake = report.get("shared_compute") or 0.0, report.get("shared_wake") or 0.0
+        factor = report.get("shared_compute") or 0.0
         lines.append(f"Shared cores ({report['cores']} for {len(report['per_rank'])} ranks): "
-                     + (f"each action predicted at x{factor:.2f} its profiled time"
-                        + (f" and a rank woken from a wait at {wake * 1e3:.2f} ms more"
-                           if wake else "")
-                        + " (the calibration's, profile --engine)" if factor else
+                     + (f"each action predicted at x{factor:.2f} its profiled time (the "
+                        f"calibration's, profile --engine)" if factor else
                         "each action predicted at its profiled time (no calibration of shared "
                         "cores: profile --engine on a machine with 2 cores or more)"))
     if report.get("replay_step_seconds") is not None:

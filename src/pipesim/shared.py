@@ -19,11 +19,6 @@ A rank waiting for a dependency or a message, or for its ``start``, uses no CPU;
 message in transit. With ``cores >= schedule.ranks`` the rate is always 1 and the timeline is
 ``simulate``'s (equal to rounding).
 
-``wake``: a rank that had to wait for its unit's inputs spends that much more work on the unit
-(shared like the rest, in the unit's event): what a rank woken from its sleep costs the cores
-beyond the fluid model (a rank resumes after a switch, a core goes idle while a woken rank
-gets going), read off a real run by ``predict.fit_wake``.
-
 Event-driven, with a virtual clock: every rank that computes progresses at the same rate, so
 one number V(t), the work a computing rank has done since time 0 (dV/dt = rate), gives each
 unit of work a fixed finishing tag (V when it began + its work). The next event is the smallest
@@ -57,16 +52,14 @@ _EPS = 1e-12  # remaining work at most this x the scale counts as done
 
 def simulate_shared(schedule: Schedule, costs: CostModel | None, cores: int,
                     start: Sequence[float] | None = None, before: Sequence[float] = (),
-                    after: Sequence[float] = (), wake: float = 0.0) -> Timeline:
+                    after: Sequence[float] = ()) -> Timeline:
     """Time every action of ``schedule`` under ``costs`` on ``cores`` CPU cores shared by the
     ranks (module docstring); ``simulate`` when ``cores >= schedule.ranks`` and nothing is
     done before or after.
 
     ``costs`` None: uniform (F=1, I=W=1, B=2); ``start``: each rank's free time (all 0);
     ``before``/``after``: per rank, CPU work before its first action (from ``start``) and after
-    its last (none by default); ``wake``: work (seconds, >= 0) before each unit its rank had
-    to wait for (module docstring), part of the unit's event. The timeline's
-    ``meta["cores"]`` is ``cores`` and
+    its last (none by default). The timeline's ``meta["cores"]`` is ``cores`` and
     ``meta["finished"]`` each rank's end, its ``after`` work included. Raises ValueError for
     ``cores < 1``, for ``before``/``after`` without one time >= 0 per rank and for what
     ``simulate`` refuses; DeadlockError (``pipesim.simulate``) when the ranks' orders can
@@ -75,8 +68,6 @@ def simulate_shared(schedule: Schedule, costs: CostModel | None, cores: int,
     if not is_positive_int(cores):
         raise ValueError(f"cores must be an integer >= 1, got {cores!r}")
     costs = checked_costs(schedule, costs, start)
-    if not wake >= 0:
-        raise ValueError(f"wake must be >= 0 seconds, got {wake!r}")
     for name, extra in (("before", before), ("after", after)):
         if extra and (len(extra) != schedule.ranks or not all(x >= 0 for x in extra)):
             raise ValueError(f"{name} needs one time >= 0 per rank ({schedule.ranks}); got "
@@ -85,7 +76,7 @@ def simulate_shared(schedule: Schedule, costs: CostModel | None, cores: int,
         for a in row:
             if not (0 <= a.stage < schedule.stages and 0 <= a.microbatch < schedule.microbatches):
                 raise ValueError(_out_of_range(schedule))
-    run = _Shared(schedule, costs, cores, start, before, after, wake)
+    run = _Shared(schedule, costs, cores, start, before, after)
     run.run()
     run.raise_if_stuck()
     return run.timeline()
@@ -96,8 +87,8 @@ class _Shared:
 
     def __init__(self, schedule: Schedule, costs: CostModel, cores: int,
                  start: Sequence[float] | None, before: Sequence[float] = (),
-                 after: Sequence[float] = (), wake: float = 0.0) -> None:
-        self.schedule, self.costs, self.cores, self.wake = schedule, costs, cores, float(wake)
+                 after: Sequence[float] = ()) -> None:
+        self.schedule, self.costs, self.cores = schedule, costs, cores
         self.raw, self.dur, self.hop = work_tables(schedule, costs)
         self.gap = float(costs.action_overhead)
         ranks = schedule.ranks
@@ -129,7 +120,7 @@ class _Shared:
         self.now = min(self.begin, default=0.0)
         # the largest unit of work: with the clock's magnitude, what "nothing left" is near
         self.scale = max(2 * max(x for table in self.dur.values() for x in table), self.gap,
-                         self.wake, *self.before, *self.after)
+                         *self.before, *self.after)
 
     # ------------------------------------------------------------------ the virtual clock
 
@@ -232,8 +223,6 @@ class _Shared:
                    + dur[first[1]][first[0]] - raw[first[1]][first[0]])
         else:
             tag = v + dur[parts[0][1]][parts[0][0]]
-        if t > self.free[rank][0]:  # it waited for its inputs: woken, at a cost
-            tag += self.wake
         self.phase[rank], self.began[rank] = _RUN, (t, v)
         self.computing[rank] = tag
 

@@ -24,8 +24,7 @@ class SteadyStep(NamedTuple):
 
 def steady_step(schedule: Schedule, costs: CostModel | None = None,
                 between: Sequence[float] = (), max_steps: int = 64, *,
-                cores: int | None = None, barrier: float | None = None,
-                wake: float = 0.0) -> SteadyStep:
+                cores: int | None = None, barrier: float | None = None) -> SteadyStep:
     """Simulate training step after step until the step repeats; its time and timeline.
 
     Rank r begins step k+1 ``between[r]`` after its own last action of step k (the optimizer
@@ -38,8 +37,7 @@ def steady_step(schedule: Schedule, costs: CostModel | None = None,
     ``cores``: the ranks share that many CPU cores (``shared.simulate_shared``; None or at
     least one per rank: each rank its own, ``simulate``). ``between[r]`` stays a plain delay
     there: the optimizer's time is CPU work in a real run, but here it takes no core from the
-    ranks still in their step. ``wake``: there, what a rank woken from a wait for its inputs
-    spends before its action (``simulate_shared``); nothing with a core per rank.
+    ranks still in their step.
 
     ``barrier``: the ranks meet between steps (pipesim's engine checks each step's batch on
     every rank with one collective): every rank begins step k+1 at once, ``barrier`` seconds
@@ -59,7 +57,7 @@ def steady_step(schedule: Schedule, costs: CostModel | None = None,
         if not barrier >= 0:
             raise ValueError(f"barrier must be >= 0 seconds, got {barrier!r}")
         timeline = (simulate(schedule, costs) if shared is None
-                    else simulate_shared(schedule, costs, shared, wake=wake))
+                    else simulate_shared(schedule, costs, shared))
         ends = [row[-1].end if row else 0.0 for row in timeline.by_rank()]
         return SteadyStep(max(e + gap for e, gap in zip(ends, between, strict=True)) + barrier,
                           timeline, 1)
@@ -68,7 +66,7 @@ def steady_step(schedule: Schedule, costs: CostModel | None = None,
     previous_end = shift = 0.0  # the previous step's end, in the previous step's frame
     for k in range(1, max_steps + 1):
         timeline = (simulate(schedule, costs, begin) if shared is None
-                    else simulate_shared(schedule, costs, shared, begin, wake=wake))
+                    else simulate_shared(schedule, costs, shared, begin))
         ends = [row[-1].end if row else begin[r] for r, row in enumerate(timeline.by_rank())]
         if k > 1:  # this step's frame starts ``shift`` after the previous one's
             periods.append(max(ends) + shift - previous_end)

@@ -504,10 +504,9 @@ def test_layer_costs_carry_the_engines_time_and_the_reference_kernel() -> None:
     from pipesim.layercosts import parse_layer_costs
     from pipesim.stagecosts import stage_costs
     costs = replace(_costs(2), engine_action_overhead=1e-4, engine_step_overhead=5e-4,
-                    reference_time=3e-4, shared_compute=1.25, shared_wake=2e-4)
+                    reference_time=3e-4, shared_compute=1.25)
     again = parse_layer_costs(costs.to_json())
     assert again == costs and again.to_dict()["shared_compute"] == 1.25
-    assert again.to_dict()["shared_wake"] == 2e-4
     assert stage_costs(again, [1, 1]).action_overhead == 1e-4
     assert "engine_action_overhead" not in _costs(2).to_dict()  # absent when unknown
 
@@ -548,10 +547,10 @@ def test_with_engine_fills_only_a_cost_file_without_its_own() -> None:
     from dataclasses import replace
 
     from pipesim.calibration import EngineCosts, with_engine
-    engine = EngineCosts(1e-5, 4e-4, shared_compute=1.2, shared_wake=3e-4)
+    engine = EngineCosts(1e-5, 4e-4, shared_compute=1.2)
     filled = with_engine(_costs(2), engine)
     assert (filled.engine_action_overhead, filled.engine_step_overhead) == (1e-5, 4e-4)
-    assert (filled.shared_compute, filled.shared_wake) == (1.2, 3e-4)
+    assert filled.shared_compute == 1.2
     own = replace(_costs(2), engine_action_overhead=2e-5)
     assert with_engine(own, engine) is own and with_engine(_costs(2), None) == _costs(2)
 
@@ -605,77 +604,6 @@ def test_ranks_that_share_cores_take_the_calibrations_factor_of_cpu_time() -> No
     assert not any("hared" in line for line in prediction_lines(prediction_report(own, [own])))
     assert "no calibration of shared cores" in \
         prediction_lines(prediction_report(uncalibrated, [uncalibrated] * 3))[1]
-
-
-def test_a_woken_rank_costs_the_calibrations_wake_on_shared_cores_only() -> None:
-    """``shared_wake``: on shared cores each unit whose rank waited for its inputs takes that
-    much more (``shared.simulate_shared``'s ``wake``, hand-worked in tests/core/test_shared.py:
-    gpipe p=2 m=2 on one core, 12 of work and two wakes); a core each: nothing."""
-    from dataclasses import replace
-
-    from pipesim.predict import prediction_json, prediction_lines
-    sched = get_schedule("gpipe", 2, 2)
-    woken = replace(_costs(2), shared_compute=1.0, shared_wake=0.5)
-    one = predict(_Cfg(sched, (1, 1), 2), woken, cores=1)
-    assert one.meta["step_seconds"] == pytest.approx(13) and one.meta["shared_wake"] == 0.5
-    own = predict(_Cfg(sched, (1, 1), 2), woken)
-    assert own.meta["step_seconds"] == 9 and own.meta["shared_wake"] == 0.0
-    report = prediction_report(one, [one] * 3)
-    assert prediction_json(report)["shared_wake"] == 0.5
-    assert "and a rank woken from a wait at 500.00 ms more" in prediction_lines(report)[1]
-
-
-def _run_shared(schedule: Schedule, costs: CostModel, wake: float, cores: int = 2,
-                steps: int = 5) -> list[Timeline]:
-    """A run of ``schedule`` whose ranks share ``cores`` cores as the fluid model says, a
-    woken rank spending ``wake`` first, recorded as the runtime records it (``_run_met``),
-    each rank's CPU time its actions' work (``meta["cpu"]``)."""
-    from dataclasses import replace
-
-    from pipesim.steady import steady_step
-    between, barrier = [0.5] * schedule.ranks, 0.1
-    steady = steady_step(schedule, costs, between, cores=cores, barrier=barrier, wake=wake)
-    work = [0.0] * schedule.ranks
-    for e in steady.timeline.events:
-        work[e.rank] += costs.duration(e.action)
-    ends = [row[-1].end for row in steady.timeline.by_rank()]
-    begin = [e + b - steady.step for e, b in zip(ends, between, strict=True)]
-    return [replace(steady.timeline, meta={"start": k * steady.step, "begin": begin,
-                                           "synced": [max(begin) + barrier] * len(begin),
-                                           "end": k * steady.step + steady.timeline.end,
-                                           "cpu": work})
-            for k in range(steps)]
-
-
-@pytest.mark.parametrize("name", ["1f1b", "zbv", "dualpipev"])
-def test_fit_wake_reads_back_the_wake_a_shared_run_paid(name: str) -> None:
-    """Runs of 4 ranks on 2 cores made by the fluid model with a wake of 0, 0.2 and 0.5 (of
-    actions near 1): the fit gives each back within 10% (0: within 0.02). Its action times
-    are its estimates (each rank's CPU over wall time x the action's wall time), so not
-    exact where a rank's actions stretch unevenly."""
-    from pipesim.predict import fit_wake
-    sched = get_schedule(name, 4, 8)
-    forward = [1.0, 1.2, 0.9, 1.1, 1.0, 1.0, 0.8, 1.3][:sched.stages]
-    costs = CostModel.from_lists(sched.stages, forward, [1.0] * sched.stages,
-                                 [0.8] * sched.stages, None, comm_latency=0.05,
-                                 action_overhead=0.02, unit="s")
-    assert fit_wake(sched, _run_shared(sched, costs, 0.0), 2, 0.02, 0.05, 0.0) < 0.02
-    for wake in (0.2, 0.5):
-        got = fit_wake(sched, _run_shared(sched, costs, wake), 2, 0.02, 0.05, 0.0)
-        assert got == pytest.approx(wake, rel=0.1)
-
-
-def test_fit_wake_needs_the_runs_cpu_time_and_meetings() -> None:
-    from dataclasses import replace
-
-    from pipesim.predict import fit_wake
-    sched = get_schedule("1f1b", 4, 8)
-    costs = CostModel.uniform(4, comm_latency=0.05, unit="s")
-    run = _run_shared(sched, costs, 0.2)
-    assert fit_wake(sched, [replace(t, meta={**t.meta, "cpu": []}) for t in run], 2, 0.0,
-                    0.05, 0.0) is None
-    assert fit_wake(sched, [replace(t, meta={k: v for k, v in t.meta.items() if k != "begin"})
-                            for t in run], 2, 0.0, 0.05, 0.0) is None
 
 
 def test_run_cpu_is_the_ranks_cpu_time_per_used_step() -> None:

@@ -108,31 +108,6 @@ def test_two_ranks_on_one_core_by_hand() -> None:
     assert simulate(sched, costs).makespan == 9
 
 
-def test_a_rank_woken_from_a_wait_spends_the_wake_first_by_hand() -> None:
-    """test_two_ranks_on_one_core_by_hand's run with ``wake`` 0.5: a unit whose rank had to
-    wait for its inputs is 0.5 more work (in its event); one whose inputs were in hand is not.
-
-    t=0    r0 runs 0F0 alone (r1 waits for it): ends at 1
-    t=1    r0 0F1 (in hand) and r1 1F0 (woken: 1 + 0.5) share at 1/2: 0F1 ends at 3, 1F0 then
-           has 0.5 left, alone: ends at 3.5
-    t=3.5  r1 1F1 (0F1 arrived at 3, before r1 was free: no wake) 3.5 -> 4.5, 1B0 -> 6.5
-    t=6.5  r0 0B0 (woken: 2 + 0.5) and r1 1B1 (2) share: 1B1 ends at 10.5, 0B0 at 11
-    t=11   r0 0B1 (1B1 arrived at 10.5: no wake) 11 -> 13
-    13 = the 12 of work and two wakes; on a core each the wake costs nothing (the ranks
-    then spin, as the engine's do).
-    """
-    sched, costs = get_schedule("gpipe", 2, 2), CostModel.uniform(2, F=1, B=2)
-    got = simulate_shared(sched, costs, 1, wake=0.5)
-    assert _rows(got) == [(0, "0F0", 0, 1), (0, "0F1", 1, 3), (0, "0B0", 6.5, 11),
-                          (0, "0B1", 11, 13), (1, "1F0", 1, 3.5), (1, "1F1", 3.5, 4.5),
-                          (1, "1B0", 4.5, 6.5), (1, "1B1", 6.5, 10.5)]
-    assert steady_step(sched, costs, cores=1, wake=0.5).step == 13
-    assert steady_step(sched, costs, cores=2, wake=0.5).step == simulate(sched, costs).makespan
-    assert simulate_shared(sched, costs, 1, wake=0.0) == simulate_shared(sched, costs, 1)
-    with pytest.raises(ValueError, match="wake must be >= 0 seconds"):
-        simulate_shared(sched, costs, 1, wake=-1.0)
-
-
 def test_the_engines_time_and_a_send_share_the_core_too() -> None:
     """gpipe p=2 m=1, F=1 B=2, send 0.5, the engine's 0.25 before each action, 1 core.
 

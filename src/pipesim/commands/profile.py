@@ -133,14 +133,13 @@ def _table(costs: LayerCosts) -> str:
                      f"{costs.engine_step_overhead * 1e6:.0f} us per rank between steps, "
                      f"{costs.engine_sync * 1e6:.0f} us for the ranks' meeting")
     if costs.shared_compute:
-        lines.append(_shared_line(costs.shared_compute, costs.shared_wake))
+        lines.append(_shared_line(costs.shared_compute))
     return "\n".join(lines)
 
 
-def _shared_line(compute: float, wake: float) -> str:
+def _shared_line(compute: float) -> str:
     return (f"ranks sharing cores (2 per core): each action x{compute:.2f} the CPU time it "
-            f"takes with a core of its own, and a rank woken from a wait {wake * 1e6:.0f} us "
-            f"more")
+            f"takes with a core of its own")
 
 
 def engine_costs(calibrate: bool = True) -> EngineCosts | None:
@@ -172,8 +171,7 @@ def _engine_report(engine: EngineCosts) -> str:
     return (f"engine's own time: {engine.action_overhead * 1e6:.1f} us before each action, "
             f"{engine.step_overhead * 1e6:.0f} us per rank between steps, "
             f"{engine.sync * 1e6:.0f} us for the ranks' meeting (per schedule, in that order: "
-            f"{per})\n" + (_shared_line(engine.shared_compute, engine.shared_wake) + "\n"
-                           if engine.shared_compute
+            f"{per})\n" + (_shared_line(engine.shared_compute) + "\n" if engine.shared_compute
                            else "ranks sharing cores: not measured (fewer than 2 cores)\n")
             + f"wrote {cache_path()}")
 

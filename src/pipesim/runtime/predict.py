@@ -6,7 +6,7 @@ time.
     calibrate_engine()                     ``pipesim profile --engine``: the engine's own time
                                            per action and between steps (``pipesim.calibration``)
     calibrate_shared()                     its part for ranks that share cores: their
-                                           actions' extra CPU time and a woken rank's cost
+                                           actions' extra CPU time
 
 The pure half (predict, replay, compare, fit_engine) is ``pipesim.predict``.
 """
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from pipesim.calibration import EngineCosts, machine_id, torch_version, with_engine
 from pipesim.layercosts import load_layer_costs
-from pipesim.predict import engine_gaps, fit_wake, predict, run_cpu, run_messages
+from pipesim.predict import engine_gaps, predict, run_cpu
 from pipesim.profiling.comm import measure_comm
 from pipesim.profiling.profiler import profile_model
 from pipesim.ranks import available_cores
@@ -113,8 +113,7 @@ def calibrate_engine(schedules: Sequence[str] = CALIBRATION_SCHEDULES, microbatc
         action, _, sync = gaps(_calibration_config(name, microbatches, steps, working=True))
         fits[name] = [action, step, sync]
     action, step, sync = (statistics.median(f[k] for f in fits.values()) for k in range(3))
-    compute, wake = shared or (0.0, 0.0)
-    return EngineCosts(action, step, sync=sync, shared_compute=compute, shared_wake=wake,
+    return EngineCosts(action, step, sync=sync, shared_compute=shared or 0.0,
                        machine=machine_id(), torch=torch_version(),
                        measured=time.strftime("%Y-%m-%d %H:%M"),
                        notes=f"2 ranks, m={microbatches}, sgd, {steps} steps per schedule and "
@@ -122,8 +121,7 @@ def calibrate_engine(schedules: Sequence[str] = CALIBRATION_SCHEDULES, microbatc
                              f"2; per action and the meeting from hidden 512 x 4 layers, batch "
                              f"64; shared cores: " + (
                                  f"1F1B of that model, m={SHARED_M}, on 2 and on 4 ranks held "
-                                 f"to the same 2 cores, in turns; the wake fitted to the 4 "
-                                 f"ranks' steps" if shared else
+                                 f"to the same 2 cores, in turns" if shared else
                                  "not measured (fewer than 2 cores to pin)")
                              + f"; load {os.getloadavg()[0]:.1f}",
                        fits=fits)
@@ -132,17 +130,14 @@ def calibrate_engine(schedules: Sequence[str] = CALIBRATION_SCHEDULES, microbatc
 SHARED_M = 8  # microbatches of the shared-core calibration's 1F1B
 
 
-def calibrate_shared(steps: int = 40, rounds: int = 4) -> tuple[float, float] | None:
-    """Ranks that share cores: (how much more CPU time their actions take, what a rank woken
-    from a wait costs the cores beyond that). The working calibration MLP
-    (``_calibration_config``) under 1F1B on 2 ranks, then on 4, ``rounds`` times in turn,
-    every run held to the same 2 cores of this process's (its affinity, which the forked ranks
-    inherit). The first: the 4 ranks' actions' CPU time per step over the 2 ranks'
+def calibrate_shared(steps: int = 40, rounds: int = 4) -> float | None:
+    """How much more CPU time ranks that share cores spend in their actions: the working
+    calibration MLP (``_calibration_config``) under 1F1B on 2 ranks, then on 4, ``rounds``
+    times in turn, every run held to the same 2 cores of this process's (its affinity, which
+    the forked ranks inherit); the 4 ranks' actions' CPU time per step over the 2 ranks'
     (``predict.run_cpu``, means over the rounds): the same model's work, 2 ranks per core
     against a core each. In turns because this machine's speed moves by tens of percent from
-    one second to the next (one pair of runs read 0.89-1.28; three in turn 1.14-1.28). The
-    second: ``predict.fit_wake`` on each 4-rank run, with the engine's time per action and the
-    messages of the 2-rank run before it (a core each), the median over the rounds. None
+    one second to the next (one pair of runs read 0.89-1.28; three in turn 1.14-1.28). None
     where this process has fewer than 2 cores or may not pin itself to 2 (nothing to compare
     with), or the runs recorded no CPU time."""
     from pipesim.processes.launch import launch
@@ -152,32 +147,20 @@ def calibrate_shared(steps: int = 40, rounds: int = 4) -> tuple[float, float] | 
         return None
     own = os.sched_getaffinity(0)
     cpu: dict[int, list[float]] = {2: [], 4: []}
-    wakes: list[float] = []
     try:
         os.sched_setaffinity(0, sorted(own)[:2])
     except OSError:  # a sandbox that will not pin: nothing to compare on the same cores
         return None
     try:
         for _ in range(rounds):
-            alone: tuple[float, float, float] | None = None  # the 2 ranks' engine and messages
             for ranks in (2, 4):
                 cfg = _calibration_config("1f1b", SHARED_M, steps, working=True, ranks=ranks)
                 result = launch(TrainJob(cfg, cpu_time=True), ranks)
-                measured = [Timeline.from_dict(t) for t in result.timelines]
-                seconds = run_cpu(measured)
+                seconds = run_cpu([Timeline.from_dict(t) for t in result.timelines])
                 if seconds:
                     cpu[ranks].append(seconds)
-                if ranks == 2:
-                    action = engine_gaps(cfg.schedule, measured)[0]
-                    hop, send = run_messages(cfg.schedule, measured, action)
-                    alone = (action, hop or 0.0, send or 0.0)
-                elif alone is not None:
-                    wake = fit_wake(cfg.schedule, measured, 2, *alone)
-                    if wake is not None:
-                        wakes.append(wake)
     finally:
         os.sched_setaffinity(0, own)
     if not cpu[2] or not cpu[4]:
         return None
-    return (statistics.fmean(cpu[4]) / statistics.fmean(cpu[2]),
-            statistics.median(wakes) if wakes else 0.0)
+    return statistics.fmean(cpu[4]) / statistics.fmean(cpu[2])
