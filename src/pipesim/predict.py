@@ -639,18 +639,19 @@ def _reading(report: dict[str, Any]) -> str | None:
         if error is None or abs(error - alone) <= STEADY:
             return moved + ": its error is the machine's, not the model's"
         return (moved + f"; it is {_percent(error)}, and the other {_percent(error - alone)} "
-                f"is not the machine's speed: " + _rest(report))
+                f"is not the machine's speed: " + _rest(report, error - alone))
     if error is None or abs(error) <= STEADY:
         return "Reading: the machine held its speed and the model the run"
     return (f"Reading: the machine held its speed and the replay follows the run, but the "
-            f"prediction is {_percent(error)} off: " + _rest(report))
+            f"prediction is {_percent(error)} off: " + _rest(report, error))
 
 
-def _rest(report: dict[str, Any]) -> str:
-    """What an error the machine's drift and the replay leave is most likely."""
-    if report.get("cores") is not None:
-        return ("ranks that share cores lose more to the sharing than the model charges "
-                "(README: what the prediction models)")
+def _rest(report: dict[str, Any], left: float) -> str:
+    """What the part ``left`` of the error (signed) that neither the machine's drift nor the
+    replay accounts for most likely is."""
+    if report.get("cores") is not None:  # < 0: predicted fast, the sharing cost more
+        return (f"ranks that share cores lose {'more' if left < 0 else 'less'} to the sharing "
+                f"than the model charges (README: what the prediction models)")
     moved = report.get("action_drift")
     if moved is not None and abs(moved) > STEADY:
         return (f"the run's actions took {_percent(moved)} against the profile, which does "

@@ -335,6 +335,12 @@ def test_compare_without_replay_or_drift_says_none_and_json_carries_all_three() 
      "prediction is -16.7% off: the run's actions took +20.0% against the profile"),
     (1.0, 0.01, 1.2, 2, "the machine held its speed and the replay follows the run, but the "
      "prediction is -16.7% off: ranks that share cores lose more to the sharing"),
+    (1.0, 0.01, 0.8, 2, "the machine held its speed and the replay follows the run, but the "
+     "prediction is +25.0% off: ranks that share cores lose less to the sharing"),
+    # the drift explains -10.7% of a -30.6% error (1 / 1.44 - 1): the sharing cost more than charged
+    (1.0, 0.12, 1.44, 2, "the machine ran 12% slower during the run than while profiled, "
+     "which alone makes the prediction -10.7% off; it is -30.6%, and the other -19.8% is not "
+     "the machine's speed: ranks that share cores lose more to the sharing"),
     (1.01, -0.02, 1.01, None, "the machine held its speed and the model the run"),
     (1.2, -0.02, 1.0, None, "the replay misses by +20.0% too"),
 ])

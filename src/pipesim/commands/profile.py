@@ -172,7 +172,8 @@ def _engine_report(engine: EngineCosts) -> str:
             f"{engine.step_overhead * 1e6:.0f} us per rank between steps, "
             f"{engine.sync * 1e6:.0f} us for the ranks' meeting (per schedule, in that order: "
             f"{per})\n" + (_shared_line(engine.shared_compute) + "\n" if engine.shared_compute
-                           else "ranks sharing cores: not measured (fewer than 2 cores)\n")
+                           else "ranks sharing cores: not measured (fewer than 2 cores, or this "
+                                "process may not pin itself to 2)\n")
             + f"wrote {cache_path()}")
 
 

@@ -122,7 +122,8 @@ def calibrate_engine(schedules: Sequence[str] = CALIBRATION_SCHEDULES, microbatc
                              f"64; shared cores: " + (
                                  f"1F1B of that model, m={SHARED_M}, on 2 and on 4 ranks held "
                                  f"to the same 2 cores, in turns" if shared else
-                                 "not measured (fewer than 2 cores to pin)")
+                                 "not measured (fewer than 2 cores, or this process may "
+                                 "not pin itself to 2)")
                              + f"; load {os.getloadavg()[0]:.1f}",
                        fits=fits)
 
